@@ -1,0 +1,273 @@
+"""The MCSDR network, edge-sized: video + demographics → condition tokens → noise predictor.
+
+Shapes and units used throughout:
+  video (B, 32, 112, 112) uint8 — one beat, from :func:`edge_agent.cycles.make_clip`;
+  demographics (B, 4) float32 [age years, sex (1 male, 0 female), weight kg, height cm];
+  demo_mask (B, 4) bool, True where the value is known;
+  y — the LVEF target in the bounded, standardised space of :class:`TargetTransform` (unitless).
+
+The paper (MCSDR, arXiv 2602.08202) conditions ε_θ(y_t, t, c) on a video feature c through a
+"cross-attention" over a single condition token, which reduces to adding a projection of c. Here
+the noisy-LVEF query attends over many spatio-temporal video tokens and one token per demographic
+field, so attention weights actually choose where to look. The condition is encoded once per window
+(:meth:`MCSDR.condition`); the K sampling trajectories are the batch dimension of :meth:`MCSDR.eps`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_agent.model.ddim import DiffusionSchedule
+
+N_DEMO = 4
+# Fixed demographic scaling (adult ranges); the model sees (value − centre) / scale.
+DEMO_CENTRE = (50.0, 0.5, 75.0, 165.0)
+DEMO_SCALE = (25.0, 0.5, 20.0, 20.0)
+# Input normalisation of uint8 pixels, inside the graph so every backend sees the same numbers.
+PIXEL_MEAN, PIXEL_STD = 40.0, 50.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the default edge model (≈ 0.5 M parameters with these values)."""
+
+    encoder: Literal["light", "r2plus1d_18"] = "light"
+    width: int = 16  # channels after the stem; doubled per stage (16, 32, 64, 128)
+    d_model: int = 64
+    n_heads: int = 4
+    n_blocks: int = 3
+    demo_dropout: float = 0.25  # per-field modality dropout in training
+    demo_drop_all: float = 0.3  # probability that a training clip has no demographics at all
+
+
+@dataclass(frozen=True)
+class TargetTransform:
+    """EF (%) ↔ y = (logit(EF/100) − mu) / sigma. Every y maps to an EF inside (0, 100)."""
+
+    mu: float = 0.25
+    sigma: float = 0.6
+
+    def forward(self, ef: torch.Tensor) -> torch.Tensor:
+        p = (ef / 100.0).clamp(1e-4, 1 - 1e-4)  # labels of exactly 0 or 100 % would be infinite
+        return (torch.log(p) - torch.log1p(-p) - self.mu) / self.sigma
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return 100.0 * torch.sigmoid(y * self.sigma + self.mu)
+
+    def inverse_np(self, y: np.ndarray) -> np.ndarray:
+        """Samples y → EF (%) in float64, where the sigmoid cannot round to exactly 0 or 100."""
+        z = np.asarray(y, dtype=np.float64) * self.sigma + self.mu
+        return 100.0 / (1.0 + np.exp(-z))
+
+    @classmethod
+    def fit(cls, ef: np.ndarray) -> TargetTransform:
+        """Standardise logit(EF/100) over training labels ef (%)."""
+        p = np.clip(np.asarray(ef, dtype=np.float64) / 100, 1e-4, 1 - 1e-4)
+        z = np.log(p / (1 - p))
+        return cls(mu=float(z.mean()), sigma=float(z.std() + 1e-6))
+
+
+class Conv2Plus1D(nn.Module):
+    """(2+1)D residual block: spatial k×k conv, then temporal 3-tap conv, with a 1×1×1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride_t: int, stride_s: int):
+        super().__init__()
+        self.spatial = nn.Conv3d(cin, cout, (1, 3, 3), (1, stride_s, stride_s), (0, 1, 1), bias=False)
+        self.bn1 = nn.BatchNorm3d(cout)
+        self.temporal = nn.Conv3d(cout, cout, (3, 1, 1), (stride_t, 1, 1), (1, 0, 0), bias=False)
+        self.bn2 = nn.BatchNorm3d(cout)
+        self.short = nn.Sequential(
+            nn.Conv3d(cin, cout, 1, (stride_t, stride_s, stride_s), bias=False), nn.BatchNorm3d(cout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.spatial(x)))
+        return F.relu(self.bn2(self.temporal(h)) + self.short(x))
+
+
+class LightVideoEncoder(nn.Module):
+    """(B, 1, 32, 112, 112) float → tokens (B, 8·7·7, C): a stride-4 stem then three (2+1)D stages."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv3d(1, w, (1, 7, 7), (1, 4, 4), (0, 3, 3), bias=False), nn.BatchNorm3d(w), nn.ReLU()
+        )
+        self.stages = nn.Sequential(
+            Conv2Plus1D(w, 2 * w, stride_t=1, stride_s=2),  # 32 × 14 × 14
+            Conv2Plus1D(2 * w, 4 * w, stride_t=2, stride_s=1),  # 16 × 14 × 14
+            Conv2Plus1D(4 * w, 8 * w, stride_t=2, stride_s=2),  # 8 × 7 × 7
+        )
+        self.out_channels = 8 * w
+        self.grid = (8, 7, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+class R2Plus1DEncoder(nn.Module):
+    """torchvision r2plus1d_18 trunk (random init; for users who train on a GPU) → (B, 512, 4, 7, 7)."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.video import r2plus1d_18  # optional dependency, imported on use
+
+        net = r2plus1d_18(weights=None)
+        self.trunk = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_channels = 512
+        self.grid = (4, 7, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x.expand(-1, 3, -1, -1, -1))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps t (...,) → (..., dim) (Vaswani et al.; DDPM §B)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.to(torch.float32)[..., None] * freqs
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Query (B, K, D) attends over condition tokens; keys/values are precomputed once per window."""
+
+    def __init__(self, d: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm_q = nn.LayerNorm(d)
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.time = nn.Linear(d, d)
+
+    def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, N, D) → k, v (B, H, N, D/H)."""
+        b, n, d = tokens.shape
+        k, v = self.kv(tokens).view(b, n, 2, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, kk, d = h.shape
+        h = h + self.time(temb)
+        q = self.q(self.norm_q(h)).view(b, kk, self.n_heads, d // self.n_heads).transpose(1, 2)
+        att = F.scaled_dot_product_attention(q, k, v)  # (B, H, K, D/H)
+        h = h + self.out(att.transpose(1, 2).reshape(b, kk, d))
+        return h + self.ff(self.norm_ff(h))
+
+
+class MCSDR(nn.Module):
+    """Conditional score network ε_θ(y_t, t | video, demographics) plus two baseline heads.
+
+    Heads (sharing the encoder and the condition tokens, trained jointly):
+      * ``eps``: the diffusion noise predictor (paper eq. for L_simple = ||ε − ε_θ(y_t, t, c)||²);
+      * ``regress``: a deterministic regressor (MSE on y);
+      * ``gauss``: a heteroscedastic Gaussian head (mean and log-variance of y, NLL).
+    """
+
+    def __init__(self, cfg: ModelConfig, transform: TargetTransform, schedule: DiffusionSchedule):
+        super().__init__()
+        self.cfg, self.transform, self.schedule = cfg, transform, schedule
+        d = cfg.d_model
+        self.video = LightVideoEncoder(cfg.width) if cfg.encoder == "light" else R2Plus1DEncoder()
+        gt, gh, gw = self.video.grid
+        self.proj = nn.Linear(self.video.out_channels, d)
+        self.pos_t = nn.Parameter(torch.randn(gt, 1, d) * 0.02)
+        self.pos_s = nn.Parameter(torch.randn(1, gh * gw, d) * 0.02)
+        self.global_tok = nn.Linear(self.video.out_channels, d)
+        # Demographic tokens: value·w + b + type when known, a learned "missing" token when not.
+        self.demo_w = nn.Parameter(torch.randn(N_DEMO, d) * 0.02)
+        self.demo_b = nn.Parameter(torch.zeros(N_DEMO, d))
+        self.demo_missing = nn.Parameter(torch.randn(N_DEMO, d) * 0.02)
+        self.register_buffer("demo_centre", torch.tensor(DEMO_CENTRE), persistent=False)
+        self.register_buffer("demo_scale", torch.tensor(DEMO_SCALE), persistent=False)
+        self.token_norm = nn.LayerNorm(d)
+        # Noise predictor.
+        self.y_in = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
+        self.t_in = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList([CrossAttentionBlock(d, cfg.n_heads) for _ in range(cfg.n_blocks)])
+        self.eps_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+        # Baselines: one learned query through one cross-attention block each.
+        self.base_query = nn.Parameter(torch.randn(2, 1, d) * 0.02)
+        self.base_blocks = nn.ModuleList([CrossAttentionBlock(d, cfg.n_heads) for _ in range(2)])
+        self.regress_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+        self.gauss_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2))
+
+    # ----- condition -----------------------------------------------------------------------------
+    def tokens(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
+        """video (B, 32, 112, 112) uint8, demo (B, 4), demo_mask (B, 4) bool → tokens (B, N, D)."""
+        x = (video.to(torch.float32)[:, None] - PIXEL_MEAN) / PIXEL_STD
+        f = self.video(x)  # (B, C, T', H', W')
+        b, c = f.shape[:2]
+        grid = f.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'W', C)
+        vid = self.proj(grid) + self.pos_t + self.pos_s
+        vid = vid.reshape(b, -1, vid.shape[-1])
+        glob = self.global_tok(f.mean(dim=(2, 3, 4)))[:, None]
+        z = ((demo - self.demo_centre) / self.demo_scale)[..., None]  # (B, 4, 1)
+        known = demo_mask.to(z.dtype)[..., None]
+        dem = known * (z * self.demo_w + self.demo_b) + (1 - known) * self.demo_missing
+        return self.token_norm(torch.cat([glob, vid, dem], dim=1))
+
+    def condition(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Encode one batch of windows once: per-block keys and values, flattened as [k0, v0, k1, v1, …]."""
+        tok = self.tokens(video, demo, demo_mask)
+        return [kv for blk in self.blocks for kv in blk.keys_values(tok)]
+
+    # ----- diffusion head ------------------------------------------------------------------------
+    def eps(self, y_t: torch.Tensor, t: torch.Tensor, kv: list[torch.Tensor]) -> torch.Tensor:
+        """Noise prediction. y_t (B, K) noisy targets, t (B, K) int64 timesteps → ε (B, K)."""
+        h = self.y_in(y_t[..., None])
+        temb = self.t_in(timestep_embedding(t, self.cfg.d_model))
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, temb, kv[2 * i], kv[2 * i + 1])
+        return self.eps_out(h)[..., 0]
+
+    def sample(
+        self,
+        video: torch.Tensor,
+        demo: torch.Tensor,
+        demo_mask: torch.Tensor,
+        noise: torch.Tensor,
+        num_inference_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from starting noises y_T = noise (B, K) → samples y_0 (B, K).
+
+        The condition is encoded once; the K trajectories run as the batch; each step is
+        y ← a_i·y + b_i·ε_θ(y, t_i) with the schedule's precomputed coefficients (DDIM eq. 12).
+        """
+        kv = self.condition(video, demo, demo_mask)
+        steps = self.schedule.timesteps(num_inference_steps)
+        coef = self.schedule.step_coefficients(num_inference_steps)
+        y = noise
+        for (a, b), t in zip(coef.tolist(), steps.tolist()):
+            tt = torch.full_like(y, t, dtype=torch.int64)
+            y = a * y + b * self.eps(y, tt, kv)
+        return y
+
+    # ----- baselines -----------------------------------------------------------------------------
+    def baselines(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """tokens (B, N, D) → regression mean (B,), Gaussian mean (B,), Gaussian log-variance (B,)."""
+        b = tokens.shape[0]
+        outs = []
+        for j, blk in enumerate(self.base_blocks):
+            k, v = blk.keys_values(tokens)
+            q = self.base_query[j].expand(b, 1, -1)
+            outs.append(blk(q, torch.zeros_like(q), k, v)[:, 0])
+        reg = self.regress_out(outs[0])[:, 0]
+        g = self.gauss_out(outs[1])
+        return reg, g[:, 0], g[:, 1].clamp(-12, 6)
+
+    def diffusion_parameters(self) -> int:
+        """Parameters on the diffusion path (encoder, tokens, noise predictor), without baseline heads."""
+        skip = ("base_", "regress_out", "gauss_out")
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
