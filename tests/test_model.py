@@ -1,0 +1,137 @@
+"""The MCSDR network: shapes, parameter budget, bounded targets, encode-once sampling, learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edge_agent.datasets.synthetic import ClipArrays
+from edge_agent.model.ddim import DiffusionSchedule, ddim_sample
+from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
+from edge_agent.train import drop_demographics, losses, sample_arrays
+
+TINY = ModelConfig(width=4, d_model=16, n_heads=2, n_blocks=1)
+
+
+def _inputs(b: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randint(0, 256, (b, 32, 112, 112), dtype=torch.uint8, generator=g)
+    demo = torch.tensor([[60.0, 1.0, 80.0, 175.0]]).repeat(b, 1)
+    mask = torch.ones(b, 4, dtype=torch.bool)
+    return video, demo, mask
+
+
+def test_default_model_fits_the_edge_budget():
+    model = MCSDR(ModelConfig(), TargetTransform(), DiffusionSchedule())
+    n = model.diffusion_parameters()
+    assert 100_000 < n <= 1_000_000  # the issue's budget: ≤ 1.0 M parameters in total
+    total = sum(p.numel() for p in model.parameters())
+    assert total - n < 150_000  # the two baseline heads stay small next to the shared encoder
+
+
+def test_shapes_and_encode_once():
+    torch.manual_seed(0)
+    model = MCSDR(TINY, TargetTransform(), DiffusionSchedule()).eval()
+    video, demo, mask = _inputs(2)
+    tok = model.tokens(video, demo, mask)
+    assert tok.shape == (2, 1 + 8 * 7 * 7 + 4, 16)
+    noise = torch.randn(2, 40)
+    with torch.no_grad():
+        y = model.sample(video, demo, mask, noise)
+        # The fused path (condition once, K trajectories as the batch) equals the textbook sampler
+        # that calls the network once per trajectory step with the window's condition.
+        kv = model.condition(video[:1], demo[:1], mask[:1])
+
+        def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return model.eps(x.T, t[None, :], kv).T
+
+        ref = ddim_sample(eps_fn, noise[0][:, None], model.schedule)
+    assert y.shape == (2, 40)
+    torch.testing.assert_close(y[0], ref[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_target_transform_is_bounded_and_invertible():
+    tr = TargetTransform.fit(np.array([20.0, 45.0, 60.0, 70.0]))
+    ef = torch.tensor([5.0, 35.0, 55.0, 85.0])
+    torch.testing.assert_close(tr.inverse(tr.forward(ef)), ef, rtol=1e-4, atol=1e-4)
+    extreme = np.array([-1e3, -40.0, 0.0, 40.0, 1e3])
+    out = tr.inverse_np(extreme)
+    assert np.all(out >= 0) and np.all(out <= 100)
+    assert np.all((out[1:-1] > 0) & (out[1:-1] < 100))
+
+
+def test_missing_demographics_change_the_condition_and_dropout_hides_fields():
+    torch.manual_seed(0)
+    model = MCSDR(TINY, TargetTransform(), DiffusionSchedule()).eval()
+    video, demo, mask = _inputs(1)
+    with torch.no_grad():
+        full = model.tokens(video, demo, mask)
+        none = model.tokens(video, demo, torch.zeros_like(mask))
+        other_values = model.tokens(video, demo * 2, torch.zeros_like(mask))
+    assert not torch.allclose(full[:, -4:], none[:, -4:])
+    # Masked fields are replaced by the learned missing token: their values cannot leak in.
+    torch.testing.assert_close(none, other_values)
+    gen = torch.Generator().manual_seed(0)
+    kept = drop_demographics(torch.ones(4000, 4, dtype=torch.bool), ModelConfig(), gen)
+    share = kept.float().mean().item()
+    assert abs(share - 0.75 * 0.7) < 0.02  # 25 % per field, 30 % all at once
+
+
+def _toy_arrays(n: int, seed: int) -> ClipArrays:
+    """Clips whose brightness encodes EF: a disc of grey level g ↔ EF = 15 + 70·g/255."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(0, 255, n)
+    clips = np.zeros((n, 32, 112, 112), np.uint8)
+    yy, xx = np.mgrid[:112, :112]
+    disc = (yy - 56) ** 2 + (xx - 56) ** 2 < 30**2
+    for i in range(n):
+        clips[i][:, disc] = level[i]
+    ef = (15 + 70 * level / 255).astype(np.float32)
+    return ClipArrays(clips, ef, np.zeros((n, 4), np.float32), np.zeros((n, 4), bool), np.zeros(n, np.int8))
+
+
+def test_tiny_model_learns_a_simple_mapping():
+    torch.manual_seed(0)
+    train, test = _toy_arrays(256, 0), _toy_arrays(32, 1)
+    model = MCSDR(TINY, TargetTransform.fit(train.ef), DiffusionSchedule())
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        idx = rng.choice(len(train), 16, replace=False)
+        batch = {
+            "clips": torch.from_numpy(train.clips[idx]),
+            "ef": torch.from_numpy(train.ef[idx]),
+            "demo": torch.from_numpy(train.demo[idx]),
+            "mask": torch.from_numpy(train.mask[idx]),
+        }
+        parts = losses(model, batch, draws=8, gen=gen)
+        loss = parts["eps"] + parts["reg"] + parts["nll"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    res = sample_arrays(model, test, k=16)
+    mae = np.abs(res["samples"].mean(1) - test.ef).mean()
+    reg_mae = np.abs(model.transform.inverse_np(res["reg"]) - test.ef).mean()
+    assert mae < 6.0, mae  # untrained: ≈ 17 EF points (spread of the labels)
+    assert reg_mae < 6.0, reg_mae
+    assert np.all((res["samples"] > 0) & (res["samples"] < 100))
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_sampler_uses_schedule_steps(spacing):
+    sched = DiffusionSchedule(spacing=spacing)
+    model = MCSDR(TINY, TargetTransform(), sched).eval()
+    calls = []
+    original = model.eps
+
+    def spy(y, t, kv):
+        calls.append(int(t.flatten()[0]))
+        return original(y, t, kv)
+
+    model.eps = spy
+    video, demo, mask = _inputs(1)
+    with torch.no_grad():
+        model.sample(video, demo, mask, torch.randn(1, 4))
+    assert calls == sched.timesteps().tolist()
