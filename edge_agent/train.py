@@ -109,27 +109,31 @@ def losses(model: MCSDR, batch: dict[str, torch.Tensor], draws: int, gen: torch.
     tok = model.tokens(batch["clips"], batch["demo"], batch["mask"])
     kv = [x for blk in model.blocks for x in blk.keys_values(tok)]
     b = y0.shape[0]
-    t = torch.randint(0, model.schedule.num_train_timesteps, (b, draws), generator=gen)
-    eps = torch.randn(b, draws, generator=gen)
+    # Noise comes from a CPU generator (reproducible on any device), then moves to the model.
+    t = torch.randint(0, model.schedule.num_train_timesteps, (b, draws), generator=gen).to(y0.device)
+    eps = torch.randn(b, draws, generator=gen).to(y0.device)
     y_t = model.schedule.add_noise(y0[:, None].expand(b, draws), eps, t)
-    eps_loss = (model.eps(y_t, t, kv) - eps).pow(2).mean()
-    reg, mu, logvar = model.baselines(tok)
+    eps_loss = (model.eps(y_t, t, kv).float() - eps).pow(2).mean()
+    reg, mu, logvar = (x.float() for x in model.baselines(tok))
     reg_loss = (reg - y0).pow(2).mean()
     nll = 0.5 * (logvar + (y0 - mu).pow(2) / logvar.exp()).mean()
     return {"eps": eps_loss, "reg": reg_loss, "nll": nll}
 
 
-def _batch(arr: ClipArrays, idx: np.ndarray, gen: torch.Generator, augment: bool) -> dict[str, torch.Tensor]:
+def _batch(
+    arr: ClipArrays, idx: np.ndarray, gen: torch.Generator, augment: bool, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     clips = torch.from_numpy(arr.clips[idx])
     if augment:  # overall gain ±20 %: scanners differ in gain, EF does not
         g = 0.8 + 0.4 * torch.rand(len(idx), 1, 1, 1, generator=gen)
         clips = (clips.float() * g).clamp(0, 255).to(torch.uint8)
-    return {
+    batch = {
         "clips": clips,
         "ef": torch.from_numpy(arr.ef[idx]).float(),
         "demo": torch.from_numpy(arr.demo[idx]),
         "mask": torch.from_numpy(arr.mask[idx]),
     }
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -143,6 +147,7 @@ def sample_arrays(
     in the standardised target space y — and ``gauss_samples`` (N, K) EF % from the Gaussian head.
     """
     model.eval()
+    device = next(model.parameters()).device
     n = len(arr)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, k, generator=gen)
@@ -150,12 +155,12 @@ def sample_arrays(
     rng = range(0, n, batch)
     for s in tqdm(rng, desc=desc, unit="batch", disable=desc is None):
         sl = np.arange(s, min(n, s + batch))
-        b = _batch(arr, sl, gen, augment=False)
-        ys.append(model.sample(b["clips"], b["demo"], b["mask"], noise[sl]).numpy())
+        b = _batch(arr, sl, gen, augment=False, device=str(device))
+        ys.append(model.sample(b["clips"], b["demo"], b["mask"], noise[sl].to(device)).cpu().numpy())
         reg, mu, logvar = model.baselines(model.tokens(b["clips"], b["demo"], b["mask"]))
-        regs.append(reg.numpy())
-        mus.append(mu.numpy())
-        sds.append(np.exp(0.5 * logvar.numpy()))
+        regs.append(reg.cpu().numpy())
+        mus.append(mu.cpu().numpy())
+        sds.append(np.exp(0.5 * logvar.cpu().numpy()))
     y = np.concatenate(ys)
     mu, sd = np.concatenate(mus), np.concatenate(sds)
     tr = model.transform
@@ -222,11 +227,12 @@ def train(sections: dict, resume: bool = True) -> Path:
     train_arr, val_arr = load_data(dcfg)
     out = Path(tcfg.out)
     ckpt_path = out / "checkpoint.pt"
-    ckpt = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path.exists() else None
+    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") if resume and ckpt_path.exists() else None
     transform = (
         from_mapping(TargetTransform, ckpt["transform"]) if ckpt else TargetTransform.fit(train_arr.ef)
     )
-    model = MCSDR(mcfg, transform, sched)
+    device = torch.device(tcfg.device)
+    model = MCSDR(mcfg, transform, sched).to(device)
     ema = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     state = TrainState(model, ema, opt)
@@ -245,9 +251,12 @@ def train(sections: dict, resume: bool = True) -> Path:
         idx = rng.choice(n, tcfg.batch_size, replace=False)
         batch = _batch(train_arr, idx, gen, augment=True)
         batch["mask"] = drop_demographics(batch["mask"], mcfg, gen)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         for g in opt.param_groups:
             g["lr"] = _lr(state.step, tcfg)
-        parts = losses(model, batch, tcfg.noise_draws, gen)
+        # Mixed precision on CUDA only (bf16 needs no loss scaling); the CPU trains in fp32.
+        with torch.autocast("cuda", torch.bfloat16, enabled=tcfg.amp and device.type == "cuda"):
+            parts = losses(model, batch, tcfg.noise_draws, gen)
         loss = parts["eps"] + tcfg.baseline_weight * (parts["reg"] + parts["nll"])
         opt.zero_grad(set_to_none=True)
         loss.backward()

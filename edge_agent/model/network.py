@@ -91,16 +91,16 @@ class Conv2Plus1D(nn.Module):
     def __init__(self, cin: int, cout: int, stride_t: int, stride_s: int):
         super().__init__()
         self.spatial = nn.Conv3d(cin, cout, (1, 3, 3), (1, stride_s, stride_s), (0, 1, 1), bias=False)
-        self.bn1 = _norm(cout)
+        self.norm1 = _norm(cout)
         self.temporal = nn.Conv3d(cout, cout, (3, 1, 1), (stride_t, 1, 1), (1, 0, 0), bias=False)
-        self.bn2 = _norm(cout)
+        self.norm2 = _norm(cout)
         self.short = nn.Sequential(
             nn.Conv3d(cin, cout, 1, (stride_t, stride_s, stride_s), bias=False), _norm(cout)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn1(self.spatial(x)))
-        return F.relu(self.bn2(self.temporal(h)) + self.short(x))
+        h = F.relu(self.norm1(self.spatial(x)))
+        return F.relu(self.norm2(self.temporal(h)) + self.short(x))
 
 
 class LightVideoEncoder(nn.Module):
