@@ -1,6 +1,9 @@
 """Training: DDPM ε-prediction for MCSDR plus the two baseline heads, on any dataset format.
 
 Loss (summed, one encoder pass per clip):
+  * auxiliary (simulated data only): the LV cavity area over the beat relative to ED, predicted per
+    encoder time step — a dense, easy signal that teaches the encoder where the cavity is long
+    before the scalar EF alone would;
   * diffusion, Ho et al. 2020 eq. 14 (L_simple): ||ε − ε_θ(√ᾱ_t y₀ + √(1−ᾱ_t) ε, t, c)||², with
     ``noise_draws`` (t, ε) pairs per clip — the head is cheap next to the encoder, so several
     draws per encoder pass cut the variance of the diffusion loss at almost no cost;
@@ -50,7 +53,7 @@ class DataConfig:
 class TrainConfig:
     """Optimisation. Steps are counted in batches of ``batch_size`` clips."""
 
-    steps: int = 6500
+    steps: int = 6000
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -58,6 +61,7 @@ class TrainConfig:
     noise_draws: int = 8
     ema: float = 0.998
     baseline_weight: float = 1.0
+    area_weight: float = 1.0  # auxiliary LV-area curve loss (simulated data; 0 contribution without it)
     seed: int = 0
     threads: int = 2
     eval_every: int = 500
@@ -106,7 +110,8 @@ def drop_demographics(mask: torch.Tensor, cfg: ModelConfig, gen: torch.Generator
 def losses(model: MCSDR, batch: dict[str, torch.Tensor], draws: int, gen: torch.Generator) -> dict:
     """The three training losses on one batch (see module docstring)."""
     y0 = model.transform.forward(batch["ef"])
-    tok = model.tokens(batch["clips"], batch["demo"], batch["mask"])
+    f = model.features(batch["clips"])
+    tok = model.tokens_from(f, batch["demo"], batch["mask"])
     kv = [x for blk in model.blocks for x in blk.keys_values(tok)]
     b = y0.shape[0]
     # Noise comes from a CPU generator (reproducible on any device), then moves to the model.
@@ -117,7 +122,14 @@ def losses(model: MCSDR, batch: dict[str, torch.Tensor], draws: int, gen: torch.
     reg, mu, logvar = (x.float() for x in model.baselines(tok))
     reg_loss = (reg - y0).pow(2).mean()
     nll = 0.5 * (logvar + (y0 - mu).pow(2) / logvar.exp()).mean()
-    return {"eps": eps_loss, "reg": reg_loss, "nll": nll}
+    out = {"eps": eps_loss, "reg": reg_loss, "nll": nll}
+    if "lv_area" in batch:  # auxiliary: LV area curve, where the data knows it (the simulator)
+        pred = model.area(f).float()
+        target = (1 - batch["lv_area"]) / 0.2
+        target = target.reshape(len(target), pred.shape[1], -1).mean(-1)  # pool to T' steps
+        known = torch.isfinite(target)
+        out["area"] = (pred - target.nan_to_num()).pow(2)[known].mean() if known.any() else pred.sum() * 0
+    return out
 
 
 def _batch(
@@ -132,6 +144,7 @@ def _batch(
         "ef": torch.from_numpy(arr.ef[idx]).float(),
         "demo": torch.from_numpy(arr.demo[idx]),
         "mask": torch.from_numpy(arr.mask[idx]),
+        "lv_area": torch.from_numpy(arr.lv_area[idx]),
     }
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -258,6 +271,7 @@ def train(sections: dict, resume: bool = True) -> Path:
         with torch.autocast("cuda", torch.bfloat16, enabled=tcfg.amp and device.type == "cuda"):
             parts = losses(model, batch, tcfg.noise_draws, gen)
         loss = parts["eps"] + tcfg.baseline_weight * (parts["reg"] + parts["nll"])
+        loss = loss + tcfg.area_weight * parts.get("area", 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

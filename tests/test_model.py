@@ -135,3 +135,17 @@ def test_sampler_uses_schedule_steps(spacing):
     with torch.no_grad():
         model.sample(video, demo, mask, torch.randn(1, 4))
     assert calls == sched.timesteps().tolist()
+
+
+def test_r2plus1d_option_builds_or_names_the_fix():
+    cfg = ModelConfig(encoder="r2plus1d_18", d_model=16, n_heads=2, n_blocks=1)
+    try:
+        import torchvision.models.video  # noqa: F401
+    except (ImportError, RuntimeError):
+        with pytest.raises(ImportError, match="pip install torchvision"):
+            MCSDR(cfg, TargetTransform(), DiffusionSchedule())
+        return
+    model = MCSDR(cfg, TargetTransform(), DiffusionSchedule()).eval()
+    video, demo, mask = _inputs(1)
+    with torch.no_grad():
+        assert model.tokens(video, demo, mask).shape == (1, 1 + 4 * 7 * 7 + 4, 16)

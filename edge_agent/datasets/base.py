@@ -45,6 +45,8 @@ class ClipSample:
     demo_mask: (4,) bool, True where the matching demographic is present.
     quality: ``"good"``/``"medium"``/``"poor"`` where the dataset grades its images, else None.
     name: the sample's id, unique within its dataset (EchoNet file stem, CAMUS ``patient0001_4CH``).
+    lv_area: optional (32,) float32 LV cavity area at each clip frame relative to the first (ED)
+        frame — the simulator knows it; real datasets trace only ED and ES, so they leave it None.
     beat_how: how the beat was chosen: a :func:`edge_agent.cycles.beat_bounds` rule
         (``"ed_period"``, ``"period"``, ``"ed_fixed"``, ...) or a dataset rule (``"camus_mirrored"``).
     """
@@ -56,6 +58,7 @@ class ClipSample:
     quality: str | None
     name: str
     beat_how: str
+    lv_area: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Catch a malformed sample where it is made, not deep inside a training batch.

@@ -13,16 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent.cycles import make_clip
-from edge_agent.datasets.base import ClipSample
+from edge_agent.cycles import beat_sample_times, make_clip
+from edge_agent.datasets.base import ClipSample, demographics_vector
 from edge_agent.phantom import QUALITIES, Demographics, draw_case, simulate_beat
 
 
-def demographics_vector(demo: Demographics) -> tuple[np.ndarray, np.ndarray]:
-    """Demographics → (values (4,) float32 [age, sex 1=M, weight, height], known mask (4,) bool)."""
-    raw = [demo.age, None if demo.sex is None else float(demo.sex == "M"), demo.weight, demo.height]
-    mask = np.array([v is not None for v in raw])
-    return np.array([0.0 if v is None else v for v in raw], np.float32), mask
+def case_demographics(demo: Demographics) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated patient → the loaders' (values (4,) float32, known mask (4,) bool)."""
+    sex = None if demo.sex is None else float(demo.sex == "M")
+    return demographics_vector(demo.age, sex, demo.weight, demo.height)
 
 
 def synthetic_example(seed: int, index: int, quality: str | None = None, pediatric: bool = False) -> ClipSample:
@@ -30,7 +29,10 @@ def synthetic_example(seed: int, index: int, quality: str | None = None, pediatr
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     case = draw_case(rng, quality=quality, pediatric=pediatric)
     frames, start, end, clip = simulate_beat(case, rng)
-    values, mask = demographics_vector(case.demographics)
+    values, mask = case_demographics(case.demographics)
+    x, y = clip.contours[..., 0], clip.contours[..., 1]
+    area = 0.5 * np.abs((x * np.roll(y, -1, 1) - y * np.roll(x, -1, 1)).sum(1))  # shoelace, px²
+    curve = np.interp(beat_sample_times(start, end), np.arange(len(area)), area)
     return ClipSample(
         clip=make_clip(frames, start, end),
         ef=float(clip.beat_ef[0]),
@@ -39,27 +41,32 @@ def synthetic_example(seed: int, index: int, quality: str | None = None, pediatr
         quality=case.quality,
         name=f"sim_{seed}_{index:06d}",
         beat_how="ed_ed",
+        lv_area=(curve / curve[0]).astype(np.float32),
     )
 
 
 @dataclass
 class ClipArrays:
     """A materialised set of beats (synthetic, or any loader via :meth:`from_dataset`): clips (N, 32, 112, 112) uint8, ef (N,) %, demo (N, 4), mask (N, 4),
-    quality (N,) index into QUALITIES."""
+    quality (N,) index into QUALITIES, lv_area (N, 32) LV area relative to ED (NaN where unknown)."""
 
     clips: np.ndarray
     ef: np.ndarray
     demo: np.ndarray
     mask: np.ndarray
     quality: np.ndarray
+    lv_area: np.ndarray
 
     def save(self, path: str) -> None:
-        np.savez(path, clips=self.clips, ef=self.ef, demo=self.demo, mask=self.mask, quality=self.quality)
+        np.savez(
+            path, clips=self.clips, ef=self.ef, demo=self.demo, mask=self.mask, quality=self.quality,
+            lv_area=self.lv_area,
+        )
 
     @classmethod
     def load(cls, path: str) -> ClipArrays:
         with np.load(path) as z:
-            return cls(**{k: z[k] for k in ("clips", "ef", "demo", "mask", "quality")})
+            return cls(**{k: z[k] for k in ("clips", "ef", "demo", "mask", "quality", "lv_area")})
 
     def __len__(self) -> int:
         return len(self.ef)
@@ -73,13 +80,15 @@ class ClipArrays:
         n = len(ds)
         out = cls(
             np.empty((n, 32, 112, 112), np.uint8), np.empty(n, np.float32), np.empty((n, 4), np.float32),
-            np.empty((n, 4), bool), np.full(n, -1, np.int8),
+            np.empty((n, 4), bool), np.full(n, -1, np.int8), np.full((n, 32), np.nan, np.float32),
         )
         for i in tqdm(range(n), desc=desc, unit="clip"):
             s = ds[i]
             out.clips[i], out.ef[i], out.demo[i], out.mask[i] = s.clip, s.ef, s.demographics, s.demo_mask
             if s.quality is not None:
                 out.quality[i] = QUALITIES.index(s.quality)
+            if s.lv_area is not None:
+                out.lv_area[i] = s.lv_area
         return out
 
 
@@ -102,6 +111,7 @@ def generate(
     demo = np.empty((n, 4), np.float32)
     mask = np.empty((n, 4), bool)
     quality = np.empty(n, np.int8)
+    lv_area = np.empty((n, 32), np.float32)
     # fork: workers inherit the imported simulator (no re-import of __main__); they use numpy and
     # OpenCV only, never torch threads.
     ctx = mp.get_context("fork") if workers > 1 else None
@@ -111,8 +121,9 @@ def generate(
         for i, s in enumerate(tqdm(it, total=n, desc=desc, unit="clip")):
             clips[i], ef[i], demo[i], mask[i] = s.clip, s.ef, s.demographics, s.demo_mask
             quality[i] = QUALITIES.index(s.quality)
+            lv_area[i] = s.lv_area
     finally:
         if pool:
             pool.close()
             pool.join()
-    return ClipArrays(clips, ef, demo, mask, quality)
+    return ClipArrays(clips, ef, demo, mask, quality, lv_area)

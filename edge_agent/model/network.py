@@ -104,13 +104,13 @@ class Conv2Plus1D(nn.Module):
 
 
 class LightVideoEncoder(nn.Module):
-    """(B, 1, 32, 112, 112) float → tokens (B, 8·7·7, C): a stride-4 stem then three (2+1)D stages."""
+    """(B, 2, 32, 112, 112) float → features (B, 8w, 8, 7, 7): a stride-4 stem then three (2+1)D stages."""
 
     def __init__(self, width: int):
         super().__init__()
         w = width
         self.stem = nn.Sequential(
-            nn.Conv3d(1, w, (1, 7, 7), (1, 4, 4), (0, 3, 3), bias=False), _norm(w), nn.ReLU()
+            nn.Conv3d(2, w, (1, 7, 7), (1, 4, 4), (0, 3, 3), bias=False), _norm(w), nn.ReLU()
         )
         self.stages = nn.Sequential(
             Conv2Plus1D(w, 2 * w, stride_t=1, stride_s=2),  # 32 × 14 × 14
@@ -129,7 +129,13 @@ class R2Plus1DEncoder(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from torchvision.models.video import r2plus1d_18  # optional dependency, imported on use
+        try:  # optional dependency, imported on use
+            from torchvision.models.video import r2plus1d_18
+        except (ImportError, RuntimeError) as e:
+            raise ImportError(
+                "model.encoder: r2plus1d_18 needs torchvision matching your torch "
+                f"(pip install torchvision); import failed: {e}. Use encoder: light otherwise."
+            ) from e
 
         net = r2plus1d_18(weights=None)
         self.trunk = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
@@ -137,7 +143,7 @@ class R2Plus1DEncoder(nn.Module):
         self.grid = (4, 7, 7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x.expand(-1, 3, -1, -1, -1))
+        return self.trunk(torch.cat([x, x[:, 1:2]], dim=1))  # (frame, change, change) as RGB
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -203,6 +209,8 @@ class MCSDR(nn.Module):
         self.register_buffer("demo_centre", torch.tensor(DEMO_CENTRE), persistent=False)
         self.register_buffer("demo_scale", torch.tensor(DEMO_SCALE), persistent=False)
         self.token_norm = nn.LayerNorm(d)
+        # Auxiliary head (training only): LV cavity area over the beat, per encoder time step.
+        self.area_head = nn.Linear(self.video.out_channels, 1)
         # Noise predictor.
         self.y_in = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
         self.t_in = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -215,11 +223,26 @@ class MCSDR(nn.Module):
         self.gauss_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2))
 
     # ----- condition -----------------------------------------------------------------------------
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, 32, 112, 112) uint8 → feature map (B, C, T', H', W').
+
+        Two input channels: the frame, and its change since the first frame (the clip starts at ED,
+        so the change image is where the walls moved in — the signal EF is made of).
+        """
+        x = (video.to(torch.float32)[:, None] - PIXEL_MEAN) / PIXEL_STD
+        return self.video(torch.cat([x, x - x[:, :, :1]], dim=1))
+
+    def area(self, f: torch.Tensor) -> torch.Tensor:
+        """Auxiliary prediction from features (B, C, T', H', W') → (B, T') of (1 − LV area/ED area)/0.2."""
+        return self.area_head(f.mean(dim=(3, 4)).transpose(1, 2))[..., 0]
+
     def tokens(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
         """video (B, 32, 112, 112) uint8, demo (B, 4), demo_mask (B, 4) bool → tokens (B, N, D)."""
-        x = (video.to(torch.float32)[:, None] - PIXEL_MEAN) / PIXEL_STD
-        f = self.video(x)  # (B, C, T', H', W')
-        b, c = f.shape[:2]
+        return self.tokens_from(self.features(video), demo, demo_mask)
+
+    def tokens_from(self, f: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
+        """Feature map (B, C, T', H', W') + demographics → tokens (B, 1 + T'H'W' + 4, D)."""
+        b = f.shape[0]
         grid = f.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'W', C)
         vid = self.proj(grid) + self.pos_t + self.pos_s
         vid = vid.reshape(b, -1, vid.shape[-1])
@@ -280,5 +303,5 @@ class MCSDR(nn.Module):
 
     def diffusion_parameters(self) -> int:
         """Parameters on the diffusion path (encoder, tokens, noise predictor), without baseline heads."""
-        skip = ("base_", "regress_out", "gauss_out")
+        skip = ("base_", "regress_out", "gauss_out", "area_head")
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))
