@@ -52,7 +52,9 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(
+                _check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value, strict=False))
+            )
         return type(value)(value)
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -115,7 +117,9 @@ def to_mapping(obj: Any) -> Any:
     return obj
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "command line") -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], source: str = "command line"
+) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested mapping, in place."""
     for item in overrides:
         if "=" not in item:
@@ -148,9 +152,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_sections(
-    data: Mapping[str, Any], sections: Mapping[str, type], source: str
-) -> dict[str, Any]:
+def load_sections(data: Mapping[str, Any], sections: Mapping[str, type], source: str) -> dict[str, Any]:
     """Parse each known section into its dataclass; an unknown section is an error."""
     unknown = sorted(set(data) - set(sections))
     if unknown:

@@ -26,7 +26,7 @@ HR_MIN_BPM, HR_MAX_BPM = 35.0, 200.0
 
 def resize_frames(frames: np.ndarray, size: int = CLIP_SIZE) -> np.ndarray:
     """Frames (F, H, W) uint8 → (F, size, size) uint8; area interpolation when shrinking."""
-    f, h, w = frames.shape
+    _f, h, w = frames.shape
     if (h, w) == (size, size):
         return frames
     interp = cv2.INTER_AREA if h > size or w > size else cv2.INTER_LINEAR
@@ -86,7 +86,7 @@ def estimate_period(frames: np.ndarray, fps: float) -> float | None:
     dev = small - small.mean(axis=0, keepdims=True)
     sig = (dev * dev.mean(axis=0, keepdims=True)).sum(axis=1)
     # Detrend slow gain drift, then normalise.
-    k = max(3, int(round(fps * 1.5)) | 1)
+    k = max(3, round(fps * 1.5) | 1)
     if n > k:
         trend = np.convolve(np.pad(sig, k // 2, mode="edge"), np.ones(k) / k, mode="valid")
         sig = sig - trend

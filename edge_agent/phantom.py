@@ -207,7 +207,7 @@ def beat_volume(beat: Beat, t: np.ndarray) -> np.ndarray:
 
 def valve_opening(beat: Beat, t: np.ndarray) -> np.ndarray:
     """Mitral opening 0..1 at times t: open in rapid filling and the atrial kick, closed in systole."""
-    ivc, ej, ivr, rapid, rest, atrial = _phase_durations(beat.rr)
+    ivc, ej, ivr, rapid, rest, _atrial = _phase_durations(beat.rr)
     tau = np.asarray(t, dtype=np.float64) - beat.t_ed
     t0 = ivc + ej + ivr
     e_wave = np.clip((tau - t0) / 0.04, 0, 1) * np.clip(1 - (tau - t0 - rapid) / max(rest, 0.05), 0.35, 1)
@@ -423,7 +423,7 @@ class EchoPhantom:
         self._scan_maps()
         # Scatterers: complex white noise on a fine tissue-fixed grid (cm → cells).
         self.cell = 0.06
-        n = int(math.ceil(case.depth_cm * 1.6 / self.cell))
+        n = math.ceil(case.depth_cm * 1.6 / self.cell)
         self.tissue_origin = np.array([-0.8 * case.depth_cm, -0.1 * case.depth_cm])
         self.scat = (rng.standard_normal((n, n, 2)) / math.sqrt(2)).astype(np.float32)
         # Slow echogenicity texture of the myocardium and surrounding tissue (fibres, fat).
@@ -560,7 +560,9 @@ class EchoPhantom:
         # rescaled to unit gain on white scatterers so myocardium has unit RMS echo amplitude.
         ax, lat = 1.05 * q["blur"], 1.43 * q["blur"]
         near = cv2.GaussianBlur(field, (0, 0), sigmaX=lat, sigmaY=ax) * math.sqrt(4 * math.pi * lat * ax)
-        wide = cv2.GaussianBlur(field, (0, 0), sigmaX=1.7 * lat, sigmaY=ax) * math.sqrt(4 * math.pi * 1.7 * lat * ax)
+        wide = cv2.GaussianBlur(field, (0, 0), sigmaX=1.7 * lat, sigmaY=ax) * math.sqrt(
+            4 * math.pi * 1.7 * lat * ax
+        )
         dn = (self.depths / self.r_max)[:, None, None]
         field = near * (1 - dn) + wide * dn  # lateral beam spreads beyond the focus
         # Near-field clutter / reverberation: diffuse echo decaying with depth, everywhere.
@@ -570,9 +572,11 @@ class EchoPhantom:
         # Attenuation with partial time-gain compensation, beam gain (ribs), dropout.
         atten = np.exp(-0.06 * self.depths)[:, None]
         env = env * atten * self.beam_gain[None, :] * self.dropout
-        noise = self.noise_amp * np.abs(
-            self.rng.standard_normal(env.shape) + 1j * self.rng.standard_normal(env.shape)
-        ) * (0.4 + self.depths[:, None] / self.r_max)
+        noise = (
+            self.noise_amp
+            * np.abs(self.rng.standard_normal(env.shape) + 1j * self.rng.standard_normal(env.shape))
+            * (0.4 + self.depths[:, None] / self.r_max)
+        )
         env = np.sqrt(env**2 + noise**2)
         # --- log compression and display mapping ---
         db = 20 * np.log10(env + 1e-6) + case.gain_db
@@ -580,8 +584,14 @@ class EchoPhantom:
         img = (db - (top - case.dynamic_range_db)) / case.dynamic_range_db
         img = np.clip(img, 0, 1) ** 2.4 * 255  # display curve: darkens the low end as scanners do
         # --- scan conversion to the square image, sector apex at top centre ---
-        out = cv2.remap(img.astype(np.float32), self.map_beam, self.map_depth, cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        out = cv2.remap(
+            img.astype(np.float32),
+            self.map_beam,
+            self.map_depth,
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
         out = out * self.sector
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
@@ -609,7 +619,10 @@ class EchoPhantom:
         the wall moves towards the long axis, stretched across its thickness, decaying outside.
         """
         u_ref = u * np.where(u <= shape.length, ed.length / shape.length, 1.0)
-        u_ref = np.where(u > shape.length, u + (ed.length - shape.length) * np.exp(-(u - shape.length) / 2), u_ref)
+        u_ref = np.where(
+            u > shape.length, u + (ed.length - shape.length) * np.exp(-(u - shape.length) / 2), u_ref
+        )
+
         # Half-widths of cavity and wall at this height, now and at ED.
         def half_widths(s: LVShape, uu):
             x = np.clip((uu - s.a) / s.a, -1, 1)
@@ -675,8 +688,8 @@ def label_clip(phantom: EchoPhantom, frames: np.ndarray, contours: np.ndarray, t
             continue
         edv = simpson_volume(phantom.contour_px(beat.t_ed, 96) / phantom.px_per_cm)[0]
         esv = simpson_volume(phantom.contour_px(beat.t_es, 96) / phantom.px_per_cm)[0]
-        ed_frames.append(int(round((beat.t_ed - t_first) * fps)))
-        es_frames.append(int(round((beat.t_es - t_first) * fps)))
+        ed_frames.append(round((beat.t_ed - t_first) * fps))
+        es_frames.append(round((beat.t_es - t_first) * fps))
         efs.append(100.0 * (edv - esv) / edv)
         edvs.append(edv)
         esvs.append(esv)
@@ -707,12 +720,12 @@ def simulate_beat(case: CaseParams, seed: int | np.random.Generator, jitter_fram
     fps = case.fps
     pad = jitter_frames + 1
     t0 = beat.t_ed - pad / fps
-    n = int(math.ceil((beat.rr * fps))) + 2 * pad + 1
+    n = math.ceil(beat.rr * fps) + 2 * pad + 1
     times = t0 + np.arange(n) / fps
     frames, contours = phantom.render(times)
     clip = label_clip(phantom, frames, contours, times)
     start = clip.ed_frames[0] + int(rng.integers(-jitter_frames, jitter_frames + 1))
-    end = start + int(round(beat.rr * fps)) + int(rng.integers(-jitter_frames, jitter_frames + 1))
+    end = start + round(beat.rr * fps) + int(rng.integers(-jitter_frames, jitter_frames + 1))
     return frames, start, min(end, n), clip
 
 

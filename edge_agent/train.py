@@ -240,7 +240,11 @@ def train(sections: dict, resume: bool = True) -> Path:
     train_arr, val_arr = load_data(dcfg)
     out = Path(tcfg.out)
     ckpt_path = out / "checkpoint.pt"
-    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu") if resume and ckpt_path.exists() else None
+    ckpt = (
+        torch.load(ckpt_path, weights_only=False, map_location="cpu")
+        if resume and ckpt_path.exists()
+        else None
+    )
     transform = (
         from_mapping(TargetTransform, ckpt["transform"]) if ckpt else TargetTransform.fit(train_arr.ef)
     )
@@ -277,9 +281,9 @@ def train(sections: dict, resume: bool = True) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
                 pe.lerp_(pm, 1 - tcfg.ema)
-            for be, bm in zip(ema.buffers(), model.buffers()):
+            for be, bm in zip(ema.buffers(), model.buffers(), strict=False):
                 be.copy_(bm)
         state.step += 1
         for k, v in parts.items():
@@ -317,13 +321,22 @@ def save_artefact(state: TrainState, sections: dict, val_arr: ClipArrays, second
         "diffusion": to_mapping(sections["diffusion"]),
         "target_transform": {"kind": "standardised_logit", **to_mapping(state.ema.transform)},
         "recalibration": {"kind": "logit_dispersion_scale", "scale": scale, "fit_on": "validation set"},
-        "input": {"video": "uint8 (B, 32, 112, 112), one beat ED→ED via cycles.make_clip",
-                  "demographics": "float32 (B, 4) [age y, sex 1=M, weight kg, height cm]",
-                  "demo_mask": "bool (B, 4)"},
-        "parameters": {"diffusion_path": state.ema.diffusion_parameters(),
-                       "total_with_baselines": sum(p.numel() for p in state.ema.parameters())},
-        "training": {"data": to_mapping(sections["data"]), "train": to_mapping(tcfg),
-                     "steps": state.step, "wall_seconds": round(seconds, 1), "history": state.history},
+        "input": {
+            "video": "uint8 (B, 32, 112, 112), one beat ED→ED via cycles.make_clip",
+            "demographics": "float32 (B, 4) [age y, sex 1=M, weight kg, height cm]",
+            "demo_mask": "bool (B, 4)",
+        },
+        "parameters": {
+            "diffusion_path": state.ema.diffusion_parameters(),
+            "total_with_baselines": sum(p.numel() for p in state.ema.parameters()),
+        },
+        "training": {
+            "data": to_mapping(sections["data"]),
+            "train": to_mapping(tcfg),
+            "steps": state.step,
+            "wall_seconds": round(seconds, 1),
+            "history": state.history,
+        },
         "metrics": {},
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
@@ -335,11 +348,15 @@ def load_model(path: str | Path) -> tuple[MCSDR, dict]:
     path = Path(path).with_suffix(".pt")
     side_path = path.with_suffix(".json")
     if not side_path.exists():
-        raise FileNotFoundError(f"{path}: sidecar {side_path.name} is missing; re-export with `edge-agent train`")
+        raise FileNotFoundError(
+            f"{path}: sidecar {side_path.name} is missing; re-export with `edge-agent train`"
+        )
     side = json.loads(side_path.read_text())
     digest = file_sha256(path)
     if digest != side["sha256"]:
-        raise ValueError(f"{path}: content hash {digest[:12]} does not match its sidecar ({side['sha256'][:12]})")
+        raise ValueError(
+            f"{path}: content hash {digest[:12]} does not match its sidecar ({side['sha256'][:12]})"
+        )
     model = MCSDR(
         from_mapping(ModelConfig, side["model"]),
         TargetTransform(mu=side["target_transform"]["mu"], sigma=side["target_transform"]["sigma"]),

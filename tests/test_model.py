@@ -9,7 +9,7 @@ import torch
 from edge_agent.datasets.synthetic import ClipArrays
 from edge_agent.model.ddim import DiffusionSchedule, ddim_sample
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
-from edge_agent.train import drop_demographics, losses, sample_arrays
+from edge_agent.train import _batch, drop_demographics, losses, sample_arrays
 
 TINY = ModelConfig(width=4, d_model=16, n_heads=2, n_blocks=1)
 
@@ -88,7 +88,10 @@ def _toy_arrays(n: int, seed: int) -> ClipArrays:
     for i in range(n):
         clips[i][:, disc] = level[i]
     ef = (15 + 70 * level / 255).astype(np.float32)
-    return ClipArrays(clips, ef, np.zeros((n, 4), np.float32), np.zeros((n, 4), bool), np.zeros(n, np.int8))
+    no_area = np.full((n, 32), np.nan, np.float32)  # like real data: no area curve, no auxiliary loss
+    return ClipArrays(
+        clips, ef, np.zeros((n, 4), np.float32), np.zeros((n, 4), bool), np.zeros(n, np.int8), no_area
+    )
 
 
 def test_tiny_model_learns_a_simple_mapping():
@@ -100,14 +103,10 @@ def test_tiny_model_learns_a_simple_mapping():
     rng = np.random.default_rng(0)
     for _ in range(300):
         idx = rng.choice(len(train), 16, replace=False)
-        batch = {
-            "clips": torch.from_numpy(train.clips[idx]),
-            "ef": torch.from_numpy(train.ef[idx]),
-            "demo": torch.from_numpy(train.demo[idx]),
-            "mask": torch.from_numpy(train.mask[idx]),
-        }
+        batch = _batch(train, idx, gen, augment=False)
         parts = losses(model, batch, draws=8, gen=gen)
-        loss = parts["eps"] + parts["reg"] + parts["nll"]
+        assert parts["area"].item() == 0.0  # no area curve known: the auxiliary term is inert
+        loss = parts["eps"] + parts["reg"] + parts["nll"] + parts["area"]
         opt.zero_grad()
         loss.backward()
         opt.step()

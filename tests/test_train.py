@@ -60,7 +60,15 @@ def test_train_resume_and_artefact(tmp_path):
     assert any(not torch.equal(first_weights[k], ckpt["model"][k]) for k in first_weights)
 
     side = json.loads(path.with_suffix(".json").read_text())
-    for key in ("sha256", "model", "diffusion", "target_transform", "recalibration", "training", "parameters"):
+    for key in (
+        "sha256",
+        "model",
+        "diffusion",
+        "target_transform",
+        "recalibration",
+        "training",
+        "parameters",
+    ):
         assert key in side
     assert side["diffusion"]["num_inference_steps"] == 10 and side["training"]["steps"] == 6
     assert 0.25 <= side["recalibration"]["scale"] <= 4.0
@@ -77,5 +85,5 @@ def test_train_resume_and_artefact(tmp_path):
 
 def test_missing_sidecar_is_a_clear_error(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="sidecar m.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"sidecar m\.json is missing"):
         load_model(tmp_path / "m")

@@ -24,7 +24,9 @@ def case_demographics(demo: Demographics) -> tuple[np.ndarray, np.ndarray]:
     return demographics_vector(demo.age, sex, demo.weight, demo.height)
 
 
-def synthetic_example(seed: int, index: int, quality: str | None = None, pediatric: bool = False) -> ClipSample:
+def synthetic_example(
+    seed: int, index: int, quality: str | None = None, pediatric: bool = False
+) -> ClipSample:
     """One simulated beat as a :class:`ClipSample` (the same contract as the real-data loaders)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     case = draw_case(rng, quality=quality, pediatric=pediatric)
@@ -47,8 +49,11 @@ def synthetic_example(seed: int, index: int, quality: str | None = None, pediatr
 
 @dataclass
 class ClipArrays:
-    """A materialised set of beats (synthetic, or any loader via :meth:`from_dataset`): clips (N, 32, 112, 112) uint8, ef (N,) %, demo (N, 4), mask (N, 4),
-    quality (N,) index into QUALITIES, lv_area (N, 32) LV area relative to ED (NaN where unknown)."""
+    """A materialised set of beats (synthetic, or any loader via :meth:`from_dataset`).
+
+    clips (N, 32, 112, 112) uint8, ef (N,) %, demo (N, 4), mask (N, 4) bool, quality (N,) index into
+    QUALITIES (-1 unknown), lv_area (N, 32) LV area relative to ED (NaN where unknown).
+    """
 
     clips: np.ndarray
     ef: np.ndarray
@@ -59,7 +64,12 @@ class ClipArrays:
 
     def save(self, path: str) -> None:
         np.savez(
-            path, clips=self.clips, ef=self.ef, demo=self.demo, mask=self.mask, quality=self.quality,
+            path,
+            clips=self.clips,
+            ef=self.ef,
+            demo=self.demo,
+            mask=self.mask,
+            quality=self.quality,
             lv_area=self.lv_area,
         )
 
@@ -79,8 +89,12 @@ class ClipArrays:
         """
         n = len(ds)
         out = cls(
-            np.empty((n, 32, 112, 112), np.uint8), np.empty(n, np.float32), np.empty((n, 4), np.float32),
-            np.empty((n, 4), bool), np.full(n, -1, np.int8), np.full((n, 32), np.nan, np.float32),
+            np.empty((n, 32, 112, 112), np.uint8),
+            np.empty(n, np.float32),
+            np.empty((n, 4), np.float32),
+            np.empty((n, 4), bool),
+            np.full(n, -1, np.int8),
+            np.full((n, 32), np.nan, np.float32),
         )
         for i in tqdm(range(n), desc=desc, unit="clip"):
             s = ds[i]

@@ -252,7 +252,9 @@ class MCSDR(nn.Module):
         dem = known * (z * self.demo_w + self.demo_b) + (1 - known) * self.demo_missing
         return self.token_norm(torch.cat([glob, vid, dem], dim=1))
 
-    def condition(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> list[torch.Tensor]:
+    def condition(
+        self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor
+    ) -> list[torch.Tensor]:
         """Encode one batch of windows once: per-block keys and values, flattened as [k0, v0, k1, v1, …]."""
         tok = self.tokens(video, demo, demo_mask)
         return [kv for blk in self.blocks for kv in blk.keys_values(tok)]
@@ -283,7 +285,7 @@ class MCSDR(nn.Module):
         steps = self.schedule.timesteps(num_inference_steps)
         coef = self.schedule.step_coefficients(num_inference_steps)
         y = noise
-        for (a, b), t in zip(coef.tolist(), steps.tolist()):
+        for (a, b), t in zip(coef.tolist(), steps.tolist(), strict=False):
             tt = torch.full_like(y, t, dtype=torch.int64)
             y = a * y + b * self.eps(y, tt, kv)
         return y
