@@ -51,6 +51,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baselines=args.baselines,
         out=args.out,
         json_path=args.json,
+        record=args.record,
     )
     result = run_evaluation(req)
     print(json.dumps({k: result["raw"][k] for k in ("n", "mae", "rmse", "crps", "picp90")}, indent=None))
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baselines", action="store_true", help="also evaluate the regression and Gaussian heads")
     e.add_argument("--out", default="runs/eval", help="folder for report.md, metrics.json and plots")
     e.add_argument("--json", help="also write the metrics JSON here")
+    e.add_argument("--record", action="store_true", help="store the figures in the model's sidecar JSON")
     e.set_defaults(func=cmd_evaluate)
 
     st = sub.add_parser("sim-stats", help="image statistics of simulated clips next to real EchoNet clips")

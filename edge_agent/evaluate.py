@@ -92,6 +92,7 @@ class EvalRequest:
     baselines: bool = False
     out: str = "runs/eval"
     json_path: str | None = None
+    record: bool = False  # also store the figures in the model's sidecar JSON
     workers: int = 2
 
     def __post_init__(self) -> None:
@@ -417,4 +418,25 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
     _plot_reliability(out / "reliability.png", truth, calibrated)
     _plot_pit(out / "pit.png", truth, posteriors)
     _plot_std_by_quality(out / "std_by_quality.png", posteriors, quality)
+    if req.record:
+        record_in_sidecar(req.model, result)
     return result
+
+
+def record_in_sidecar(model: str, result: dict[str, Any]) -> None:
+    """Store an evaluation's figures in the artefact's sidecar under ``metrics`` (keyed by data).
+
+    The sidecar's content hash covers the weights file only, so recording metrics never
+    invalidates it; earlier entries for other data are kept.
+    """
+    path = Path(model).with_suffix(".json")
+    side = json.loads(path.read_text())
+    d = result["data"]
+    key = (
+        f"synthetic_seed{d['seed']}_n{d['n']}"
+        if d["source"] == "synthetic"
+        else f"{d['format']}:{d['split']}"
+    )
+    keep = ("raw", "recalibrated", "regression", "gaussian", "data", "k", "noise_seed")
+    side.setdefault("metrics", {})[key] = {k: result[k] for k in keep if k in result}
+    path.write_text(json.dumps(side, indent=2))

@@ -16,7 +16,7 @@ from edge_agent.evaluate import FLAT_KEYS, EvalRequest, quality_labels, run_eval
 from edge_agent.model.ddim import DiffusionSchedule
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
 from edge_agent.posterior import recalibrate
-from edge_agent.train import DataConfig, TrainConfig, TrainState, save_artefact
+from edge_agent.train import DataConfig, TrainConfig, TrainState, load_model, save_artefact
 from tests.fixtures import EchoVideo, write_echonet_dynamic
 
 SCALE = 2.0  # recalibration scale written into the sidecar, so the recalibrated posterior must differ
@@ -63,8 +63,18 @@ def synthetic_run(artefact: Path, tmp_path_factory: pytest.TempPathFactory) -> t
         out=str(root / "out"),
         json_path=str(root / "extra" / "m.json"),
         workers=1,
+        record=True,
     )
     return run_evaluation(req), root / "out", root / "extra" / "m.json"
+
+
+def test_record_stores_figures_in_the_sidecar_and_keeps_the_hash_valid(synthetic_run, artefact):
+    result, _, _ = synthetic_run
+    side = json.loads(artefact.with_suffix(".json").read_text())
+    entry = side["metrics"][f"synthetic_seed{EVAL_SEED}_n6"]
+    assert entry["raw"] == result["raw"] and entry["gaussian"] == result["gaussian"]
+    assert entry["data"]["source"] == "synthetic"
+    load_model(artefact)  # the weights' hash still matches
 
 
 def test_writes_every_file_and_valid_plots(synthetic_run):
