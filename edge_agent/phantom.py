@@ -20,7 +20,6 @@ Every random choice comes from one ``numpy.random.Generator``: a seed fixes the 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -165,7 +164,8 @@ class Beat:
 
     @property
     def t_es(self) -> float:
-        return self.t_ed + _phase_durations(self.rr)[0] + _phase_durations(self.rr)[1]
+        ivc, ejection = _phase_durations(self.rr)[:2]
+        return self.t_ed + ivc + ejection
 
 
 def _phase_durations(rr: float) -> tuple[float, float, float, float, float, float]:
@@ -727,7 +727,3 @@ def simulate_beat(case: CaseParams, seed: int | np.random.Generator, jitter_fram
     start = clip.ed_frames[0] + int(rng.integers(-jitter_frames, jitter_frames + 1))
     end = start + round(beat.rr * fps) + int(rng.integers(-jitter_frames, jitter_frames + 1))
     return frames, start, min(end, n), clip
-
-
-def replace_quality(case: CaseParams, quality: str) -> CaseParams:
-    return dataclasses.replace(case, quality=quality)
