@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from edge_agent.config import apply_overrides, load_yaml
+from edge_agent.config import apply_overrides, load_yaml, to_mapping
 from edge_agent.train import load_model, parse_config, train
 
 
@@ -87,3 +87,15 @@ def test_missing_sidecar_is_a_clear_error(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"x")
     with pytest.raises(FileNotFoundError, match=r"sidecar m\.json is missing"):
         load_model(tmp_path / "m")
+
+
+def test_trains_from_a_dataset_folder_in_echonet_format(tmp_path):
+    """`data.format: echonet` reads a folder through the EchoNet loader (here one the simulator wrote)."""
+    from edge_agent.simulate import write_dataset
+
+    root = write_dataset(tmp_path / "echonet", n=10, seed=4, fmt="echonet", n_beats=2.2, workers=1)
+    data = {k: to_mapping(v) for k, v in _sections(tmp_path, steps=2).items()}
+    data["data"].update(format="echonet", root=str(root))
+    path = train(parse_config(data, "test"))
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["training"]["data"]["format"] == "echonet" and side["training"]["steps"] == 2
