@@ -1,0 +1,711 @@
+"""Tests for edge_agent.wire: round trips, zero-copy decoding, every refusal, and decoder fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from edge_agent import posterior, wire
+from edge_agent.datasets.base import DEMOGRAPHIC_FIELDS, demographics_vector
+from edge_agent.wire import WireError
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# ---------------------------------------------------------------- builders
+
+
+def make_window(frames: np.ndarray | None = None, **overrides: Any) -> wire.Window:
+    if frames is None:
+        frames = np.random.default_rng(0).integers(0, 256, wire.WINDOW_SHAPE, dtype=np.uint8)
+    fields: dict[str, Any] = {
+        "stream": "bed-1.a_2",
+        "seq": 7,
+        "frame_seq": (100, 151),
+        "t": (12.5, 13.52),
+        "t_sent": 13.6,
+        "fps": 50.0,
+        "hr_bpm": 58.8,
+        "beat": "ed_ed",
+        "demo": {"age_years": 61.0, "sex_male": 1.0},
+        "truth": {"ef": 55.0},
+    }
+    return wire.Window(frames=frames, **{**fields, **overrides})
+
+
+def summary(seed: int = 0) -> dict[str, Any]:
+    samples = np.random.default_rng(seed).normal(52.0, 6.0, size=40)
+    return posterior.summarize(samples).to_dict()
+
+
+def estimate_body(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "seq": 7,
+        "frame_seq": [100, 151],
+        "t": [12.5, 13.52],
+        "t_published": 13.7,
+        "beat": summary(0),
+        "running": {**summary(1), "n_beats": 5},
+        "hr_bpm": 58.8,
+        "backend": "torch",
+        "latency_ms": 180.0,
+        "truth": {"ef": 55.0},
+    }
+    return {**body, **overrides}
+
+
+def status_body(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "t": 20.0,
+        "fps": 49.8,
+        "hr_bpm": None,
+        "signal": "ok",
+        "windows_dropped": 0,
+        "frames_dropped": 3,
+        "seq_gaps": 1,
+    }
+    return {**body, **overrides}
+
+
+def heartbeat_body(**overrides: Any) -> dict[str, Any]:
+    return {**{"host": "edge-01.local", "pid": 4242, "uptime_s": 12.25, "t": 30.0}, **overrides}
+
+
+def with_map(parts: Sequence[Any], index: int, change: Callable[[dict[str, Any]], None]) -> list[Any]:
+    """Unpack the msgpack map at ``parts[index]``, let ``change`` edit it, and pack it back."""
+    data = msgpack.unpackb(bytes(parts[index]), raw=False)
+    change(data)
+    out = list(parts)
+    out[index] = msgpack.packb(data, use_bin_type=True)
+    return out
+
+
+def setter(path: tuple[str, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            data = data[key]
+        data[path[-1]] = value
+
+    return change
+
+
+def deleter(path: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            data = data[key]
+        del data[path[-1]]
+
+    return change
+
+
+# ---------------------------------------------------------------- window round trips
+
+
+def test_window_round_trip_is_bit_identical_and_zero_copy() -> None:
+    window = make_window()
+    parts = wire.encode_window(window)
+    assert len(parts) == 2
+    # Encoding hands ZeroMQ a view of the caller's array, not a copy.
+    assert isinstance(parts[1], memoryview)
+    assert np.shares_memory(np.asarray(parts[1]), window.frames)
+
+    received = bytearray(parts[1])  # what a socket hands over: a fresh buffer
+    out = wire.decode_window([bytes(parts[0]), received])
+    assert out.frames.shape == wire.WINDOW_SHAPE and out.frames.dtype == np.uint8
+    assert np.array_equal(out.frames, window.frames)
+    assert np.shares_memory(out.frames, np.frombuffer(received, dtype=np.uint8))
+    assert not out.frames.flags.writeable
+    for name in ("stream", "seq", "frame_seq", "t", "t_sent", "fps", "hr_bpm", "beat", "demo", "truth"):
+        assert getattr(out, name) == getattr(window, name), name
+    assert out.frame_seq == (100, 151) and out.t == (12.5, 13.52)
+
+
+def test_window_decodes_a_zmq_frame_like_object_without_copying() -> None:
+    class FrameLike:  # the part of zmq.Frame the decoder relies on
+        def __init__(self, data: bytes) -> None:
+            self.buffer = memoryview(data)
+
+    window = make_window()
+    header, pixels = wire.encode_window(window)
+    received = bytes(pixels)
+    out = wire.decode_window([FrameLike(bytes(header)), FrameLike(received)])
+    assert np.array_equal(out.frames, window.frames)
+    assert np.shares_memory(out.frames, np.frombuffer(received, dtype=np.uint8))
+
+
+def test_window_header_is_msgpack_with_the_documented_keys() -> None:
+    header = msgpack.unpackb(wire.encode_window(make_window())[0], raw=False)
+    assert header == {
+        "v": 1,
+        "kind": "window",
+        "stream": "bed-1.a_2",
+        "seq": 7,
+        "frame_seq": [100, 151],
+        "t": [12.5, 13.52],
+        "t_sent": 13.6,
+        "shape": [32, 112, 112],
+        "dtype": "uint8",
+        "fps": 50.0,
+        "hr_bpm": 58.8,
+        "beat": "ed_ed",
+        "demo": {"age_years": 61.0, "sex_male": 1.0},
+        "truth": {"ef": 55.0},
+    }
+    assert wire.SCHEMA_VERSION == 1
+
+
+def test_window_without_optional_maps_omits_them() -> None:
+    window = make_window(demo={}, truth={}, hr_bpm=None, beat="fixed")
+    parts = wire.encode_window(window)
+    header = msgpack.unpackb(parts[0], raw=False)
+    assert "demo" not in header and "truth" not in header and header["hr_bpm"] is None
+    out = wire.decode_window(parts)
+    assert out.demo == {} and out.truth == {} and out.hr_bpm is None and out.beat == "fixed"
+    values, mask = out.demographics_arrays()
+    assert values.tolist() == [0.0, 0.0, 0.0, 0.0] and mask.tolist() == [False] * 4
+
+
+def test_demographics_arrays_follow_the_model_order() -> None:
+    out = wire.decode_window(wire.encode_window(make_window(demo={"height_cm": 172.0, "sex_male": 0.0})))
+    values, mask = out.demographics_arrays()
+    assert DEMOGRAPHIC_FIELDS == ("age_years", "sex_male", "weight_kg", "height_cm")
+    assert values.dtype == np.float32 and mask.dtype == np.bool_
+    assert values.tolist() == [0.0, 0.0, 0.0, 172.0]
+    assert mask.tolist() == [False, True, False, True]
+    expected = demographics_vector(height_cm=172.0, sex_male=0.0)
+    assert np.array_equal(values, expected[0]) and np.array_equal(mask, expected[1])
+
+
+def test_window_normalises_numpy_and_int_fields() -> None:
+    window = make_window(seq=np.int64(3), fps=50, t_sent=np.float32(2.5), frame_seq=[1, 2])
+    assert type(window.seq) is int and type(window.fps) is float and type(window.t_sent) is float
+    assert window.frame_seq == (1, 2)
+
+
+def test_strided_frames_are_sent_contiguous() -> None:
+    base = np.arange(32 * 112 * 224, dtype=np.uint32).astype(np.uint8).reshape(32, 112, 224)
+    strided = base[:, :, ::2]
+    out = wire.decode_window(wire.encode_window(make_window(frames=strided)))
+    assert np.array_equal(out.frames, strided)
+
+
+def test_other_shapes_decode_only_when_the_consumer_allows() -> None:
+    small = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    parts = wire.encode_window(make_window(frames=small))
+    with pytest.raises(WireError, match=r"window\.shape.*\[32, 112, 112\]"):
+        wire.decode_window(parts)
+    assert np.array_equal(wire.decode_window(parts, expected_shape=None).frames, small)
+    assert wire.decode_window(parts, expected_shape=(2, 3, 4)).frames.shape == (2, 3, 4)
+
+
+# ---------------------------------------------------------------- window refusals
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("kind",), "estimate", "window.kind"),
+        (("stream",), "", "window.stream"),
+        (("stream",), "bed 1", "window.stream"),
+        (("stream",), "x" * 65, "window.stream"),
+        (("stream",), 5, "window.stream"),
+        (("seq",), -1, "window.seq"),
+        (("seq",), 1.5, "window.seq"),
+        (("seq",), True, "window.seq"),
+        (("seq",), "7", "window.seq"),
+        (("frame_seq",), [151, 100], "window.frame_seq"),
+        (("frame_seq",), [100], "window.frame_seq"),
+        (("frame_seq",), [-1, 100], "window.frame_seq[0]"),
+        (("t",), [math.nan, 13.0], "window.t[0]"),
+        (("t",), [12.0, math.inf], "window.t[1]"),
+        (("t",), [14.0, 13.0], "window.t"),
+        (("t_sent",), math.nan, "window.t_sent"),
+        (("t_sent",), -math.inf, "window.t_sent"),
+        (("t_sent",), None, "window.t_sent"),
+        (("shape",), [32, 112], "window.shape"),
+        (("shape",), [65, 112, 112], "window.shape[0]"),
+        (("shape",), [32, 1025, 112], "window.shape[1]"),
+        (("shape",), [32, 112, 0], "window.shape[2]"),
+        (("shape",), [32, 112, 112.0], "window.shape[2]"),
+        (("dtype",), "float32", "window.dtype"),
+        (("dtype",), "<u1", "window.dtype"),
+        (("fps",), 0, "window.fps"),
+        (("fps",), -50.0, "window.fps"),
+        (("hr_bpm",), 0.0, "window.hr_bpm"),
+        (("hr_bpm",), "72", "window.hr_bpm"),
+        (("beat",), 3, "window.beat"),
+        (("beat",), "", "window.beat"),
+        (("demo",), None, "window.demo"),
+        (("demo",), {"bmi": 22.0}, "window.demo"),
+        (("demo", "sex_male"), 2.0, "window.demo.sex_male"),
+        (("demo", "age_years"), math.nan, "window.demo.age_years"),
+        (("demo", "weight_kg"), -70.0, "window.demo.weight_kg"),
+        (("truth",), [55.0], "window.truth"),
+        (("truth", "ef"), math.inf, "window.truth.ef"),
+        (("truth", "ef"), "55", "window.truth.ef"),
+        (("extra_key",), 1, "extra_key"),
+    ],
+)
+def test_window_header_refusals_name_the_field(path: tuple[str, ...], value: Any, field: str) -> None:
+    parts = with_map(wire.encode_window(make_window()), 0, setter(path, value))
+    with pytest.raises(WireError) as info:
+        wire.decode_window(parts)
+    assert field in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["v", "kind", "stream", "seq", "frame_seq", "t", "t_sent", "shape", "dtype"])
+def test_window_missing_key_is_named(key: str) -> None:
+    parts = with_map(wire.encode_window(make_window()), 0, deleter((key,)))
+    with pytest.raises(WireError, match=rf"window\.{key}\b"):
+        wire.decode_window(parts)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", 1.0, True, None])
+def test_window_other_version_names_both_versions(version: Any) -> None:
+    parts = with_map(wire.encode_window(make_window()), 0, setter(("v",), version))
+    with pytest.raises(WireError, match=r"window\.v: schema version .* not supported.*speaks version 1"):
+        wire.decode_window(parts)
+
+
+def test_version_is_checked_before_the_keys() -> None:
+    # A v2 header may have other keys: the error must blame the version, not a key.
+    parts = with_map(wire.encode_window(make_window()), 0, lambda h: h.update(v=2, new_field=1))
+    with pytest.raises(WireError, match=r"window\.v: schema version 2"):
+        wire.decode_window(parts)
+
+
+@pytest.mark.parametrize("delta", [-1, 1, -wire.WINDOW_SHAPE[2]])
+def test_pixel_buffer_must_match_the_shape_exactly(delta: int) -> None:
+    header, pixels = wire.encode_window(make_window())
+    data = bytes(pixels)
+    wrong = data[:delta] if delta < 0 else data + b"\0" * delta
+    with pytest.raises(WireError, match=r"window pixels: \d+ bytes.*needs 401408"):
+        wire.decode_window([header, wrong])
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_window_needs_two_frames(count: int) -> None:
+    header, pixels = wire.encode_window(make_window())
+    with pytest.raises(WireError, match=r"window: expected 2 frames"):
+        wire.decode_window([header, pixels, b""][:count])
+
+
+def test_oversized_header_is_refused_before_parsing() -> None:
+    header = msgpack.packb({"v": 1, "pad": "x" * wire.MAX_HEADER_BYTES})
+    with pytest.raises(WireError, match=r"window header: \d+ bytes exceeds the 65536-byte limit"):
+        wire.decode_window([header, b""])
+
+
+class Boom:
+    """Unpickling this would run code: the decoders must never get that far."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, ("raise SystemExit('unpickled!')",))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pickle.dumps(Boom()),
+        pickle.dumps({"v": 1, "kind": "window"}),
+        b"",
+        b"\xc1",  # reserved msgpack byte
+        msgpack.packb([1, "window"]),
+        msgpack.packb({"v": 1}) + b"\x00",  # trailing bytes
+        msgpack.packb({1: "int key"}),
+        msgpack.packb({"v": 1, "kind": "window", "truth": {"ef": msgpack.ExtType(1, b"x")}}),
+        msgpack.packb({"v": 1, "kind": "window", "stream": b"bytes"}, use_bin_type=True),
+        msgpack.packb({"v": 1, "kind": "window", "big": list(range(wire.MAX_CONTAINER_LEN + 1))}),
+        msgpack.packb({"v": 1, "kind": "window", "t_sent": msgpack.Timestamp(1, 0)}, datetime=False),
+        msgpack.packb({"v": 1, "kind": "window", "\udcff": 1}, unicode_errors="surrogateescape"),
+        # 1000 nested arrays: within msgpack's stack limit, beyond a plain repr()'s recursion limit.
+        b"\x83"  # a map of 3: v, kind, and a stream nested 1000 arrays deep
+        + b"".join(msgpack.packb(x) for x in ("v", 1, "kind", "window", "stream"))
+        + b"\x91" * 1000
+        + b"\xc0",
+    ],
+    ids=[
+        "pickle-rce",
+        "pickle-dict",
+        "empty",
+        "reserved-byte",
+        "array",
+        "trailing-bytes",
+        "int-key",
+        "ext-type",
+        "bin-value",
+        "long-array",
+        "timestamp",
+        "bad-utf8",
+        "deep-nesting",
+    ],
+)
+def test_hostile_or_broken_headers_raise_wire_error(header: bytes) -> None:
+    pixels = bytes(math.prod(wire.WINDOW_SHAPE))
+    with pytest.raises(WireError, match=r"^window"):
+        wire.decode_window([header, pixels])
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["a string", 12, None, np.zeros((4, 4), dtype=np.uint8)[:, ::2]],
+    ids=["str", "int", "none", "strided"],
+)
+def test_frames_that_are_not_contiguous_bytes_are_refused(frame: Any) -> None:
+    header, _ = wire.encode_window(make_window())
+    with pytest.raises(WireError, match=r"window pixels: expected a C-contiguous bytes-like frame"):
+        wire.decode_window([header, frame])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"frames": np.zeros(wire.WINDOW_SHAPE, dtype=np.float32)}, "window.frames"),
+        ({"frames": np.zeros((32, 112), dtype=np.uint8)}, "window.frames.shape"),
+        ({"frames": np.zeros((65, 8, 8), dtype=np.uint8)}, "window.frames.shape[0]"),
+        ({"frames": [[[0]]]}, "window.frames"),
+        ({"seq": -3}, "window.seq"),
+        ({"stream": "bed/1"}, "window.stream"),
+        ({"t": (1.0, math.nan)}, "window.t[1]"),
+        ({"demo": {"Age": 40.0}}, "window.demo"),
+        ({"truth": {f"k{i}": 1.0 for i in range(wire.MAX_TRUTH_KEYS + 1)}}, "window.truth"),
+        ({"seq": 2**63}, "window.seq"),
+        ({"fps": 10**400}, "window.fps"),
+    ],
+)
+def test_bad_windows_are_refused_where_they_are_made(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(WireError) as info:
+        make_window(**overrides)
+    assert str(info.value).startswith(field)
+
+
+# ---------------------------------------------------------------- published messages
+
+
+def test_summary_keys_are_those_of_posterior_summary() -> None:
+    assert list(wire.SUMMARY_CHECKS) == list(summary().keys())
+
+
+def test_estimate_round_trip() -> None:
+    body = estimate_body()
+    parts = wire.encode_estimate("bed-1", body)
+    assert parts[0] == b"lvef.bed-1"
+    out = wire.decode_estimate([bytes(p) for p in parts])
+    assert out == {"v": 1, "kind": "estimate", "stream": "bed-1", **body}
+    assert list(out["beat"]) == list(summary().keys())
+    assert wire.decode_published(parts) == out
+
+
+def test_estimate_without_truth_and_with_numpy_values() -> None:
+    body = estimate_body(hr_bpm=None, latency_ms=np.float32(12.5), seq=np.int32(9))
+    del body["truth"]
+    out = wire.decode_estimate(wire.encode_estimate("s", body))
+    assert "truth" not in out and out["hr_bpm"] is None
+    assert out["latency_ms"] == 12.5 and out["seq"] == 9
+
+
+def test_status_round_trip() -> None:
+    parts = wire.encode_status("bed-1", status_body())
+    assert parts[0] == b"status.bed-1"
+    out = wire.decode_status(parts)
+    assert out == {"v": 1, "kind": "status", "stream": "bed-1", **status_body()}
+    assert wire.decode_published(parts) == out
+
+
+def test_heartbeat_round_trip() -> None:
+    parts = wire.encode_heartbeat(heartbeat_body())
+    assert parts[0] == b"heartbeat"
+    out = wire.decode_heartbeat(parts)
+    assert out == {"v": 1, "kind": "heartbeat", **heartbeat_body()}
+    assert wire.decode_published(parts) == out
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (setter(("v",), 2), "estimate.v"),
+        (setter(("kind",), "status"), "estimate.kind"),
+        (setter(("stream",), "bed-2"), "estimate.stream"),
+        (setter(("seq",), -1), "estimate.seq"),
+        (setter(("t_published",), math.nan), "estimate.t_published"),
+        (setter(("latency_ms",), math.inf), "estimate.latency_ms"),
+        (setter(("backend",), ""), "estimate.backend"),
+        (deleter(("beat", "q05")), "estimate.beat.q05"),
+        (deleter(("running", "n_beats")), "estimate.running.n_beats"),
+        (deleter(("running", "ci95")), "estimate.running.ci95"),
+        (setter(("beat", "n_beats"), 3), "estimate.beat"),
+        (setter(("beat", "mean"), math.nan), "estimate.beat.mean"),
+        (setter(("beat", "mean"), 101.0), "estimate.beat.mean"),
+        (setter(("beat", "ci90"), [60.0, 40.0]), "estimate.beat.ci90"),
+        (setter(("beat", "p_ef_lt_40"), 1.5), "estimate.beat.p_ef_lt_40"),
+        (setter(("beat", "multimodal"), 1), "estimate.beat.multimodal"),
+        (setter(("beat", "n_samples"), 0), "estimate.beat.n_samples"),
+        (setter(("running", "n_beats"), 0), "estimate.running.n_beats"),
+        (setter(("beat",), None), "estimate.beat"),
+        (deleter(("hr_bpm",)), "estimate.hr_bpm"),
+    ],
+)
+def test_estimate_refusals_name_the_field(change: Callable[[dict[str, Any]], None], field: str) -> None:
+    parts = with_map(wire.encode_estimate("bed-1", estimate_body()), 1, change)
+    with pytest.raises(WireError) as info:
+        wire.decode_estimate(parts)
+    assert str(info.value).startswith(field)
+    # The producer side refuses the same body before it reaches a socket.
+    body = msgpack.unpackb(parts[1], raw=False)
+    with pytest.raises(WireError, match=r"^estimate"):
+        wire.encode_estimate("bed-1", body)
+
+
+@pytest.mark.parametrize(
+    ("topic", "pattern"),
+    [
+        (b"status.bed-1", r"topic: 'status.bed-1' is not a estimate topic"),
+        (b"lvef.", r"topic stream"),
+        (b"lvef.bed 1", r"topic stream"),
+        (b"lvef.\xff", r"topic: not ASCII"),
+        (b"lvef." + b"x" * wire.MAX_TOPIC_BYTES, r"topic: \d+ bytes exceeds"),
+    ],
+)
+def test_estimate_topic_refusals(topic: bytes, pattern: str) -> None:
+    _, body = wire.encode_estimate("bed-1", estimate_body())
+    with pytest.raises(WireError, match=pattern):
+        wire.decode_estimate([topic, body])
+
+
+def test_body_limit_and_frame_count() -> None:
+    big = msgpack.packb({"v": 1, "pad": "x" * wire.MAX_BODY_BYTES})
+    with pytest.raises(WireError, match=r"estimate body: \d+ bytes exceeds the 262144-byte limit"):
+        wire.decode_estimate([b"lvef.a", big])
+    with pytest.raises(WireError, match=r"topic message: expected 2 frames"):
+        wire.decode_published([b"lvef.a"])
+
+
+def test_encoders_refuse_bad_streams_and_bodies() -> None:
+    with pytest.raises(WireError, match=r"^estimate\.stream"):
+        wire.encode_estimate("bed/1", estimate_body())
+    with pytest.raises(WireError, match=r"^estimate\.stream: body names 'b'"):
+        wire.encode_estimate("a", estimate_body(stream="b"))
+    with pytest.raises(WireError, match=r"^estimate: unknown key 'confidence'"):
+        wire.encode_estimate("a", estimate_body(confidence=0.9))
+    with pytest.raises(WireError, match=r"^status\.signal: expected one of \['ok', 'lost', 'stale'\]"):
+        wire.encode_status("a", status_body(signal="bad"))
+    with pytest.raises(WireError, match=r"^status\.windows_dropped"):
+        wire.encode_status("a", status_body(windows_dropped=-1))
+    with pytest.raises(WireError, match=r"^status\.fps"):
+        wire.encode_status("a", status_body(fps=math.nan))
+    with pytest.raises(WireError, match=r"^heartbeat\.pid"):
+        wire.encode_heartbeat(heartbeat_body(pid=0))
+    with pytest.raises(WireError, match=r"^heartbeat\.uptime_s"):
+        wire.encode_heartbeat(heartbeat_body(uptime_s=-1.0))
+    with pytest.raises(WireError, match=r"^heartbeat\.host"):
+        wire.encode_heartbeat(heartbeat_body(host=""))
+
+
+def test_topic_and_body_kinds_must_agree() -> None:
+    _, status = wire.encode_status("a", status_body())
+    with pytest.raises(WireError, match=r"^estimate\.kind"):
+        wire.decode_estimate([b"lvef.a", status])
+    _, heartbeat = wire.encode_heartbeat(heartbeat_body())
+    with pytest.raises(WireError, match=r"^topic: expected 'heartbeat'"):
+        wire.decode_heartbeat([b"heartbeat2", heartbeat])
+    with pytest.raises(WireError, match=r"^topic: 'window' is none of"):
+        wire.decode_published([b"window", heartbeat])
+
+
+# ---------------------------------------------------------------- hypothesis: round trips
+
+STREAMS = st.from_regex(wire.NAME_PATTERN, fullmatch=True)
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+SEQS = st.integers(0, 2**63 - 1)
+
+
+def ordered(values: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, Any]]:
+    return st.tuples(values, values).map(lambda p: (min(p), max(p)))
+
+
+def demo_maps() -> st.SearchStrategy[dict[str, float]]:
+    values = {
+        "age_years": st.floats(0, 120),
+        "sex_male": st.sampled_from([0.0, 1.0]),
+        "weight_kg": st.floats(0, 300),
+        "height_cm": st.floats(0, 250),
+    }
+    return st.fixed_dictionaries({}, optional=values)
+
+
+WINDOWS = st.builds(
+    wire.Window,
+    stream=STREAMS,
+    seq=SEQS,
+    frame_seq=ordered(SEQS),
+    t=ordered(FINITE),
+    t_sent=FINITE,
+    fps=st.floats(min_value=0.0, exclude_min=True, allow_infinity=False),
+    hr_bpm=st.none() | st.floats(min_value=0.0, exclude_min=True, allow_infinity=False),
+    beat=st.sampled_from(["ed_ed", "fixed", "ed_period", "r_wave"]),
+    frames=hnp.arrays(np.uint8, hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=6)),
+    demo=demo_maps(),
+    truth=st.dictionaries(STREAMS, FINITE, max_size=wire.MAX_TRUTH_KEYS),
+)
+
+
+@FAST
+@given(WINDOWS)
+def test_window_round_trip_property(window: wire.Window) -> None:
+    parts = wire.encode_window(window)
+    received = [bytes(parts[0]), bytearray(parts[1])]
+    out = wire.decode_window(received, expected_shape=None)
+    assert np.array_equal(out.frames, window.frames) and out.frames.dtype == np.uint8
+    assert np.shares_memory(out.frames, np.frombuffer(received[1], dtype=np.uint8))
+    for name in ("stream", "seq", "frame_seq", "t", "t_sent", "fps", "hr_bpm", "beat", "demo", "truth"):
+        assert getattr(out, name) == getattr(window, name), name
+
+
+EF = st.floats(0.0, 100.0)
+SUMMARIES = st.fixed_dictionaries(
+    {
+        "n_samples": st.integers(1, 1000),
+        **{k: EF for k in ("mean", "median", "std", "q05", "q25", "q75", "q95")},
+        "ci90": ordered(EF).map(list),
+        "ci95": ordered(EF).map(list),
+        "p_ef_lt_40": st.floats(0.0, 1.0),
+        "p_ef_lt_50": st.floats(0.0, 1.0),
+        "multimodal": st.booleans(),
+    }
+)
+ESTIMATES = st.fixed_dictionaries(
+    {
+        "seq": SEQS,
+        "frame_seq": ordered(SEQS).map(list),
+        "t": ordered(FINITE).map(list),
+        "t_published": FINITE,
+        "beat": SUMMARIES,
+        "running": st.tuples(SUMMARIES, st.integers(1, 10**6)).map(lambda p: {**p[0], "n_beats": p[1]}),
+        "hr_bpm": st.none() | st.floats(min_value=1e-3, max_value=400.0),
+        "backend": st.sampled_from(["torch", "onnxruntime", "tensorrt"]),
+        "latency_ms": FINITE,
+    },
+    optional={"truth": st.dictionaries(STREAMS, FINITE, max_size=wire.MAX_TRUTH_KEYS)},
+)
+
+
+@FAST
+@given(STREAMS, ESTIMATES)
+def test_estimate_round_trip_property(stream: str, body: dict[str, Any]) -> None:
+    out = wire.decode_published(wire.encode_estimate(stream, body))
+    assert out == {"v": 1, "kind": "estimate", "stream": stream, **body}
+
+
+# ---------------------------------------------------------------- hypothesis: fuzzing
+
+
+def decode_any_window(parts: Sequence[Any]) -> wire.Window:
+    return wire.decode_window(parts, expected_shape=None)
+
+
+DECODERS = [
+    decode_any_window,
+    wire.decode_window,
+    wire.decode_estimate,
+    wire.decode_status,
+    wire.decode_heartbeat,
+    wire.decode_published,
+]
+SMALL_FRAMES = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+# (decoder, valid message as received bytes, index of its msgpack map)
+VALID = [
+    (decode_any_window, wire.encode_window(make_window(frames=SMALL_FRAMES)), 0),
+    (wire.decode_estimate, wire.encode_estimate("bed-1", estimate_body()), 1),
+    (wire.decode_status, wire.encode_status("bed-1", status_body()), 1),
+    (wire.decode_heartbeat, wire.encode_heartbeat(heartbeat_body()), 1),
+]
+VALID = [(decode, [bytes(p) for p in parts], index) for decode, parts, index in VALID]
+
+
+def only_wire_errors(parts: list[Any]) -> None:
+    """Every decoder either returns or raises WireError; anything else fails the test."""
+    for decode in DECODERS:
+        with contextlib.suppress(WireError):
+            decode(parts)
+
+
+def test_fuzz_seeds_are_valid() -> None:
+    for decode, parts, _ in VALID:
+        decode(parts)
+
+
+@FAST
+@given(st.lists(st.binary(max_size=64), max_size=3))
+def test_fuzz_arbitrary_frames(parts: list[bytes]) -> None:
+    only_wire_errors(parts)
+
+
+@FAST
+@given(st.sampled_from(VALID), st.data())
+def test_fuzz_truncated_messages(valid: tuple[Any, list[bytes], int], data: st.DataObject) -> None:
+    decode, parts, _ = valid
+    index = data.draw(st.integers(0, len(parts) - 1))
+    cut = data.draw(st.integers(0, len(parts[index]) - 1))
+    mutated = [*parts[:index], parts[index][:cut], *parts[index + 1 :]]
+    only_wire_errors(mutated)
+    with pytest.raises(WireError):  # a cut-off frame never passes as the message it was cut from
+        decode(mutated)
+    with pytest.raises(WireError):
+        decode(parts[:index])
+
+
+@FAST
+@given(st.sampled_from(VALID), st.data())
+def test_fuzz_byte_mutations(valid: tuple[Any, list[bytes], int], data: st.DataObject) -> None:
+    _, parts, _ = valid
+    index = data.draw(st.integers(0, len(parts) - 1))
+    frame = bytearray(parts[index])
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        at = data.draw(st.integers(0, max(len(frame) - 1, 0)))
+        if op == "flip" and frame:
+            frame[at] ^= data.draw(st.integers(1, 255))
+        elif op == "insert":
+            frame[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        elif frame:
+            del frame[at]
+    only_wire_errors([*parts[:index], bytes(frame), *parts[index + 1 :]])
+
+
+MSGPACK_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@FAST
+@given(st.sampled_from(VALID), st.data())
+def test_fuzz_structural_mutations(valid: tuple[Any, list[bytes], int], data: st.DataObject) -> None:
+    # Replace one value at any depth of the valid map with arbitrary msgpack: type confusion.
+    _, parts, index = valid
+    doc = msgpack.unpackb(parts[index], raw=False)
+    node = doc
+    while True:
+        key = data.draw(st.sampled_from(sorted(node)))
+        if isinstance(node[key], dict) and data.draw(st.booleans()):
+            node = node[key]
+            continue
+        node[key] = data.draw(MSGPACK_VALUES)
+        break
+    packed = msgpack.packb(doc, use_bin_type=True)
+    only_wire_errors([*parts[:index], packed, *parts[index + 1 :]])
