@@ -53,7 +53,7 @@ class DataConfig:
 class TrainConfig:
     """Optimisation. Steps are counted in batches of ``batch_size`` clips."""
 
-    steps: int = 6000
+    steps: int = 4500
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.01
@@ -120,8 +120,9 @@ def losses(model: MCSDR, batch: dict[str, torch.Tensor], draws: int, gen: torch.
     y_t = model.schedule.add_noise(y0[:, None].expand(b, draws), eps, t)
     eps_loss = (model.eps(y_t, t, kv).float() - eps).pow(2).mean()
     reg, mu, logvar = (x.float() for x in model.baselines(tok))
-    reg_loss = (reg - y0).pow(2).mean()
-    nll = 0.5 * (logvar + (y0 - mu).pow(2) / logvar.exp()).mean()
+    s = model.cfg.target_scale  # baseline losses at unit scale, comparable across target scales
+    reg_loss = ((reg - y0) / s).pow(2).mean()
+    nll = 0.5 * (logvar - 2 * math.log(s) + (y0 - mu).pow(2) / logvar.exp()).mean()
     out = {"eps": eps_loss, "reg": reg_loss, "nll": nll}
     if "lv_area" in batch:  # auxiliary: LV area curve, where the data knows it (the simulator)
         pred = model.area(f).float()
@@ -246,7 +247,7 @@ def train(sections: dict, resume: bool = True) -> Path:
         else None
     )
     transform = (
-        from_mapping(TargetTransform, ckpt["transform"]) if ckpt else TargetTransform.fit(train_arr.ef)
+        from_mapping(TargetTransform, ckpt["transform"]) if ckpt else TargetTransform.fit(train_arr.ef, mcfg.target_scale)
     )
     device = torch.device(tcfg.device)
     model = MCSDR(mcfg, transform, sched).to(device)

@@ -45,6 +45,11 @@ class ModelConfig:
     n_blocks: int = 3
     demo_dropout: float = 0.25  # per-field modality dropout in training
     demo_drop_all: float = 0.3  # probability that a training clip has no demographics at all
+    # Spread of the training labels in target units. A one-beat posterior is ~10× narrower than the
+    # label distribution; at unit label spread it would be ~0.1 wide, and a 10-step DDIM cannot
+    # resolve that (its last jump shrinks a Gaussian of std s by ≈ s/√(s² + 0.38²)). At 8 the
+    # posterior is ~1 wide and survives 10 steps.
+    target_scale: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,11 @@ class TargetTransform:
         return 100.0 / (1.0 + np.exp(-z))
 
     @classmethod
-    def fit(cls, ef: np.ndarray) -> TargetTransform:
-        """Standardise logit(EF/100) over training labels ef (%)."""
+    def fit(cls, ef: np.ndarray, scale: float = 1.0) -> TargetTransform:
+        """Centre logit(EF/100) over training labels ef (%) and give it standard deviation ``scale``."""
         p = np.clip(np.asarray(ef, dtype=np.float64) / 100, 1e-4, 1 - 1e-4)
         z = np.log(p / (1 - p))
-        return cls(mu=float(z.mean()), sigma=float(z.std() + 1e-6))
+        return cls(mu=float(z.mean()), sigma=float(z.std() + 1e-6) / scale)
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -208,6 +213,8 @@ class MCSDR(nn.Module):
         self.demo_missing = nn.Parameter(torch.randn(N_DEMO, d) * 0.02)
         self.register_buffer("demo_centre", torch.tensor(DEMO_CENTRE), persistent=False)
         self.register_buffer("demo_scale", torch.tensor(DEMO_SCALE), persistent=False)
+        ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
+        self.register_buffer("alphas_cumprod", ab, persistent=False)
         self.token_norm = nn.LayerNorm(d)
         # Auxiliary head (training only): LV cavity area over the beat, per encoder time step.
         self.area_head = nn.Linear(self.video.out_channels, 1)
@@ -262,7 +269,11 @@ class MCSDR(nn.Module):
     # ----- diffusion head ------------------------------------------------------------------------
     def eps(self, y_t: torch.Tensor, t: torch.Tensor, kv: list[torch.Tensor]) -> torch.Tensor:
         """Noise prediction. y_t (B, K) noisy targets, t (B, K) int64 timesteps → ε (B, K)."""
-        h = self.y_in(y_t[..., None])
+        # Input preconditioning (as EDM's c_in): divide y_t by its expected std √(ᾱ_t S² + 1 − ᾱ_t)
+        # so the network sees unit-scale inputs at every t whatever the target scale S.
+        ab = self.alphas_cumprod[t]
+        c_in = torch.rsqrt(ab * self.cfg.target_scale**2 + 1 - ab)
+        h = self.y_in((y_t * c_in)[..., None])
         temb = self.t_in(timestep_embedding(t, self.cfg.d_model))
         for i, blk in enumerate(self.blocks):
             h = blk(h, temb, kv[2 * i], kv[2 * i + 1])
@@ -299,9 +310,11 @@ class MCSDR(nn.Module):
             k, v = blk.keys_values(tokens)
             q = self.base_query[j].expand(b, 1, -1)
             outs.append(blk(q, torch.zeros_like(q), k, v)[:, 0])
-        reg = self.regress_out(outs[0])[:, 0]
+        # Heads work at unit scale; outputs are returned in target units (× S).
+        s = self.cfg.target_scale
+        reg = self.regress_out(outs[0])[:, 0] * s
         g = self.gauss_out(outs[1])
-        return reg, g[:, 0], g[:, 1].clamp(-12, 6)
+        return reg, g[:, 0] * s, g[:, 1].clamp(-12, 6) + 2 * math.log(s)
 
     def diffusion_parameters(self) -> int:
         """Parameters on the diffusion path (encoder, tokens, noise predictor), without baseline heads."""
