@@ -247,7 +247,9 @@ def train(sections: dict, resume: bool = True) -> Path:
         else None
     )
     transform = (
-        from_mapping(TargetTransform, ckpt["transform"]) if ckpt else TargetTransform.fit(train_arr.ef, mcfg.target_scale)
+        from_mapping(TargetTransform, ckpt["transform"])
+        if ckpt
+        else TargetTransform.fit(train_arr.ef, mcfg.target_scale)
     )
     device = torch.device(tcfg.device)
     model = MCSDR(mcfg, transform, sched).to(device)
