@@ -189,9 +189,18 @@ def recalibrate(samples: np.ndarray, scale: float) -> np.ndarray:
 
 
 def fit_dispersion_scale(
-    samples: np.ndarray, truth: np.ndarray, grid: Sequence[float] | None = None, fair: bool = False
+    samples: np.ndarray,
+    truth: np.ndarray,
+    grid: Sequence[float] | None = None,
+    fair: bool = False,
+    min_picp90: float | None = None,
 ) -> float:
     """Dispersion scale in [0.25, 4] minimising mean CRPS of :func:`recalibrate` on validation data.
+
+    ``min_picp90``: when given, the CRPS minimum is taken only over scales whose central 90 %
+    intervals cover at least that share of the validation truths (a monitor must not show
+    overconfident intervals even where CRPS would trade coverage for sharpness); if no scale in
+    range reaches it, the scale with the highest coverage is returned.
 
     samples (N, K) EF in %, truth (N,) EF in % → scale (dimensionless). ``grid``: candidate scales
     to search exactly; by default 33 log-spaced scales over [0.25, 4] (ratio 2^(1/8)), then 17
@@ -208,7 +217,12 @@ def fit_dispersion_scale(
     lo, hi = SCALE_BOUNDS
 
     def best_of(candidates: np.ndarray) -> float:
-        scores = [metrics.crps(recalibrate(s, float(c)), y, fair=fair).mean() for c in candidates]
+        scores = np.array([metrics.crps(recalibrate(s, float(c)), y, fair=fair).mean() for c in candidates])
+        if min_picp90 is not None:
+            cover = np.array([metrics.picp(recalibrate(s, float(c)), y, 0.9) for c in candidates])
+            if not np.any(cover >= min_picp90):
+                return float(candidates[int(np.argmax(cover))])
+            scores = np.where(cover >= min_picp90, scores, np.inf)
         return float(candidates[int(np.argmin(scores))])
 
     if grid is not None:

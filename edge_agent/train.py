@@ -61,6 +61,7 @@ class TrainConfig:
     noise_draws: int = 8
     ema: float = 0.998
     baseline_weight: float = 1.0
+    recal_min_picp90: float = 0.85  # recalibration: CRPS-optimal among scales covering ≥ this on val
     area_weight: float = 1.0  # auxiliary LV-area curve loss (simulated data; 0 contribution without it)
     seed: int = 0
     threads: int = 2
@@ -311,7 +312,7 @@ def save_artefact(state: TrainState, sections: dict, val_arr: ClipArrays, second
 
     tcfg: TrainConfig = sections["train"]
     res = sample_arrays(state.ema, val_arr, k=40, seed=2, desc="validation posterior")
-    scale = fit_dispersion_scale(res["samples"], val_arr.ef)
+    scale = fit_dispersion_scale(res["samples"], val_arr.ef, min_picp90=tcfg.recal_min_picp90)
     path = Path(tcfg.artefact).with_suffix(".pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"ema": state.ema.state_dict()}, path)
@@ -323,7 +324,12 @@ def save_artefact(state: TrainState, sections: dict, val_arr: ClipArrays, second
         "model": to_mapping(sections["model"]),
         "diffusion": to_mapping(sections["diffusion"]),
         "target_transform": {"kind": "standardised_logit", **to_mapping(state.ema.transform)},
-        "recalibration": {"kind": "logit_dispersion_scale", "scale": scale, "fit_on": "validation set"},
+        "recalibration": {
+            "kind": "logit_dispersion_scale",
+            "scale": scale,
+            "fit_on": "validation set",
+            "rule": f"min CRPS subject to PICP90 >= {tcfg.recal_min_picp90}",
+        },
         "input": {
             "video": "uint8 (B, 32, 112, 112), one beat ED→ED via cycles.make_clip",
             "demographics": "float32 (B, 4) [age y, sex 1=M, weight kg, height cm]",
