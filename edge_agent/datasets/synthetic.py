@@ -8,7 +8,7 @@ reproducible element by element and sets with different seeds never share a clip
 from __future__ import annotations
 
 import multiprocessing as mp
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from tqdm import tqdm
@@ -63,20 +63,12 @@ class ClipArrays:
     lv_area: np.ndarray
 
     def save(self, path: str) -> None:
-        np.savez(
-            path,
-            clips=self.clips,
-            ef=self.ef,
-            demo=self.demo,
-            mask=self.mask,
-            quality=self.quality,
-            lv_area=self.lv_area,
-        )
+        np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def load(cls, path: str) -> ClipArrays:
         with np.load(path) as z:
-            return cls(**{k: z[k] for k in ("clips", "ef", "demo", "mask", "quality", "lv_area")})
+            return cls(**{f.name: z[f.name] for f in fields(cls)})
 
     def __len__(self) -> int:
         return len(self.ef)
