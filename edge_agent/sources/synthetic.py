@@ -1,0 +1,207 @@
+"""``synthetic://`` — the embedded simulator as an endless live feed that knows its ground truth.
+
+Query parameters (all optional)::
+
+    ef         EF % in [5, 90], or random (default; drawn per patient like the training set)
+    hr         heart rate bpm in [40, 170], or random (default)
+    quality    good | medium | poor | random (default)
+    fps        frames/s, default 50
+    seed       int >= 0, default 0: a seed fixes every frame and every truth value
+    hrv        relative RR variability (std) in [0, 0.3]; default the drawn case's
+    pediatric  0 | 1, default 0
+    patient_s  seconds after which a new random patient is drawn (the probe moves to another
+               patient); 0 = never, the default. Parameters given above hold for every patient.
+
+Frames are the phantom's 112×112 uint8, rendered one per read at t = k / fps. The simulator has no
+ECG, so ``r_wave`` is always False; the true end-diastole is only in ``truth["ed"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+
+from edge_agent.datasets.base import DEMOGRAPHIC_FIELDS
+from edge_agent.datasets.synthetic import case_demographics
+from edge_agent.phantom import QUALITIES, CaseParams, EchoPhantom, draw_case, simpson_volume
+from edge_agent.sources.base import FrameSource, SourceError, SourceFrame, check_fps
+
+# One phantom covers this long a stretch; then a fresh phantom of the same case continues (a 1-hour
+# phantom builds in ~0.1 s, its beat list is the only thing that grows with the duration).
+SEGMENT_S = 3600.0
+EF_RANGE = (5.0, 90.0)  # the phantom clips per-beat EF to 5–90 %
+HR_RANGE = (40.0, 170.0)  # the phantom clips RR to 0.35–1.6 s
+HRV_MAX = 0.3
+PARAMS = ("ef", "hr", "quality", "fps", "seed", "hrv", "pediatric", "patient_s")
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """A parsed ``synthetic://`` URI; None = drawn at random per patient (hrv: the case's own)."""
+
+    ef: float | None = None
+    hr_bpm: float | None = None
+    quality: str | None = None
+    fps: float = 50.0
+    seed: int = 0
+    hrv: float | None = None
+    pediatric: bool = False
+    patient_s: float = 0.0
+
+
+def _number(uri: str, key: str, raw: str, lo: float, hi: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise SourceError(f"{uri}: {key}={raw!r} must be a number in [{lo:g}, {hi:g}]")
+    return value
+
+
+def parse_synthetic_uri(uri: str) -> SyntheticParams:
+    """``synthetic://?ef=35&hr=72...`` → :class:`SyntheticParams`; SourceError names a bad parameter."""
+    parts = urlsplit(uri.strip())
+    if parts.scheme.lower() != "synthetic":
+        raise SourceError(f"{uri}: not a synthetic:// URI")
+    if parts.netloc or parts.path not in ("", "/"):
+        raise SourceError(f"{uri}: synthetic:// takes only query parameters, e.g. synthetic://?ef=35&hr=72")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    keys = [k for k, _ in pairs]
+    unknown = sorted(set(keys) - set(PARAMS))
+    if unknown:
+        raise SourceError(f"{uri}: unknown parameter(s) {unknown}; valid are {list(PARAMS)}")
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise SourceError(f"{uri}: parameter(s) {repeated} given more than once; keep one of each")
+    q = {k: v.strip() for k, v in pairs}
+    out = SyntheticParams()
+    if q.get("ef", "random").lower() != "random":
+        out = dataclasses.replace(out, ef=_number(uri, "ef", q["ef"], *EF_RANGE))
+    if q.get("hr", "random").lower() != "random":
+        out = dataclasses.replace(out, hr_bpm=_number(uri, "hr", q["hr"], *HR_RANGE))
+    quality = q.get("quality", "random").lower()
+    if quality != "random":
+        if quality not in QUALITIES:
+            raise SourceError(f"{uri}: quality={q['quality']!r} must be one of {[*QUALITIES, 'random']}")
+        out = dataclasses.replace(out, quality=quality)
+    if "fps" in q:
+        out = dataclasses.replace(
+            out, fps=check_fps(_number(uri, "fps", q["fps"], 0, math.inf), uri, "fix fps=")
+        )
+    if "seed" in q:
+        if not re.fullmatch(r"[0-9]+", q["seed"]):
+            raise SourceError(f"{uri}: seed={q['seed']!r} must be a non-negative integer")
+        out = dataclasses.replace(out, seed=int(q["seed"]))
+    if "hrv" in q:
+        out = dataclasses.replace(out, hrv=_number(uri, "hrv", q["hrv"], 0.0, HRV_MAX))
+    if "pediatric" in q:
+        if q["pediatric"] not in ("0", "1"):
+            raise SourceError(f"{uri}: pediatric={q['pediatric']!r} must be 0 or 1")
+        out = dataclasses.replace(out, pediatric=q["pediatric"] == "1")
+    if "patient_s" in q:
+        patient_s = _number(uri, "patient_s", q["patient_s"], 0.0, math.inf)
+        if 0 < patient_s < 1.0:
+            raise SourceError(f"{uri}: patient_s={patient_s:g} must be 0 (never) or at least 1 s")
+        out = dataclasses.replace(out, patient_s=patient_s)
+    return out
+
+
+class SyntheticSource(FrameSource):
+    """The simulator as a source: endless, deterministic for a seed, with per-frame truth.
+
+    truth per frame: ``ef`` Simpson EF (%) of the beat containing the frame (as
+    :func:`edge_agent.phantom.label_clip` measures it); ``beat`` global beat index (increasing, also
+    across patients); ``ed`` 1.0 on the frame nearest a beat's end-diastole, else 0.0; ``patient``
+    patient index. A beat starts at its ED frame. ``demographics`` follow the current patient.
+    """
+
+    live = False
+
+    def __init__(
+        self, uri: str, *, fps: float | None = None, demographics: Mapping[str, float] | None = None
+    ) -> None:
+        super().__init__(uri, demographics)
+        self.params = parse_synthetic_uri(uri)
+        if fps is not None:
+            self.params = dataclasses.replace(self.params, fps=check_fps(fps, uri, "fix the fps setting"))
+        self.fps = self.params.fps
+        self._rng: np.random.Generator | None = None
+
+    def open(self) -> None:
+        self._rng = np.random.default_rng(self.params.seed)
+        self._case: CaseParams | None = None
+        self._k = 0  # global frame index
+        self._patient = -1
+        self._beat_offset = 0  # global index of the current phantom's first beat
+        seg_s = self.params.patient_s or SEGMENT_S
+        # Segments start on a frame, so a new phantom's first ED is exactly a frame.
+        self._seg_frames = max(1, round(seg_s * self.fps))
+        self._seg_start = 0
+        self._phantom: EchoPhantom | None = None
+
+    def _new_segment(self) -> None:
+        """Start the next phantom: a new patient when patient_s is set (or at first), else the same case."""
+        p, rng = self.params, self._rng
+        if self._phantom is not None:
+            self._beat_offset += len(self._ed_frames)
+            self._seg_start += self._seg_frames
+        if self._case is None or p.patient_s > 0:
+            case = draw_case(
+                rng, ef=p.ef, hr_bpm=p.hr_bpm, fps=self.fps, quality=p.quality, pediatric=p.pediatric
+            )
+            if p.hrv is not None:
+                case = dataclasses.replace(case, hrv=p.hrv)
+            self._case = case
+            self._patient += 1
+            values, mask = case_demographics(case.demographics)
+            self._set_source_demographics(
+                {
+                    name: float(v)
+                    for name, v, known in zip(DEMOGRAPHIC_FIELDS, values, mask, strict=True)
+                    if known
+                }
+            )
+        self._phantom = EchoPhantom(self._case, rng, duration_s=self._seg_frames / self.fps)
+        # A beat's ED frame is the frame nearest its t_ed; beats whose ED falls past the segment are cut.
+        ed = np.array([round(b.t_ed * self.fps) for b in self._phantom.beats])
+        self._ed_frames = ed[ed < self._seg_frames]
+        self._beat_ef: dict[int, float] = {}
+
+    def _ef(self, k: int) -> float:
+        """Simpson EF (%) of the current phantom's beat k, cached: computed as label_clip does."""
+        if k not in self._beat_ef:
+            ph = self._phantom
+            beat = ph.beats[k]
+            edv = simpson_volume(ph.contour_px(beat.t_ed, 96) / ph.px_per_cm)[0]
+            esv = simpson_volume(ph.contour_px(beat.t_es, 96) / ph.px_per_cm)[0]
+            self._beat_ef[k] = 100.0 * (edv - esv) / edv
+        return self._beat_ef[k]
+
+    def read(self) -> SourceFrame:
+        if self._rng is None:
+            raise SourceError(f"{self.uri}: read() before open(); use `with open_source(uri) as src:`")
+        if self._phantom is None or self._k - self._seg_start >= self._seg_frames:
+            self._new_segment()
+        i = self._k - self._seg_start  # frame index inside the segment
+        t = self._k / self.fps
+        frames, _ = self._phantom.render(np.array([i / self.fps]))
+        beat = int(np.searchsorted(self._ed_frames, i, side="right")) - 1
+        truth = {
+            "ef": self._ef(beat),
+            "beat": float(self._beat_offset + beat),
+            "ed": float(self._ed_frames[beat] == i),
+            "patient": float(self._patient),
+        }
+        self._k += 1
+        return SourceFrame(pixels=frames[0], t=t, truth=truth)
+
+    def close(self) -> None:
+        self._rng = None
+        self._phantom = None
