@@ -8,6 +8,7 @@ dotted form ``section.key=value`` (value parsed as YAML).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import types
 import typing
 from collections.abc import Mapping
@@ -126,13 +127,35 @@ def apply_overrides(
             raise ConfigError(f"{source}: override {item!r} must look like section.key=value")
         path, raw = item.split("=", 1)
         keys = path.strip().split(".")
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{source}: override {item!r}: {k!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        node: Any = data
+        for k, nxt in itertools.pairwise(keys):
+            node = _child(node, k, item, source, {} if not nxt.isdigit() else [])
+        last = keys[-1]
+        if isinstance(node, list):
+            node[_index(node, last, item, source)] = yaml.safe_load(raw)
+        else:
+            node[last] = yaml.safe_load(raw)
     return data
+
+
+def _index(node: list, key: str, item: str, source: str) -> int:
+    """A list position named in an override (``streams.0.source=...``); must already exist."""
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"{source}: override {item!r}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _child(node: Any, key: str, item: str, source: str, empty: Any) -> Any:
+    """Step into ``node[key]`` for an override, creating a missing section."""
+    if isinstance(node, list):
+        child = node[_index(node, key, item, source)]
+    elif isinstance(node, dict):
+        child = node.setdefault(key, empty)
+    else:
+        raise ConfigError(f"{source}: override {item!r}: {key!r} is not a section")
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"{source}: override {item!r}: {key!r} is not a section")
+    return child
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

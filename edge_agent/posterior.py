@@ -237,3 +237,70 @@ def fit_dispersion_scale(
     best = best_of(coarse)
     fine = np.geomspace(max(lo, best / step), min(hi, best * step), 17)
     return best_of(fine)
+
+
+class RunningPosterior:
+    """Running LVEF posterior of one stream: the pooled samples of its most recent beats.
+
+    Each beat's K samples are its posterior; pooling the last ``n_beats`` beats with equal weight
+    is the mixture of those posteriors, so the running mean is the mean of the beat means and the
+    running spread carries both the per-beat uncertainty and the beat-to-beat variation. Results
+    may arrive out of order (several workers): beats are kept by window ``seq``. The pool restarts
+    when the view epoch changes (another view or patient) and when the stream paused for longer
+    than ``max_gap_s`` (signal lost): an estimate must never mix two views.
+    """
+
+    def __init__(self, n_beats: int = 5, max_gap_s: float = 10.0) -> None:
+        if n_beats < 1:
+            raise ValueError(f"n_beats: must be >= 1, got {n_beats}")
+        self.n_beats = n_beats
+        self.max_gap_s = max_gap_s
+        self._beats: dict[int, np.ndarray] = {}
+        self._truth: dict[int, float] = {}
+        self._view: int | None = None
+        self._t_last: float | None = None
+        self.resets = 0
+
+    def add(
+        self,
+        seq: int,
+        samples: np.ndarray,
+        view: int = 0,
+        t: float | None = None,
+        truth_ef: float | None = None,
+    ) -> bool:
+        """Add one beat's samples (K,) EF %; ``t`` is its last frame's time (s); ``truth_ef`` its
+        true EF (%) when the source knows it (simulator). Returns False when the beat belongs to an
+        older view than the current one (it is not pooled)."""
+        if self._view is not None and view < self._view:
+            return False
+        gap = t is not None and self._t_last is not None and t - self._t_last > self.max_gap_s
+        if self._view is not None and (view != self._view or gap):
+            self._beats.clear()
+            self._truth.clear()
+            self.resets += 1
+        self._view = view
+        if t is not None:
+            self._t_last = t if self._t_last is None else max(self._t_last, t)
+        self._beats[seq] = np.asarray(samples, dtype=np.float64).reshape(-1)
+        if truth_ef is not None:
+            self._truth[seq] = float(truth_ef)
+        for old in sorted(self._beats)[: -self.n_beats]:
+            del self._beats[old]
+            self._truth.pop(old, None)
+        return True
+
+    def truth_mean(self) -> float | None:
+        """Mean true EF (%) of the pooled beats that carry one: what the running mean estimates."""
+        return float(np.mean(list(self._truth.values()))) if self._truth else None
+
+    @property
+    def beats(self) -> int:
+        """Beats in the pool now (1 ≤ beats ≤ n_beats once one was added)."""
+        return len(self._beats)
+
+    def summary(self) -> PosteriorSummary:
+        """Summary of the pooled samples; raises ValueError before the first beat."""
+        if not self._beats:
+            raise ValueError("running posterior: no beat yet")
+        return summarize(np.concatenate(list(self._beats.values())))

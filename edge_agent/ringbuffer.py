@@ -15,21 +15,23 @@ slots, overwriting the oldest; windowing processes read it without ever blocking
 Segment layout (native byte order: a ring is shared only by processes of one machine)::
 
     header  HEADER_DTYPE: magic, layout version, creator pid and start time, slot count,
-            frame shape and dtype, closed flag, write counter (frames written so far)
-    meta    n_slots × META_DTYPE: seq (int64), frame_seq (int64), t (float64, s)
+            frame shape and dtype, closed flag, write counter (frames written so far), and the
+            stream's info (JSON: fps, demographics, names of the aux values)
+    meta    n_slots × META_DTYPE: seq (int64), frame_seq (int64), t (float64, s), flags (int64:
+            FLAG_R_WAVE), aux (AUX_LEN float64: per-frame values such as simulator truth)
     data    n_slots × one frame, each slot starting on a 64-byte cache line
 
 Protocol, a seqlock per slot. Frame i (the i-th frame written, from 0) goes to slot i % n_slots,
 on lap L = i // n_slots. The writer stores seq = 2L + 1 (odd: being written), then the pixels,
-frame_seq and t, then seq = 2L + 2 (even: complete), then the write counter = i + 1. Because only
-one process writes, the slot's seq once frame i is complete is exactly 2(L + 1): a reader checks
-that the slot holds frame i itself, not merely some complete frame. A reader of frame i loads seq,
-copies frame_seq, t and pixels, loads seq again and re-reads the counter; it delivers the copy
-only if both seq loads equal 2(L + 1) and the counter shows frame i + n_slots not yet complete.
-Otherwise the writer has lapped it: the frame is counted in ``missed`` (and in ``torn`` when the
-overwrite began during the copy) and the reader moves on, jumping to the oldest frame still in the
-ring when the counter shows it is more than a lap behind. Every frame position passes a reader
-exactly once, delivered or counted.
+frame_seq, t, flags and aux, then seq = 2L + 2 (even: complete), then the write counter = i + 1.
+Because only one process writes, the slot's seq once frame i is complete is exactly 2(L + 1): a
+reader checks that the slot holds frame i itself, not merely some complete frame. A reader of
+frame i loads seq, copies frame_seq, t, flags, aux and pixels, loads seq again and re-reads the
+counter; it delivers the copy only if both seq loads equal 2(L + 1) and the counter shows frame i
++ n_slots not yet complete. Otherwise the writer has lapped it: the frame is counted in ``missed``
+(and in ``torn`` when the overwrite began during the copy) and the reader moves on, jumping to the
+oldest frame still in the ring when the counter shows it is more than a lap behind. Every frame
+position passes a reader exactly once, delivered or counted.
 
 Memory ordering: what holds and what does not. Neither Python nor numpy exposes atomics or
 fences. Assigning or reading one element of an aligned int64 array is a single 8-byte machine
@@ -68,14 +70,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import mmap
 import os
 import re
 import signal
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -83,8 +87,11 @@ import numpy.typing as npt
 SHM_DIR = Path("/dev/shm")
 DEFAULT_PREFIX = "edge_agent_"
 MAGIC = b"EDGERING"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 MAX_DIMS = 4
+AUX_LEN = 4  # per-frame auxiliary values (e.g. simulator truth), named by the ring's info
+MAX_INFO_BYTES = 4096
+FLAG_R_WAVE = 1  # bit of Frame.flags: an ECG R wave (end-diastole) falls on this frame
 _ALIGN = 64  # cache line: a slot's writes never share a line with its neighbours'
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
@@ -104,9 +111,21 @@ HEADER_DTYPE = np.dtype(
         ("dtype", "S8"),
         ("closed", np.int64),
         ("written", np.int64),
+        # Stream description written once at creation (JSON, e.g. fps, demographics, aux names):
+        # readers learn what the writer knows without a side channel.
+        ("info_len", np.int64),
+        ("info", f"S{MAX_INFO_BYTES}"),
     ]
 )
-META_DTYPE = np.dtype([("seq", np.int64), ("frame_seq", np.int64), ("t", np.float64)])
+META_DTYPE = np.dtype(
+    [
+        ("seq", np.int64),
+        ("frame_seq", np.int64),
+        ("t", np.float64),
+        ("flags", np.int64),
+        ("aux", np.float64, (AUX_LEN,)),
+    ]
+)
 
 
 class RingLayoutError(ValueError):
@@ -122,12 +141,15 @@ class Frame(NamedTuple):
 
     frame_seq: the capture's sequence number; t: capture time in s (``time.monotonic()`` of the
     capture process, comparable across processes of one machine); pixels: a private copy of the
-    frame, the ring's shape and dtype (default (112, 112) uint8).
+    frame, the ring's shape and dtype (default (112, 112) uint8); flags: bit set (FLAG_R_WAVE);
+    aux: (AUX_LEN,) float64 per-frame values named by ``FrameRing.info["aux"]``, NaN where unknown.
     """
 
     frame_seq: int
     t: float
     pixels: np.ndarray
+    flags: int = 0
+    aux: np.ndarray | None = None
 
 
 def segment_name(stream: str, pid: int | None = None) -> str:
@@ -206,6 +228,7 @@ class FrameRing:
         self.n_slots = int(hdr["n_slots"])
         self.shape: tuple[int, ...] = tuple(int(s) for s in hdr["shape"][: int(hdr["ndim"])])
         self.dtype = np.dtype(hdr["dtype"].item().decode("ascii"))
+        self.info: dict = json.loads(hdr["info"].item()[: int(hdr["info_len"])] or b"{}")
         del hdr  # only the views below may keep the mapping exported (see close)
 
         def word(field: str) -> np.ndarray:  # one aligned int64 of the header, as a 1-element view
@@ -216,6 +239,7 @@ class FrameRing:
         meta_offset = _round_up(HEADER_DTYPE.itemsize)
         meta = np.ndarray((self.n_slots,), META_DTYPE, buffer=mm, offset=meta_offset)
         self._seq, self._frame_seq, self._t = meta["seq"], meta["frame_seq"], meta["t"]
+        self._flags, self._aux = meta["flags"], meta["aux"]
         del meta
         itemsize = self.dtype.itemsize
         frame_strides = tuple(itemsize * int(np.prod(self.shape[k + 1 :])) for k in range(len(self.shape)))
@@ -235,12 +259,14 @@ class FrameRing:
         n_slots: int,
         shape: tuple[int, ...] = (112, 112),
         dtype: npt.DTypeLike = np.uint8,
+        info: Mapping[str, Any] | None = None,
     ) -> FrameRing:
         """Create the segment ``/dev/shm/<name>`` and return the writer's handle.
 
         n_slots: frames the ring holds (a reader more than n_slots frames behind is lapped);
-        shape, dtype: of every frame. The segment is allocated up front, so a full /dev/shm fails
-        here rather than killing the writer with SIGBUS mid-stream.
+        shape, dtype: of every frame; info: JSON-serialisable stream description readers get as
+        ``ring.info`` (at most MAX_INFO_BYTES encoded). The segment is allocated up front, so a
+        full /dev/shm fails here rather than killing the writer with SIGBUS mid-stream.
         """
         _check_name(name)
         shape = tuple(int(s) for s in shape)
@@ -251,6 +277,11 @@ class FrameRing:
             raise ValueError(f"ring {name!r}: frame shape must have 1–{MAX_DIMS} positive sizes, got {shape}")
         if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or not dtype.isnative:
             raise ValueError(f"ring {name!r}: frame dtype must be a plain native numeric dtype, got {dtype}")
+        info_bytes = json.dumps(dict(info or {}), allow_nan=False).encode()
+        if len(info_bytes) > MAX_INFO_BYTES:
+            raise ValueError(
+                f"ring {name!r}: info is {len(info_bytes)} bytes encoded, at most {MAX_INFO_BYTES}"
+            )
         size = _segment_size(n_slots, shape, dtype)
         path = SHM_DIR / name
         try:
@@ -284,6 +315,8 @@ class FrameRing:
         hdr["n_slots"] = n_slots
         hdr["shape"] = (*shape, *[0] * (MAX_DIMS - len(shape)))
         hdr["dtype"] = dtype.str.encode("ascii")
+        hdr["info_len"] = len(info_bytes)
+        hdr["info"] = info_bytes
         hdr["magic"] = MAGIC  # last: a segment with the magic has a complete header
         del hdr
         ring = cls(name, mm, writer=True)
@@ -336,11 +369,14 @@ class FrameRing:
         self._check_open()
         return bool(self._closed[0])
 
-    def write(self, frame: np.ndarray, frame_seq: int, t: float) -> None:
+    def write(
+        self, frame: np.ndarray, frame_seq: int, t: float, flags: int = 0, aux: Sequence[float] | None = None
+    ) -> None:
         """Publish one frame, overwriting the oldest slot; never blocks.
 
         frame: array of the ring's shape and dtype (copied in); frame_seq: the capture's sequence
-        number; t: capture time in s from ``time.monotonic()``.
+        number; t: capture time in s from ``time.monotonic()``; flags: FLAG_* bits; aux: up to
+        AUX_LEN floats (the rest NaN).
         """
         self._check_open()
         if not self._writer:
@@ -359,6 +395,11 @@ class FrameRing:
         self._data[slot] = frame
         self._frame_seq[slot] = frame_seq
         self._t[slot] = t
+        self._flags[slot] = flags
+        values = self._aux[slot]
+        values[:] = np.nan
+        if aux is not None:
+            values[: len(aux)] = aux
         self._seq[slot] = lap_seq + 2  # even, = 2 (lap + 1): frame i is complete
         self._count = i + 1
         self._written[0] = self._count  # published only after the slot is complete
@@ -377,7 +418,8 @@ class FrameRing:
                 os.unlink(SHM_DIR / self.name)
             atexit.unregister(self.close)
         # Drop every numpy view first: an mmap with exported buffers refuses to close.
-        del self._written, self._closed, self._seq, self._frame_seq, self._t, self._data
+        del self._written, self._closed, self._seq, self._frame_seq, self._t, self._flags, self._aux
+        del self._data
         mm, self._mm = self._mm, None
         mm.close()
 
@@ -488,6 +530,7 @@ class RingReader:
         ring._check_open()
         n = ring.n_slots
         seq, frame_seqs, ts, data = ring._seq, ring._frame_seq, ring._t, ring._data
+        flag_words, aux = ring._flags, ring._aux
         written_word = ring._written
         frames: list[Frame] = []
         while max_frames is None or len(frames) < max_frames:
@@ -505,10 +548,11 @@ class RingReader:
                 break  # counter seen before the slot: only on weakly ordered CPUs; next poll gets it
             if s1 == expected:
                 frame_seq, t, pixels = int(frame_seqs[slot]), float(ts[slot]), data[slot].copy()
+                flags, values = int(flag_words[slot]), aux[slot].copy()
                 # The counter re-check is for weakly ordered CPUs (module docstring): once frame
                 # i + n is complete, a copy of this slot cannot be trusted to be frame i.
                 if int(seq[slot]) == expected and int(written_word[0]) <= i + n:
-                    frames.append(Frame(frame_seq, t, pixels))
+                    frames.append(Frame(frame_seq, t, pixels, flags, values))
                     self._next = i + 1
                     continue
                 self._torn += 1

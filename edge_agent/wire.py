@@ -36,10 +36,17 @@ Window header (frame 0); frame 1 holds exactly ``prod(shape)`` bytes:
 | `dtype`     | str                  | `"uint8"`                                                          |
 | `fps`       | float > 0            | source frame rate, frames/s                                        |
 | `hr_bpm`    | float > 0 or nil     | heart rate, beats/min; nil when unknown                            |
-| `beat`      | str                  | how the window was cut: `"ed_ed"`, `"fixed"`, ...                  |
+| `beat`      | str                  | how the window was cut: `"ed_ed"`, `"r_wave"`, `"fixed"`           |
+| `view`      | int ≥ 0              | view epoch: the windower adds one when the image changes so much   |
+|             |                      | that it is another view or patient; the running estimate restarts  |
 | `demo`      | map, optional        | any subset of `age_years`, `sex_male` (1 male, 0 female),          |
 |             |                      | `weight_kg`, `height_cm` → float; omitted when none is known       |
 | `truth`     | map, optional        | simulator ground truth, name → float, e.g. `{"ef": 55.0}` (EF %)   |
+
+Result (worker → hub, over the hub's ROUTER socket; not published): frame 0 the msgpack header, the
+window header's fields but `shape`/`dtype`/`demo`, plus `backend` (str), `infer_ms` (float ≥ 0,
+decode + posterior time in the worker, ms), `t_done` (float, s) and `n_samples` (int ≥ 1); frame 1
+the posterior samples, ``n_samples`` float32 EF % (already recalibrated), native byte order.
 
 Estimate body (topic ``lvef.<stream>``):
 
@@ -335,6 +342,7 @@ _WINDOW_FIELDS: dict[str, Check] = {
     "fps": _float(gt=0.0),
     "hr_bpm": _HR,
     "beat": _text(NAME_PATTERN, "a beat rule name of 1-64 characters of [A-Za-z0-9_.-], e.g. 'ed_ed'"),
+    "view": _int(0),
 }
 _WINDOW_OPTIONAL: dict[str, Check] = {"demo": _DEMO, "truth": _TRUTH}
 
@@ -421,6 +429,7 @@ class Window:
     beat: how the window was cut (``"ed_ed"``, ``"fixed"``, ...).
     demo: any subset of DEMOGRAPHIC_FIELDS → float (years, 1 male/0 female, kg, cm).
     truth: simulator ground truth, e.g. {"ef": 55.0} (EF %); empty for real sources.
+    view: view epoch of the stream (the running estimate restarts when it changes).
     Construction validates every field and raises WireError naming it.
     """
 
@@ -435,6 +444,7 @@ class Window:
     frames: np.ndarray = field(repr=False)  # 400 kB of pixels make a useless repr
     demo: Mapping[str, float] = field(default_factory=dict)
     truth: Mapping[str, float] = field(default_factory=dict)
+    view: int = 0
 
     def __post_init__(self) -> None:
         for key, check in {**_WINDOW_FIELDS, **_WINDOW_OPTIONAL}.items():
@@ -487,6 +497,7 @@ def encode_window(window: Window) -> list[bytes | memoryview]:
         "fps": window.fps,
         "hr_bpm": window.hr_bpm,
         "beat": window.beat,
+        "view": window.view,
     }
     # Optional maps are omitted when empty, so the header carries only what is known.
     if window.demo:
@@ -527,6 +538,62 @@ def decode_window(
     for key in ("v", "kind", "shape", "dtype"):
         del fields[key]
     return Window(frames=frames, **fields)
+
+
+# ---------------------------------------------------------------- result (worker → hub)
+
+MAX_SAMPLES = 4096
+_RESULT_FIELDS: dict[str, Check] = {
+    **{k: v for k, v in _WINDOW_FIELDS.items()},
+    "backend": _text(NAME_PATTERN, "a backend name such as 'torch', 'onnxruntime' or 'tensorrt'"),
+    "infer_ms": _float(lo=0.0),
+    "t_done": _TIME,
+    "n_samples": _int(1),
+}
+
+
+def encode_result(
+    window: Window, samples: np.ndarray, backend: str, infer_ms: float, t_done: float
+) -> list[bytes | memoryview]:
+    """A window's posterior → [msgpack header, float32 samples]; the header repeats the window's
+    metadata (not its pixels) so the hub needs no state per window in flight.
+
+    samples: (K,) EF %, the posterior of this one window.
+    """
+    values = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+    if not 1 <= values.size <= MAX_SAMPLES or not np.all(np.isfinite(values)):
+        raise WireError(f"result.samples: expected 1-{MAX_SAMPLES} finite values, got {values.size}")
+    header = {key: getattr(window, key) for key in _WINDOW_FIELDS}
+    header.update(frame_seq=list(window.frame_seq), t=list(window.t))
+    if window.truth:
+        header["truth"] = dict(window.truth)
+    header.update(backend=backend, infer_ms=float(infer_ms), t_done=float(t_done), n_samples=values.size)
+    fields = _check_message(
+        {"v": SCHEMA_VERSION, "kind": "result", **header},
+        "result",
+        "result",
+        _RESULT_FIELDS,
+        {"truth": _TRUTH},
+    )
+    return [_pack(fields), memoryview(values).cast("B")]
+
+
+def decode_result(parts: Sequence[FrameLike]) -> tuple[dict[str, Any], np.ndarray]:
+    """[msgpack header, float32 samples] → (validated header, samples (K,) float32 EF %, a copy)."""
+    if len(parts) != 2:
+        raise WireError(f"result: expected 2 frames (msgpack header, samples), got {len(parts)}")
+    header = _unpack(parts[0], "result header", MAX_HEADER_BYTES)
+    fields = _check_message(header, "result", "result", _RESULT_FIELDS, {"truth": _TRUTH})
+    view = _view(parts[1], "result samples")
+    if view.nbytes != 4 * fields["n_samples"]:
+        raise WireError(
+            f"result samples: {view.nbytes} bytes, but n_samples {fields['n_samples']} float32 need "
+            f"{4 * fields['n_samples']}"
+        )
+    samples = np.frombuffer(view, dtype=np.float32).copy()
+    if not np.all(np.isfinite(samples)) or samples.min() < 0 or samples.max() > 100:
+        raise WireError("result samples: every sample must be a finite EF in [0, 100] %")
+    return fields, samples
 
 
 # ---------------------------------------------------------------- published messages

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent import metrics, posterior
 from edge_agent.metrics import picp
-from edge_agent.posterior import fit_dispersion_scale, recalibrate
+from edge_agent.posterior import RunningPosterior, fit_dispersion_scale, recalibrate
 
 
 def logit_ef(ef: np.ndarray) -> np.ndarray:
@@ -196,3 +196,25 @@ def test_coverage_constraint_widens_an_overconfident_fit():
     held = fit_dispersion_scale(samples, truth, min_picp90=0.9)
     assert held > free
     assert picp(recalibrate(samples, held), truth, 0.9) >= 0.9 > picp(recalibrate(samples, free), truth, 0.9)
+
+
+def test_running_posterior_pools_recent_beats_and_resets_on_view_change() -> None:
+    rng = np.random.default_rng(0)
+    run = RunningPosterior(n_beats=3, max_gap_s=5.0)
+    assert run.truth_mean() is None
+    for seq, centre in enumerate([40.0, 50.0, 60.0, 70.0]):
+        run.add(seq, centre + rng.normal(0, 1, 40), view=0, t=float(seq), truth_ef=centre + 1)
+    assert run.beats == 3 and abs(run.summary().mean - 60.0) < 1.0  # beats 1..3 pooled
+    assert run.truth_mean() == pytest.approx(61.0)
+    assert run.summary().n_samples == 120
+    # A late result of an older beat only replaces the oldest if it is among the newest three.
+    run.add(0, np.full(40, 10.0), view=0, t=0.0)
+    assert abs(run.summary().mean - 60.0) < 1.0
+    run.add(4, np.full(40, 30.0), view=1, t=4.0)  # another view: start again
+    assert run.beats == 1 and run.resets == 1 and run.summary().mean == pytest.approx(30.0)
+    assert run.truth_mean() is None
+    assert not run.add(5, np.full(40, 90.0), view=0, t=5.0)  # stale view: not pooled
+    run.add(6, np.full(40, 35.0), view=1, t=20.0)  # a 16 s pause: signal was lost
+    assert run.beats == 1 and run.resets == 2
+    with pytest.raises(ValueError, match="n_beats"):
+        RunningPosterior(n_beats=0)

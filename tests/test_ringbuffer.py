@@ -364,9 +364,9 @@ def test_attach_errors_name_the_segment_and_the_fix(prefix):
         for shm in (foreign, tiny):
             shm.close()
             shm.unlink()
-    with FrameRing.create(prefix + "v2", 4) as ring:
-        _poke_header(ring.name, "version", 2)
-        with pytest.raises(RingLayoutError, match="layout version 2, this code reads version 1"):
+    with FrameRing.create(prefix + "v9", 4) as ring:
+        _poke_header(ring.name, "version", 9)
+        with pytest.raises(RingLayoutError, match="layout version 9, this code reads version 2"):
             FrameRing.attach(ring.name)
     with pytest.raises(ValueError, match="segment name"):
         FrameRing.attach("../etc/passwd")

@@ -157,10 +157,28 @@ def test_window_header_is_msgpack_with_the_documented_keys() -> None:
         "fps": 50.0,
         "hr_bpm": 58.8,
         "beat": "ed_ed",
+        "view": 0,
         "demo": {"age_years": 61.0, "sex_male": 1.0},
         "truth": {"ef": 55.0},
     }
     assert wire.SCHEMA_VERSION == 1
+
+
+def test_result_round_trip_carries_the_window_metadata_and_samples() -> None:
+    window = make_window(view=3)
+    samples = np.linspace(30.0, 60.0, 40)
+    parts = wire.encode_result(window, samples, "torch", 41.5, 20.0)
+    header, got = wire.decode_result([bytes(p) for p in parts])
+    assert got.dtype == np.float32 and np.allclose(got, samples)
+    assert header["stream"] == window.stream and header["seq"] == 7 and header["view"] == 3
+    assert header["frame_seq"] == [100, 151] and header["truth"] == {"ef": 55.0}
+    assert header["backend"] == "torch" and header["infer_ms"] == 41.5 and header["n_samples"] == 40
+    with pytest.raises(wire.WireError, match="n_samples 40 float32 need 160"):
+        wire.decode_result([bytes(parts[0]), bytes(parts[1])[:-4]])
+    with pytest.raises(wire.WireError, match="EF in"):
+        wire.decode_result(wire.encode_result(window, samples + 100.0, "torch", 1.0, 1.0))
+    with pytest.raises(wire.WireError, match="finite"):
+        wire.encode_result(window, np.array([np.nan]), "torch", 1.0, 1.0)
 
 
 def test_window_without_optional_maps_omits_them() -> None:
