@@ -10,6 +10,7 @@ from pathlib import Path
 from edge_agent.config import ConfigError, apply_overrides, load_yaml
 
 DEFAULT_MODEL = "engines/mcsdr_default"
+DEFAULT_AGENT_CONFIG = "configs/default.yaml"
 
 
 def _config(path: str | None, overrides: list[str]) -> tuple[dict, str]:
@@ -65,6 +66,86 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_config(args: argparse.Namespace):
+    from edge_agent.agent import load_agent_config
+
+    path = args.config
+    if path is None:
+        # The shipped default config, found from the current directory or the checkout.
+        for candidate in (
+            Path(DEFAULT_AGENT_CONFIG),
+            Path(__file__).resolve().parents[1] / DEFAULT_AGENT_CONFIG,
+        ):
+            if candidate.exists():
+                path = candidate
+                break
+    return load_agent_config(path, args.set, sources=getattr(args, "source", None))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from edge_agent.agent import Agent
+
+    cfg = _agent_config(args)
+    logging.basicConfig(
+        level=cfg.supervisor.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s"
+    )
+    agent = Agent(cfg)
+    print(f"edge-agent: publishing on {agent.endpoints['publish']} (Ctrl-C stops)", file=sys.stderr)
+    agent.run(duration_s=args.seconds)
+    left = agent.leftovers()
+    if left["processes"] or left["rings"]:
+        print(f"edge-agent: left behind after stop: {left}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from edge_agent.demo import run_demo
+
+    args.set = [f"transport.publish={args.publish}", f"supervisor.log_level={args.log_level}", *args.set]
+    cfg = _agent_config(args)
+    logging.basicConfig(
+        level=cfg.supervisor.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s"
+    )
+    summary = run_demo(cfg, args.seconds, json_path=args.json)
+    keys = (
+        "n_estimates",
+        "mae_vs_truth",
+        "beat_mae_vs_truth",
+        "latency_ms",
+        "windows_dropped",
+        "beats_missed",
+        "leftovers",
+    )
+    print(json.dumps({k: summary[k] for k in keys}))
+    return 0 if not (summary["leftovers"]["processes"] or summary["leftovers"]["rings"]) else 1
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from edge_agent.monitor import run_monitor
+
+    run_monitor(args.connect, stale_after_s=args.stale_after, duration_s=args.seconds)
+    return 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from edge_agent.monitor import subscribe_json
+
+    subscribe_json(args.connect, count=args.count, timeout=args.timeout)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from edge_agent.agent import remote_worker
+
+    remote_worker(_agent_config(args), args.connect)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -103,6 +184,57 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--n", type=int, default=24)
     st.add_argument("--seed", type=int, default=11)
     st.set_defaults(func=cmd_stats)
+
+    def agent_options(a: argparse.ArgumentParser) -> None:
+        a.add_argument(
+            "--config", help=f"agent YAML (default: {DEFAULT_AGENT_CONFIG}, else built-in defaults)"
+        )
+        a.add_argument(
+            "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key"
+        )
+
+    r = sub.add_parser("run", help="run the live agent: captures, windowers, workers, hub (Ctrl-C stops)")
+    agent_options(r)
+    r.add_argument(
+        "--source", action="append", metavar="URI", help="replace the configured streams (repeatable)"
+    )
+    r.add_argument("--seconds", type=float, help="stop after this many seconds (default: run until stopped)")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="run the agent and the bedside monitor together, then print a summary")
+    agent_options(d)
+    d.add_argument("--seconds", type=float, default=30.0)
+    d.add_argument(
+        "--source", action="append", metavar="URI", help="replace the configured streams (repeatable)"
+    )
+    d.add_argument("--json", help="write the summary JSON here")
+    d.add_argument("--publish", default="ipc://{run}/publish", help="publish endpoint (default: private ipc)")
+    d.add_argument("--log-level", default="WARNING", help="agent log level (the monitor owns the terminal)")
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("monitor", help="live bedside view of a running agent")
+    m.add_argument(
+        "--connect", action="append", required=True, metavar="ENDPOINT", help="e.g. tcp://127.0.0.1:5556"
+    )
+    m.add_argument("--stale-after", type=float, default=5.0, help="s without an estimate before STALE")
+    m.add_argument("--seconds", type=float, help="exit after this many seconds")
+    m.set_defaults(func=cmd_monitor)
+
+    b = sub.add_parser("subscribe", help="print every published message as one JSON line")
+    b.add_argument("--connect", action="append", required=True, metavar="ENDPOINT")
+    b.add_argument(
+        "--json", action="store_true", default=True, help="one JSON object per line (the only format)"
+    )
+    b.add_argument("--count", type=int, help="exit after this many messages")
+    b.add_argument("--timeout", type=float, help="exit when nothing arrives for this many seconds")
+    b.set_defaults(func=cmd_subscribe)
+
+    w = sub.add_parser("worker", help="run one inference worker against a hub on another host")
+    agent_options(w)
+    w.add_argument(
+        "--connect", required=True, metavar="ENDPOINT", help="the hub's workers endpoint, tcp://host:port"
+    )
+    w.set_defaults(func=cmd_worker)
     return p
 
 

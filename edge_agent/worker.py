@@ -1,0 +1,128 @@
+"""Inference worker: window in → posterior samples out.
+
+Connects a DEALER socket to the hub's ``workers`` endpoint (ipc on one host, tcp across hosts)
+and announces itself with READY: the hub sends it one window at a time, only when it has credit,
+so a slow worker never accumulates a queue. Per window it runs the backend — the video and
+demographics encoded once, the K = 40 fixed starting noises as the batch, 10 DDIM steps — applies
+the artefact's dispersion recalibration and returns the K samples (EF %) with the window's
+metadata. Summaries and the running estimate are the hub's: consecutive beats of one stream may
+be computed by different workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from edge_agent import wire
+from edge_agent.backends import Backend, load_backend
+from edge_agent.posterior import recalibrate
+from edge_agent.transport import READY, RESULT, TransportConfig, socket
+
+log = logging.getLogger(__name__)
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Inference workers (YAML section ``worker``).
+
+    count: worker processes on this host. backend: auto | torch (auto picks the fastest installed).
+    model: artefact path (.pt with its sidecar .json); relative paths are tried from the current
+        directory, then from the edge-agent checkout. device: cpu | cuda[:n].
+    k: posterior samples per window (the paper's 40). seed: seed of the K fixed starting noises
+        (the same noises for every window: results are reproducible).
+    threads: intra-op threads per worker (share the cores between workers).
+    recalibrate: apply the sidecar's dispersion recalibration (see the evaluation report).
+    """
+
+    count: int = 1
+    backend: str = "auto"
+    model: str = "engines/mcsdr_default.pt"
+    device: str = "cpu"
+    k: int = 40
+    seed: int = 0
+    threads: int = 1
+    recalibrate: bool = True
+
+
+def resolve_model(path: str) -> Path:
+    """The artefact path, from the current directory or else from the checkout (the shipped model)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return PACKAGE_ROOT / p
+
+
+def starting_noises(k: int, seed: int) -> np.ndarray:
+    """The K fixed DDIM starting noises y_T (K,) float32, N(0, 1)."""
+    return np.random.default_rng(seed).standard_normal(k).astype(np.float32)
+
+
+class Worker:
+    """The worker's lifecycle: ``start`` loads the backend and connects, ``process`` serves one
+    window, ``stop`` closes."""
+
+    def __init__(self, cfg: WorkerConfig, transport: TransportConfig, workers_endpoint: str) -> None:
+        self.cfg, self.transport, self.endpoint = cfg, transport, workers_endpoint
+        self.served = 0
+        self.invalid = 0
+        self.backend: Backend | None = None
+        self.ctx: zmq.Context | None = None
+
+    def start(self) -> None:
+        self.backend = load_backend(
+            self.cfg.backend, resolve_model(self.cfg.model), device=self.cfg.device, threads=self.cfg.threads
+        )
+        recal = self.backend.sidecar.get("recalibration") or {}
+        self.scale = float(recal["scale"]) if self.cfg.recalibrate and recal.get("scale") else None
+        self.noise = starting_noises(self.cfg.k, self.cfg.seed)[None]
+        self.ctx = zmq.Context()
+        self.sock = socket(self.ctx, zmq.DEALER, self.transport, hwm=4)
+        self.sock.connect(self.endpoint)
+        self.sock.send(READY)
+        log.info(
+            "worker: %s backend, K=%d, recalibration %s → %s",
+            self.backend.name,
+            self.cfg.k,
+            self.scale,
+            self.endpoint,
+        )
+
+    def infer(self, window: wire.Window) -> np.ndarray:
+        """One window → its posterior samples (K,) EF %, recalibrated when configured."""
+        demo, mask = window.demographics_arrays()
+        samples = self.backend.posterior(window.frames[None], demo[None], mask[None], self.noise)[0]
+        return recalibrate(samples, self.scale) if self.scale else samples
+
+    def process(self, timeout: float = 0.2) -> bool:
+        """Serve at most one window (waits up to ``timeout`` s); always True (a worker runs until stopped)."""
+        if not self.sock.poll(int(timeout * 1000)):
+            return True
+        parts = self.sock.recv_multipart(copy=False)
+        t0 = time.monotonic()
+        try:
+            window = wire.decode_window(parts)
+        except wire.WireError as e:  # never let one bad message kill the worker: say so, ask for more
+            self.invalid += 1
+            log.error("worker: invalid window dropped: %s", e)
+            self.sock.send(READY)
+            return True
+        samples = self.infer(window)
+        done = time.monotonic()
+        result = wire.encode_result(window, samples, self.backend.name, 1000.0 * (done - t0), done)
+        self.sock.send_multipart([RESULT, *result], copy=False)
+        self.served += 1
+        return True
+
+    def stop(self) -> None:
+        if self.ctx is not None:
+            self.ctx.destroy()
+        if self.backend is not None:
+            self.backend.close()
+        log.info("worker: %d windows served, %d invalid", self.served, self.invalid)

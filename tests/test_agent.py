@@ -1,0 +1,236 @@
+"""The live agent end to end: real processes, shared memory, ZeroMQ sockets and decoding.
+
+Each test starts the real supervisor (spawned capture, windower, worker and hub processes), reads
+what a subscriber receives, and checks that stopping leaves no process and no ring behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from edge_agent import wire
+from edge_agent.agent import Agent, AgentConfig, load_agent_config
+from edge_agent.config import ConfigError
+from edge_agent.hub import Hub, HubConfig
+from edge_agent.monitor import T_RECEIVED, Subscriber
+from edge_agent.ringbuffer import SHM_DIR
+from edge_agent.transport import TransportConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, sources: list[str], *extra: str) -> AgentConfig:
+    return load_agent_config(
+        None,
+        ["transport.publish=ipc://{run}/publish", "supervisor.log_level=WARNING", "worker.threads=1", *extra],
+        sources=sources,
+    )
+
+
+def _collect(agent: Agent, seconds: float, until=None) -> list[dict]:
+    """Messages a subscriber receives while the supervisor keeps watch."""
+    out: list[dict] = []
+    with Subscriber(agent.endpoints["publish"]) as sub:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            agent.check()
+            msg = sub.recv(0.1)
+            if msg is not None:
+                out.append(msg)
+                if until is not None and until(out):
+                    break
+    return out
+
+
+def _assert_nothing_left(agent: Agent) -> None:
+    assert agent.leftovers() == {"processes": [], "rings": []}
+    assert not agent.run_dir.exists()
+    assert not [p for p in SHM_DIR.iterdir() if p.name in agent.rings.values()]
+
+
+def test_simulated_stream_end_to_end_estimates_near_truth(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, ["synthetic://?ef=35&hr=75&quality=good&fps=50&seed=5"])
+    agent = Agent(cfg)
+    agent.start()
+    try:
+        msgs = _collect(agent, 40.0, until=lambda m: sum(x["kind"] == "estimate" for x in m) >= 8)
+        # A subscriber that joins late gets the latest estimate at once (last-value cache).
+        with Subscriber(agent.endpoints["publish"], topics=["lvef."]) as late:
+            first = late.recv(1.0)
+    finally:
+        agent.stop()
+    _assert_nothing_left(agent)
+    estimates = [m for m in msgs if m["kind"] == "estimate"]
+    assert len(estimates) >= 8
+    assert [e["seq"] for e in estimates] == list(
+        range(estimates[0]["seq"], estimates[0]["seq"] + len(estimates))
+    )
+    last = estimates[-1]
+    assert last["backend"] == "torch" and last["running"]["n_beats"] >= 3
+    assert abs(last["running"]["mean"] - last["truth"]["ef_running"]) < 5.0
+    assert last["running"]["ci90"][0] <= last["running"]["mean"] <= last["running"]["ci90"][1]
+    assert 60 < last["hr_bpm"] < 90  # 75 bpm with beat-to-beat variability
+    assert all(0 < 1000 * (e[T_RECEIVED] - e["t"][1]) < 5000 for e in estimates)
+    statuses = [m for m in msgs if m["kind"] == "status"]
+    assert statuses and statuses[-1]["signal"] == "ok" and statuses[-1]["windows_dropped"] == 0
+    assert 45 <= statuses[-1]["fps"] <= 55
+    assert any(m["kind"] == "heartbeat" for m in msgs)
+    assert first is not None and first["kind"] == "estimate" and first["seq"] <= last["seq"]
+
+
+def test_dicom_cine_plays_through_the_whole_pipeline(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    cine = get_testdata_file("color3d_jpeg_baseline.dcm")
+    agent = Agent(_config(tmp_path, [cine]))
+    agent.start()
+    try:
+        msgs = _collect(agent, 40.0, until=lambda m: sum(x["kind"] == "estimate" for x in m) >= 3)
+    finally:
+        agent.stop()
+    _assert_nothing_left(agent)
+    estimates = [m for m in msgs if m["kind"] == "estimate"]
+    assert len(estimates) >= 3
+    assert all(0 < e["running"]["mean"] < 100 and "truth" not in e for e in estimates)
+    rates = [e["hr_bpm"] for e in estimates if e["hr_bpm"] is not None]
+    assert rates and all(40 <= hr <= 150 for hr in rates)
+
+
+def test_supervisor_restarts_a_killed_capture_and_cleans_its_ring(tmp_path: Path) -> None:
+    agent = Agent(_config(tmp_path, ["synthetic://?ef=55&hr=70&quality=good&seed=2"]))
+    agent.start()
+    try:
+        msgs = _collect(agent, 30.0, until=lambda m: any(x["kind"] == "estimate" for x in m))
+        assert any(m["kind"] == "estimate" for m in msgs)
+        capture = next(p for p in agent.procs if p.name.startswith("capture:"))
+        old_pid = capture.process.pid
+        os.kill(old_pid, signal.SIGKILL)  # a crash: no chance to unlink its ring
+        msgs = _collect(agent, 30.0, until=lambda m: any(x["kind"] == "estimate" for x in m))
+        assert capture.process.pid != old_pid and capture.process.is_alive()
+        assert any(m["kind"] == "estimate" for m in msgs), "no estimate after the restart"
+    finally:
+        agent.stop()
+    _assert_nothing_left(agent)
+
+
+def test_run_command_stops_on_sigint_without_orphans(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "run",
+        "--set",
+        "transport.publish=ipc://{run}/publish",
+        "--set",
+        "worker.threads=1",
+        "--source",
+        "synthetic://?seed=3",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(12.0)
+        children = _children(proc.pid)
+        assert len(children) >= 4, children  # hub, worker, windower, capture (+ spawn's tracker)
+        rings = [p.name for p in SHM_DIR.iterdir() if p.name.startswith(f"edge_agent_bed1_{proc.pid}")]
+        assert rings, "the capture made no ring"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert not [pid for pid in children if _alive(pid)]
+    assert not [r for r in rings if (SHM_DIR / r).exists()]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+# ---------------------------------------------------------------- the hub alone, real sockets
+
+
+def _window(stream: str, seq: int) -> wire.Window:
+    return wire.Window(
+        stream=stream,
+        seq=seq,
+        frame_seq=(seq * 50, seq * 50 + 49),
+        t=(seq, seq + 0.98),
+        t_sent=time.monotonic(),
+        fps=50.0,
+        hr_bpm=61.0,
+        beat="ed_ed",
+        frames=np.zeros((32, 112, 112), np.uint8),
+    )
+
+
+def test_hub_bounds_its_queue_and_balances_by_credit(tmp_path: Path) -> None:
+    endpoints = {k: f"ipc://{tmp_path}/{k}" for k in ("windows", "workers", "publish")}
+    hub = Hub(HubConfig(queue_per_stream=2, status_period_s=0.05), TransportConfig(linger_ms=0), endpoints)
+    hub.start()
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        push.connect(endpoints["windows"])
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"status.a")
+        sub.connect(endpoints["publish"])
+        for seq in range(5):  # no worker yet: two wait, three are dropped (oldest first)
+            push.send_multipart(wire.encode_window(_window("a", seq)))
+        _pump(hub, 0.3)
+        assert [w.seq for _t, w, _p in hub.streams["a"].queue] == [3, 4]
+        status = wire.decode_status(sub.recv_multipart())
+        while status["windows_dropped"] != 3:
+            _pump(hub, 0.1)
+            status = wire.decode_status(sub.recv_multipart())
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(endpoints["workers"])
+        dealer.send(b"READY")
+        _pump(hub, 0.3)
+        got = wire.decode_window(dealer.recv_multipart())
+        assert got.seq == 3 and not dealer.poll(200)  # one window per credit
+        dealer.send_multipart([b"RESULT", *wire.encode_result(got, np.full(40, 42.0), "torch", 1.0, 1.0)])
+        _pump(hub, 0.3)
+        assert wire.decode_window(dealer.recv_multipart()).seq == 4
+        assert hub.streams["a"].estimates == 1
+    finally:
+        hub.stop()
+        ctx.destroy(linger=0)
+
+
+def _pump(hub: Hub, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        hub.process(0.01)
+
+
+def test_agent_config_errors_name_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.yaml"
+    bad.write_text("worker:\n  count: 1\n  bogus: 3\n")
+    with pytest.raises(ConfigError, match=r"agent.yaml:worker: unknown key\(s\) \['bogus'\]"):
+        load_agent_config(bad)
+    bad.write_text("streams:\n  - id: a\n  - id: a\n")
+    with pytest.raises(ConfigError, match="unique"):
+        load_agent_config(bad)
+    bad.write_text("capturee: {}\n")
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_agent_config(bad)
+    cfg = load_agent_config(ROOT / "configs" / "default.yaml", ["streams.0.fps=30", "worker.count=2"])
+    assert cfg.streams[0].fps == 30.0 and cfg.worker.count == 2
