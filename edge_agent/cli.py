@@ -117,6 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "mae_vs_truth",
         "beat_mae_vs_truth",
         "latency_ms",
+        "latency_from_ready_ms",
         "windows_dropped",
         "beats_missed",
         "leftovers",

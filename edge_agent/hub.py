@@ -230,6 +230,7 @@ class Hub:
             "seq": header["seq"],
             "frame_seq": header["frame_seq"],
             "t": header["t"],
+            "t_ready": header["t_ready"],
             "t_published": now,
             "beat": summarize(samples).to_dict(),
             "running": {**st.running.summary().to_dict(), "n_beats": st.running.beats},

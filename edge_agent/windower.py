@@ -142,7 +142,7 @@ class Windower:
             if fr.aux is not None and self.aux_names:
                 self._truth[fr.frame_seq] = fr.aux
             for beat in self.detector.push(fr.frame_seq, fr.t, fr.pixels, bool(fr.flags & FLAG_R_WAVE)):
-                self._send(beat)
+                self._send(beat, t_ready=fr.t)
         if self._truth and self._last_seq is not None:  # keep ~10 s of truth, enough for any beat
             horizon = self._last_seq - int(10 * self.fps)
             for k in [k for k in self._truth if k < horizon]:
@@ -158,13 +158,14 @@ class Windower:
             return {}
         return {k: float(v) for k, v in zip(self.aux_names, aux, strict=False) if np.isfinite(v)}
 
-    def _send(self, beat: BeatWindow) -> None:
+    def _send(self, beat: BeatWindow, t_ready: float) -> None:
         clip = make_clip(beat.frames, beat.start, beat.end)
         window = wire.Window(
             stream=self.stream,
             seq=self.sent + self.dropped,
             frame_seq=beat.frame_seq,
             t=beat.t,
+            t_ready=t_ready,
             t_sent=time.monotonic(),
             fps=self.fps,
             hr_bpm=beat.hr_bpm,

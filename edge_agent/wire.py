@@ -31,6 +31,8 @@ Window header (frame 0); frame 1 holds exactly ``prod(shape)`` bytes:
 | `seq`       | int ≥ 0              | window sequence number within the stream                           |
 | `frame_seq` | [int, int]           | first, last source frame sequence number (first ≤ last)            |
 | `t`         | [float, float]       | first, last frame capture time, s (first ≤ last)                   |
+| `t_ready`   | float                | capture time of the frame that completed the window, s (≥ t[1]:   |
+|             |                      | a causal detector confirms an ED only after it)                    |
 | `t_sent`    | float                | time the window was sent, s                                        |
 | `shape`     | [int, int, int]      | frames, height, width: [32, 112, 112]; at most [64, 1024, 1024]    |
 | `dtype`     | str                  | `"uint8"`                                                          |
@@ -57,6 +59,7 @@ Estimate body (topic ``lvef.<stream>``):
 | `seq`         | int ≥ 0              | the window's `seq`                                               |
 | `frame_seq`   | [int, int]           | the window's `frame_seq`                                         |
 | `t`           | [float, float]       | the window's first, last capture time, s                         |
+| `t_ready`     | float                | the window's `t_ready`                                           |
 | `t_published` | float                | time the estimate was published, s                               |
 | `beat`        | summary              | posterior of this window (one beat)                              |
 | `running`     | summary + `n_beats`  | running posterior over the last `n_beats` (int ≥ 1) beats        |
@@ -338,6 +341,7 @@ _WINDOW_FIELDS: dict[str, Check] = {
     "seq": _SEQ,
     "frame_seq": _pair(_SEQ),
     "t": _pair(_TIME),
+    "t_ready": _TIME,
     "t_sent": _TIME,
     "fps": _float(gt=0.0),
     "hr_bpm": _HR,
@@ -351,6 +355,7 @@ _ESTIMATE_FIELDS: dict[str, Check] = {
     "seq": _SEQ,
     "frame_seq": _pair(_SEQ),
     "t": _pair(_TIME),
+    "t_ready": _TIME,
     "t_published": _TIME,
     "beat": _record(SUMMARY_CHECKS),
     "running": _record({**SUMMARY_CHECKS, "n_beats": _int(1)}),
@@ -425,7 +430,8 @@ class Window:
     frames: (F, H, W) uint8, (32, 112, 112) for the model, made by edge_agent.cycles.make_clip;
         a decoded window's frames are a read-only view of the received buffer.
     frame_seq: (first, last) source frame sequence numbers; t: (first, last) capture times, s
-        (monotonic clock); t_sent: send time, s; fps: source frames/s; hr_bpm: beats/min or None.
+        (monotonic clock); t_ready: capture time of the frame that completed the window (default
+        t[1]); t_sent: send time, s; fps: source frames/s; hr_bpm: beats/min or None.
     beat: how the window was cut (``"ed_ed"``, ``"fixed"``, ...).
     demo: any subset of DEMOGRAPHIC_FIELDS → float (years, 1 male/0 female, kg, cm).
     truth: simulator ground truth, e.g. {"ef": 55.0} (EF %); empty for real sources.
@@ -445,8 +451,11 @@ class Window:
     demo: Mapping[str, float] = field(default_factory=dict)
     truth: Mapping[str, float] = field(default_factory=dict)
     view: int = 0
+    t_ready: float | None = None  # None: the last frame's time t[1]
 
     def __post_init__(self) -> None:
+        if self.t_ready is None and isinstance(self.t, list | tuple) and len(self.t) == 2:
+            object.__setattr__(self, "t_ready", self.t[1])
         for key, check in {**_WINDOW_FIELDS, **_WINDOW_OPTIONAL}.items():
             value = check(getattr(self, key), f"window.{key}")
             # frozen: normalised values (tuples, floats, fresh dicts) are written once, here.
@@ -491,6 +500,7 @@ def encode_window(window: Window) -> list[bytes | memoryview]:
         "seq": window.seq,
         "frame_seq": list(window.frame_seq),
         "t": list(window.t),
+        "t_ready": window.t_ready,
         "t_sent": window.t_sent,
         "shape": list(window.frames.shape),
         "dtype": WINDOW_DTYPE,

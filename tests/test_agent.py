@@ -147,13 +147,23 @@ def test_run_command_stops_on_sigint_without_orphans(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-2000:]
-    assert not [pid for pid in children if _alive(pid)]
+    deadline = time.monotonic() + 5.0  # spawn's resource tracker leaves once it sees EOF
+    while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [(pid, _cmdline(pid)) for pid in children if _alive(pid)]
     assert not [r for r in rings if (SHM_DIR / r).exists()]
 
 
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:

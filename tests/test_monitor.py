@@ -46,6 +46,7 @@ def estimate_parts(stream: str = "bed1", seq: int = 0, ef: float = 55.0, **overr
         "seq": seq,
         "frame_seq": [seq * 50, seq * 50 + 49],
         "t": [seq * 1.0, seq * 1.0 + 0.98],
+        "t_ready": seq * 1.0 + 1.1,
         "t_published": seq * 1.0 + 1.2,
         "hr_bpm": 60.0,
         "backend": "torch",
