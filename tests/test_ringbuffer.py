@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.ringbuffer import (
+    FLAG_R_WAVE,
     HEADER_DTYPE,
     SHM_DIR,
     Frame,
@@ -381,3 +382,22 @@ def test_write_rejects_wrong_frames_readers_and_duplicate_names(prefix):
         with FrameRing.attach(ring.name) as view, pytest.raises(PermissionError, match="read-only"):
             view.write(np.zeros(SHAPE, np.uint8), 0, 0.0)
         assert ring.written == 0
+
+
+def test_info_flags_and_aux_travel_with_the_frames(prefix):
+    info = {"fps": 50.0, "demographics": {"age_years": 61.0}, "aux": ["ef", "beat"]}
+    with FrameRing.create(prefix + "meta", 4, (8, 8), info=info) as ring:
+        reader_ring = FrameRing.attach(ring.name)
+        try:
+            assert reader_ring.info == info
+            reader = RingReader(reader_ring, start="oldest")
+            ring.write(np.full((8, 8), 1, np.uint8), 10, 1.0, flags=FLAG_R_WAVE, aux=[55.0, 3.0])
+            ring.write(np.full((8, 8), 2, np.uint8), 11, 1.02)
+            a, b = reader.poll()
+            assert a.flags == FLAG_R_WAVE and b.flags == 0
+            assert a.aux[:2].tolist() == [55.0, 3.0] and np.isnan(a.aux[2:]).all()
+            assert np.isnan(b.aux).all()  # a frame without aux does not inherit the slot's old values
+        finally:
+            reader_ring.close()
+    with pytest.raises(ValueError, match=r"info is \d+ bytes"):
+        FrameRing.create(prefix + "big", 4, (8, 8), info={"x": "y" * 5000})
