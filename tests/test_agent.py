@@ -6,6 +6,7 @@ what a subscriber receives, and checks that stopping leaves no process and no ri
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -244,3 +245,27 @@ def test_agent_config_errors_name_the_key(tmp_path: Path) -> None:
         load_agent_config(bad)
     cfg = load_agent_config(ROOT / "configs" / "default.yaml", ["streams.0.fps=30", "worker.count=2"])
     assert cfg.streams[0].fps == 30.0 and cfg.worker.count == 2
+
+
+def test_demo_command_writes_its_summary_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "demo",
+        "--seconds",
+        "12",
+        "--json",
+        str(out),
+        "--source",
+        "synthetic://?ef=60&hr=80&quality=medium&seed=9",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(out.read_text())
+    assert summary["n_estimates"] >= 8 and summary["streams"]["bed1"]["n_estimates"] == summary["n_estimates"]
+    assert summary["mae_vs_truth"] < 5.0 and summary["windows_dropped"] == 0
+    assert 0 < summary["latency_from_ready_ms"]["p50"] <= summary["latency_ms"]["p50"] < 2000
+    assert summary["leftovers"] == {"processes": [], "rings": []}
+    assert "bed1 #" in done.stdout  # the monitor's line per estimate (output is not a terminal)

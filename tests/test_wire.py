@@ -6,6 +6,7 @@ import contextlib
 import math
 import pickle
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -730,3 +731,11 @@ def test_fuzz_structural_mutations(valid: tuple[Any, list[bytes], int], data: st
         break
     packed = msgpack.packb(doc, use_bin_type=True)
     only_wire_errors([*parts[:index], packed, *parts[index + 1 :]])
+
+
+def test_readme_documents_the_schema_the_code_enforces() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    doc = wire.__doc__
+    assert doc is not None
+    schema = doc[doc.index("Every map starts with") :].strip()
+    assert schema in readme, "README's message schema differs from edge_agent/wire.py's docstring"
