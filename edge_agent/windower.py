@@ -152,9 +152,17 @@ class Windower:
         return True
 
     def _beat_truth(self, beat: BeatWindow) -> dict[str, float]:
-        """Simulator truth of a beat: the aux values of its middle frame (EF of that beat)."""
-        mid = (beat.frame_seq[0] + beat.frame_seq[1]) // 2
-        aux = self._truth.get(mid)
+        """Simulator truth of a beat: the aux values of its middle frame (EF of that beat). A window
+        whose first and last frames show different patients has no single truth: none is given."""
+        first, mid, last = (
+            self._aux_of(k) for k in (beat.frame_seq[0], sum(beat.frame_seq) // 2, beat.frame_seq[1])
+        )
+        if not mid or first.get("patient") != last.get("patient"):
+            return {}
+        return mid
+
+    def _aux_of(self, frame_seq: int) -> dict[str, float]:
+        aux = self._truth.get(frame_seq)
         if aux is None:
             return {}
         return {k: float(v) for k, v in zip(self.aux_names, aux, strict=False) if np.isfinite(v)}

@@ -269,3 +269,51 @@ def test_demo_command_writes_its_summary_and_leaves_nothing(tmp_path: Path) -> N
     assert 0 < summary["latency_from_ready_ms"]["p50"] <= summary["latency_ms"]["p50"] < 2000
     assert summary["leftovers"] == {"processes": [], "rings": []}
     assert "bed1 #" in done.stdout  # the monitor's line per estimate (output is not a terminal)
+
+
+def _free_port() -> int:
+    with zmq.Context() as ctx, ctx.socket(zmq.REP) as probe:
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+        probe.unbind(f"tcp://127.0.0.1:{port}")
+    return port
+
+
+def test_remote_worker_over_tcp_serves_a_hub_without_local_workers(tmp_path: Path) -> None:
+    workers, publish = _free_port(), _free_port()
+    cfg = load_agent_config(
+        None,
+        [
+            f"transport.workers=tcp://127.0.0.1:{workers}",
+            f"transport.publish=tcp://127.0.0.1:{publish}",
+            "worker.count=0",
+            "supervisor.log_level=WARNING",
+        ],
+        sources=["synthetic://?ef=45&hr=80&quality=good&seed=4"],
+    )
+    agent = Agent(cfg)
+    agent.start()
+    remote = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "worker",
+            "--connect",
+            f"tcp://127.0.0.1:{workers}",
+            "--set",
+            "worker.threads=1",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        msgs = _collect(agent, 40.0, until=lambda m: sum(x["kind"] == "estimate" for x in m) >= 3)
+    finally:
+        remote.send_signal(signal.SIGTERM)
+        remote.wait(timeout=20)
+        agent.stop()
+    _assert_nothing_left(agent)
+    assert remote.returncode == 0, remote.stderr.read()[-2000:]
+    estimates = [m for m in msgs if m["kind"] == "estimate"]
+    assert len(estimates) >= 3 and abs(estimates[-1]["running"]["mean"] - 45.0) < 8.0
