@@ -123,7 +123,10 @@ def test_supervisor_restarts_a_killed_capture_and_cleans_its_ring(tmp_path: Path
     _assert_nothing_left(agent)
 
 
-def test_run_command_stops_on_sigint_without_orphans(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_run_command_stopped_or_killed_leaves_no_orphans(tmp_path: Path, how: signal.Signals) -> None:
+    """SIGINT: the supervisor stops everything. SIGKILL: it cannot, so its children must notice
+    (PR_SET_PDEATHSIG) and stop themselves, the captures unlinking their rings."""
     cmd = [
         sys.executable,
         "-m",
@@ -143,12 +146,13 @@ def test_run_command_stops_on_sigint_without_orphans(tmp_path: Path) -> None:
         assert len(children) >= 4, children  # hub, worker, windower, capture (+ spawn's tracker)
         rings = [p.name for p in SHM_DIR.iterdir() if p.name.startswith(f"edge_agent_bed1_{proc.pid}")]
         assert rings, "the capture made no ring"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(how)
         _out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err[-2000:]
-    deadline = time.monotonic() + 5.0  # spawn's resource tracker leaves once it sees EOF
+    if how == signal.SIGINT:
+        assert proc.returncode == 0, err[-2000:]
+    deadline = time.monotonic() + 10.0  # SIGKILL: children stop on their own (spawn's tracker on EOF)
     while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [(pid, _cmdline(pid)) for pid in children if _alive(pid)]
