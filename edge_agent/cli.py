@@ -246,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from edge_agent.agent import AgentError  # imported late: most verbs never start an agent
+
+        if not isinstance(e, AgentError):
+            raise
+        print(f"edge-agent: the agent stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
