@@ -150,15 +150,21 @@ def beat_bounds(
 # The online, causal cycle detector
 # --------------------------------------------------------------------------------------------------
 #
-# Signal: the LV cavity area, predicted from each frame by a linear map of its 14×14 area-downsampled
-# pixels (weights fitted by ridge regression on the simulator's LV contours, see
-# :func:`edge_agent.cycles_eval.fit_lv_area_weights`). Only changes of it over time are used, so
-# gain and the case's absolute LV size do not matter. ED is the maximum of the smoothed signal in
-# each beat, found by a hysteresis peak detector: a maximum is confirmed once the signal has fallen
-# by ``hysteresis`` × its recent peak-to-peak amplitude (early ejection, a fraction of a beat later).
+# Signal: the LV cavity area, predicted from each frame by a small convolutional segmentation head
+# (weights trained on the simulator's LV masks, see :func:`edge_agent.cycles_eval.train_signal_net`)
+# run in numpy: the frame area-resized to 56×56 → LV coverage of each cell of a 28×28 grid, whose sum
+# is the area. Only changes of it over time are used, so gain and the case's absolute LV size do not
+# matter. Each beat's maximum of the smoothed signal is found by a hysteresis peak detector: confirmed
+# once the signal has fallen by ``hysteresis`` × its recent peak-to-peak amplitude (early ejection, a
+# fraction of a beat later). ED is timed from the sharp start of that fall, not the flat maximum.
 
 SIGNAL_WEIGHTS = Path(__file__).resolve().parents[1] / "engines" / "cycle_signal.npz"
-SIGNAL_GRID = 14  # the signal model's input: frames area-resized to 14×14
+SIGNAL_INPUT = 56  # the signal net's input: frames area-resized to 56×56, values / 255, ...
+SIGNAL_GRID = SIGNAL_INPUT // 2  # ... as 2×2 pixel blocks → 4 channels on a 28×28 grid (pixel unshuffle)
+# The signal net: (in channels, out channels, kernel, dilation) per conv layer, stride 1, "same" padding,
+# ReLU after every layer but the last, whose sigmoid is the LV coverage (0–1) of each 28×28 cell.
+# Dilations 1, 2, 4 see 17 cells (68 px at 112×112) around each cell: wall, valve and cavity together.
+SIGNAL_LAYERS = ((4, 16, 3, 1), (16, 16, 3, 2), (16, 16, 3, 4), (16, 16, 3, 1), (16, 1, 1, 1))
 
 
 @dataclass(frozen=True)
@@ -179,8 +185,9 @@ class CycleConfig:
     min_snr: float = 4.0  # peak-to-peak / high-frequency noise σ below which there is no usable beat
     period_tolerance: float = 0.3  # once locked, a beat must last within ±this of the recent period
     knee: float = 0.15  # the fall into ejection is timed where it crosses max − knee × peak-to-peak ...
-    ed_lead_s: float = 0.095  # ... and ED is placed this long × √(beat length / 1 s) before it
-    weights: str | None = None  # signal model (.npz); None: the shipped engines/cycle_signal.npz
+    # ... and ED is placed this long × √(beat length / 1 s) before it (bias ≈ 0 on training seeds 100, 101)
+    ed_lead_s: float = 0.09
+    weights: str | None = None  # signal net (.npz); None: the shipped engines/cycle_signal.npz
 
     def __post_init__(self) -> None:
         if not 0 < self.hr_min_bpm < self.hr_max_bpm:
@@ -226,19 +233,65 @@ class DetectorCounters:
     resets: int = 0  # history dropped: sequence gap, time going backwards, frame shape change, reset()
 
 
-def load_signal_weights(path: str | Path | None = None) -> np.ndarray:
-    """The LV-area signal model: weights (SIGNAL_GRID²,) float32 over the 14×14 downsampled frame."""
-    with np.load(SIGNAL_WEIGHTS if path is None else Path(path)) as z:
-        return z["w"].astype(np.float32).ravel()
+def signal_net_input(frame: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 frame → the signal net's input (28, 28, 4) float32: 56×56 in 2×2 blocks, 0–1.
 
-
-def lv_area_signal(frame: np.ndarray, weights: np.ndarray) -> float:
-    """LV cavity area of one (H, W) uint8 frame, relative and up to a per-patient constant.
-
-    Larger = fuller LV; about the fractional change of the area (0.3 over a beat at EF ≈ 55 %).
+    Channel 2i + j holds pixel (2y + i, 2x + j), torch's ``PixelUnshuffle(2)`` order.
     """
-    small = cv2.resize(frame, (SIGNAL_GRID, SIGNAL_GRID), interpolation=cv2.INTER_AREA)
-    return float(np.dot(small.ravel().astype(np.float32), weights))
+    x = cv2.resize(frame, (SIGNAL_INPUT, SIGNAL_INPUT), interpolation=cv2.INTER_AREA)
+    g = SIGNAL_GRID
+    return (x.astype(np.float32) / 255.0).reshape(g, 2, g, 2).transpose(0, 2, 1, 3).reshape(g, g, 4)
+
+
+class LVAreaNet:
+    """The LV-area signal net (:data:`SIGNAL_LAYERS`), forward pass in numpy: no torch at run time.
+
+    Each convolution is a sum over its kernel taps of (shifted channel-last map) @ (C_in, C_out):
+    small matmuls on views, no im2col copy; ≈ 0.35 ms per 112×112 frame on one core.
+    """
+
+    def __init__(self, weights: list[tuple[np.ndarray, np.ndarray]]):
+        """weights: per layer, torch's (kernel (C_out, C_in, k, k), bias (C_out,))."""
+        if len(weights) != len(SIGNAL_LAYERS):
+            raise ValueError(f"expected {len(SIGNAL_LAYERS)} layers, got {len(weights)}")
+        self._layers = []
+        for (cin, cout, k, dil), (w, b) in zip(SIGNAL_LAYERS, weights, strict=True):
+            if w.shape != (cout, cin, k, k) or b.shape != (cout,):
+                raise ValueError(f"layer weights {w.shape}, {b.shape} do not match {(cout, cin, k, k)}")
+            taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32)  # (ky, kx, C_in, C_out)
+            self._layers.append((k, dil, taps, b.astype(np.float32)))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> LVAreaNet:
+        """From an .npz with ``w0, b0, w1, b1, …``; None: the shipped engines/cycle_signal.npz."""
+        with np.load(SIGNAL_WEIGHTS if path is None else Path(path)) as z:
+            return cls([(z[f"w{i}"], z[f"b{i}"]) for i in range(len(SIGNAL_LAYERS))])
+
+    def coverage(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 frame → (28, 28) float32 LV coverage (0–1) of each cell of the image."""
+        x = signal_net_input(frame)
+        g = SIGNAL_GRID
+        last = len(self._layers) - 1
+        for i, (k, dil, taps, b) in enumerate(self._layers):
+            pad = dil * (k - 1) // 2
+            xp = np.zeros((g + 2 * pad, g + 2 * pad, x.shape[2]), np.float32)
+            xp[pad : pad + g, pad : pad + g] = x
+            y = np.broadcast_to(b, (g * g, b.size)).copy()
+            for ky in range(k):
+                for kx in range(k):
+                    y += (
+                        xp[ky * dil : ky * dil + g, kx * dil : kx * dil + g].reshape(g * g, -1) @ taps[ky, kx]
+                    )
+            x = (np.maximum(y, 0.0) if i < last else y).reshape(g, g, -1)
+        return 1.0 / (1.0 + np.exp(-x[:, :, 0]))
+
+
+def lv_area_signal(frame: np.ndarray, net: LVAreaNet) -> float:
+    """LV cavity area of one (H, W) uint8 frame, in cells of the 28×28 grid (16 px² each at 112×112).
+
+    Larger = fuller LV; absolute, but only its changes over time are used.
+    """
+    return float(net.coverage(frame).sum())
 
 
 class CycleDetector:
@@ -269,7 +322,7 @@ class CycleDetector:
         self.cfg = cfg
         self.fps = float(fps)
         self.counters = DetectorCounters()
-        self._w = load_signal_weights(cfg.weights)
+        self._net = LVAreaNet.load(cfg.weights)
         sigma = max(cfg.smooth_s * fps, 0.5)
         self._delay = int(np.ceil(2.5 * sigma))  # smoothing is centred: samples wait this many frames
         k = np.arange(-self._delay, self._delay + 1)
@@ -338,7 +391,7 @@ class CycleDetector:
         slot = i % self._cap
         self._frames[slot] = pixels
         self._seq[slot], self._times[slot] = frame_seq, t
-        self._raw[slot] = lv_area_signal(pixels, self._w)
+        self._raw[slot] = lv_area_signal(pixels, self._net)
         self._n += 1
         out: list[BeatWindow] = []
         if self.cfg.use_r_wave and r_wave:
