@@ -12,10 +12,13 @@ newest beat is the one a bedside monitor wants. The oldest waiting window of any
 
 Results come back as posterior samples; the hub keeps each stream's running posterior (it is the
 one place every beat of a stream meets, whichever worker computed it) and publishes the beat's
-summary with the running estimate. XPUB sees each new subscription, and the hub answers it with
-the last message of every matching topic (a last-value cache): a monitor that joins late shows the
-latest estimate at once. Subscribers already connected may then see that message twice; they drop
-an estimate whose (stream, seq) they have seen.
+summary with the running estimate. A window numbered at or below the stream's last one means its
+windower restarted: window numbers start again at 0 and the running estimate starts afresh.
+
+XPUB sees each new subscription, and the hub answers it with the last message of every matching
+topic (a last-value cache): a monitor that joins late shows the latest estimate at once.
+Subscribers already connected may then see that message twice; they drop an estimate whose
+(stream, seq) they have seen.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class _Stream:
     t_estimate: float | None = None
     dropped: int = 0  # windows dropped here (queue overflow, worker lost)
     estimates: int = 0
+    last_seq: int | None = None  # of the last window received
+    restarts: int = 0
 
 
 def host_name() -> str:
@@ -156,6 +161,13 @@ class Hub:
             log.error("hub: invalid message from a windower dropped: %s", e)
             return
         st = self._stream(window.stream)
+        if st.last_seq is not None and window.seq <= st.last_seq:
+            # The stream's windower restarted (its capture died): numbering and view epochs begin
+            # again, and the running estimate must not pool beats from before the interruption.
+            st.running = RunningPosterior(self.cfg.running_beats, self.cfg.max_gap_s)
+            st.restarts += 1
+            log.warning("hub: %s restarted (window seq %d after %d)", window.stream, window.seq, st.last_seq)
+        st.last_seq = window.seq
         if len(st.queue) >= self.cfg.queue_per_stream:
             _t, old, _p = st.queue.popleft()
             st.dropped += 1

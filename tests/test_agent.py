@@ -110,14 +110,26 @@ def test_supervisor_restarts_a_killed_capture_and_cleans_its_ring(tmp_path: Path
     agent = Agent(_config(tmp_path, ["synthetic://?ef=55&hr=70&quality=good&seed=2"]))
     agent.start()
     try:
-        msgs = _collect(agent, 30.0, until=lambda m: any(x["kind"] == "estimate" for x in m))
+        msgs = _collect(
+            agent,
+            30.0,
+            until=lambda m: any(x["kind"] == "estimate" and x["running"]["n_beats"] >= 2 for x in m),
+        )
         assert any(m["kind"] == "estimate" for m in msgs)
         capture = next(p for p in agent.procs if p.name.startswith("capture:"))
         old_pid = capture.process.pid
         os.kill(old_pid, signal.SIGKILL)  # a crash: no chance to unlink its ring
-        msgs = _collect(agent, 30.0, until=lambda m: any(x["kind"] == "estimate" for x in m))
+        # The restarted windower numbers windows from 0 again and the hub starts a new running
+        # estimate: wait for a fresh one (the last-value cache replays the old one at once).
+        msgs = _collect(
+            agent,
+            40.0,
+            until=lambda m: any(x["kind"] == "estimate" and x["running"]["n_beats"] == 1 for x in m),
+        )
         assert capture.process.pid != old_pid and capture.process.is_alive()
-        assert any(m["kind"] == "estimate" for m in msgs), "no estimate after the restart"
+        assert capture.restarts, "the supervisor did not record a restart"
+        fresh = [m for m in msgs if m["kind"] == "estimate" and m["running"]["n_beats"] == 1]
+        assert fresh and fresh[-1]["seq"] <= 1, "no estimate after the restart"
     finally:
         agent.stop()
     _assert_nothing_left(agent)
