@@ -120,6 +120,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "latency_from_ready_ms",
         "windows_dropped",
         "beats_missed",
+        "beats_missed_at_patient_change",
         "leftovers",
     )
     print(json.dumps({k: summary[k] for k in keys}))

@@ -10,6 +10,7 @@ subscriber, and what was dropped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -38,6 +39,24 @@ def _percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
+def _missed_beats(estimates: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """(beats without an estimate between the first and last estimated beat, how many of them lie
+    between estimates of two different simulated patients), from the estimates' truth."""
+    seen = sorted(
+        {
+            (int(m["truth"]["beat"]), m["truth"].get("patient"))
+            for m in estimates
+            if "beat" in m.get("truth", {})
+        }
+    )
+    missed = at_switch = 0
+    for (beat, patient), (next_beat, next_patient) in itertools.pairwise(seen):
+        gap = max(0, next_beat - beat - 1)
+        missed += gap
+        at_switch += gap if patient != next_patient else 0
+    return missed, at_switch
+
+
 def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Messages a subscriber received (decoded, with ``T_RECEIVED``) → the demo's summary.
 
@@ -47,7 +66,9 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
     max); it includes the detector's confirmation delay (an ED is known only once ejection has
     begun). latency_from_ready_ms: from the capture of the frame that completed the window, i.e.
     windowing, transport, inference and publishing only.
-    beats_missed: simulator beats inside the estimated span without an estimate of their own.
+    beats_missed: simulator beats inside the estimated span without an estimate of their own;
+    beats_missed_at_patient_change: those of them lost where the simulated patient changed (the
+    cut-short last beat of one patient, and beats while the detector locks onto the next).
     windows_dropped, frames_dropped: from each stream's last status.
     """
     estimates = [m for m in messages if m["kind"] == "estimate"]
@@ -67,14 +88,14 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
         beat_err = [abs(m["beat"]["mean"] - m["truth"]["ef"]) for m in mine if "ef" in m.get("truth", {})]
         lat = [1000.0 * (m[T_RECEIVED] - m["t"][1]) for m in mine]
         ready = [1000.0 * (m[T_RECEIVED] - m["t_ready"]) for m in mine]
-        beats = sorted({int(m["truth"]["beat"]) for m in mine if "beat" in m.get("truth", {})})
-        missed = sorted(set(range(beats[0], beats[-1] + 1)) - set(beats)) if beats else []
+        missed, at_switch = _missed_beats(mine)
         status = last_status.get(name, {})
         streams[name] = {
             "n_estimates": len(mine),
             "mae_vs_truth": float(np.mean(running_err)) if running_err else None,
             "beat_mae_vs_truth": float(np.mean(beat_err)) if beat_err else None,
-            "beats_missed": len(missed),
+            "beats_missed": missed,
+            "beats_missed_at_patient_change": at_switch,
             "windows_dropped": int(status.get("windows_dropped", 0)),
             "frames_dropped": int(status.get("frames_dropped", 0)),
             "last_running_mean": mine[-1]["running"]["mean"] if mine else None,
@@ -96,6 +117,7 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
         "windows_dropped": sum(s["windows_dropped"] for s in streams.values()),
         "frames_dropped": sum(s["frames_dropped"] for s in streams.values()),
         "beats_missed": sum(s["beats_missed"] for s in streams.values()),
+        "beats_missed_at_patient_change": sum(s["beats_missed_at_patient_change"] for s in streams.values()),
         "backend": estimates[-1]["backend"] if estimates else None,
     }
 

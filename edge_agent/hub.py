@@ -233,7 +233,14 @@ class Hub:
         name = header["stream"]
         st = self._stream(name)
         truth = dict(header.get("truth", {}))
-        st.running.add(header["seq"], samples, header["view"], t=header["t"][1], truth_ef=truth.get("ef"))
+        st.running.add(
+            header["seq"],
+            samples,
+            header["view"],
+            t=header["t"][1],
+            truth_ef=truth.get("ef"),
+            fixed=header["beat"] == "fixed",
+        )
         running_truth = st.running.truth_mean()
         if running_truth is not None:
             truth["ef_running"] = running_truth

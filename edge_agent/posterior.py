@@ -257,6 +257,7 @@ class RunningPosterior:
         self.max_gap_s = max_gap_s
         self._beats: dict[int, np.ndarray] = {}
         self._truth: dict[int, float] = {}
+        self._fixed: set[int] = set()  # seqs of pooled fixed-length windows
         self._view: int | None = None
         self._t_last: float | None = None
         self.resets = 0
@@ -268,16 +269,30 @@ class RunningPosterior:
         view: int = 0,
         t: float | None = None,
         truth_ef: float | None = None,
+        fixed: bool = False,
     ) -> bool:
         """Add one beat's samples (K,) EF %; ``t`` is its last frame's time (s); ``truth_ef`` its
-        true EF (%) when the source knows it (simulator). Returns False when the beat belongs to an
-        older view than the current one (it is not pooled)."""
+        true EF (%) when the source knows it (simulator); ``fixed``: a fixed-length window, not an
+        ED→ED beat. Fixed windows are pooled only while no real beat is (they are what there is when
+        no periodicity is found; the model was trained on ED→ED beats), and the first real beat
+        replaces them. Returns False when the window is not pooled (an older view, or a fixed
+        window beside real beats)."""
         if self._view is not None and view < self._view:
             return False
+        if fixed and view == self._view and any(k not in self._fixed for k in self._beats):
+            return False
+        if not fixed and self._fixed:
+            for old in self._fixed:
+                self._beats.pop(old, None)
+                self._truth.pop(old, None)
+            self._fixed.clear()
+        if fixed:
+            self._fixed.add(seq)
         gap = t is not None and self._t_last is not None and t - self._t_last > self.max_gap_s
         if self._view is not None and (view != self._view or gap):
             self._beats.clear()
             self._truth.clear()
+            self._fixed.clear()
             self.resets += 1
         self._view = view
         if t is not None:
@@ -288,6 +303,7 @@ class RunningPosterior:
         for old in sorted(self._beats)[: -self.n_beats]:
             del self._beats[old]
             self._truth.pop(old, None)
+            self._fixed.discard(old)
         return True
 
     def truth_mean(self) -> float | None:

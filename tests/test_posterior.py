@@ -218,3 +218,13 @@ def test_running_posterior_pools_recent_beats_and_resets_on_view_change() -> Non
     assert run.beats == 1 and run.resets == 2
     with pytest.raises(ValueError, match="n_beats"):
         RunningPosterior(n_beats=0)
+
+
+def test_running_posterior_prefers_real_beats_to_fixed_windows() -> None:
+    run = RunningPosterior(n_beats=5)
+    assert run.add(0, np.full(40, 20.0), fixed=True) and run.add(1, np.full(40, 22.0), fixed=True)
+    assert run.beats == 2  # nothing better yet: the fixed windows are the estimate
+    assert run.add(2, np.full(40, 50.0))  # the first real beat replaces them
+    assert run.beats == 1 and run.summary().mean == pytest.approx(50.0)
+    assert not run.add(3, np.full(40, 10.0), fixed=True)  # not pooled beside a real beat
+    assert run.beats == 1 and run.summary().mean == pytest.approx(50.0)
