@@ -126,6 +126,30 @@ def check_fps(fps: float, where: str, fix: str) -> float:
     return float(fps)
 
 
+class FileSource(FrameSource):
+    """A recorded file (video, DICOM cine): played from the start, paced by the caller at its ``t``.
+
+    fps: a rate that overrides the file's own (None: the file's, known after ``open()``);
+    loop: start again at the end, with ``t`` counting on.
+    """
+
+    live = False
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        fps: float | None = None,
+        loop: bool = False,
+        demographics: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(uri, demographics)
+        self.path = uri_path(uri)
+        self.loop = loop
+        self._fps_override = fps
+        self.fps = 0.0  # known after open()
+
+
 def uri_path(uri: str) -> Path:
     """The file path of a plain path, ``file://`` or ``dicom://`` URI (``file:///abs``, ``file://rel``)."""
     parts = urlsplit(uri)

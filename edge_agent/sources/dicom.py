@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
@@ -21,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
-from edge_agent.sources.base import FrameSource, SourceError, SourceFrame, check_fps, uri_path
+from edge_agent.sources.base import FileSource, SourceError, SourceFrame, check_fps
 
 # PatientAge (AS value representation): nnnD, nnnW, nnnM or nnnY → years.
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
@@ -136,28 +135,15 @@ def frame_times(ds: Dataset, n_frames: int, fps: float | None, where: str) -> tu
     )
 
 
-class DicomSource(FrameSource):
+class DicomSource(FileSource):
     """Frames of a DICOM multi-frame cine: (H, W) uint8 grayscale or (H, W, 3) uint8 RGB.
 
     t: from the frame timing tags (or k / fps when ``fps`` is given), continuing across restarts
     when ``loop`` is set; r_wave: from R Wave Pointer; demographics from the Patient module.
     """
 
-    live = False
-
-    def __init__(
-        self,
-        uri: str,
-        *,
-        fps: float | None = None,
-        loop: bool = False,
-        demographics: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(uri, demographics)
-        self.path = uri_path(uri)
-        self.loop = loop
-        self._fps_override = fps
-        self.fps = 0.0  # known after open()
+    def __init__(self, uri: str, **kwargs: Any) -> None:
+        super().__init__(uri, **kwargs)
         self._file: BinaryIO | None = None
 
     def open(self) -> None:

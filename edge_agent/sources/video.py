@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Any
 
 import cv2
 
-from edge_agent.sources.base import FrameSource, SourceError, SourceFrame, check_fps, uri_path
+from edge_agent.sources.base import FileSource, SourceError, SourceFrame, check_fps
 
 
-class VideoSource(FrameSource):
+class VideoSource(FileSource):
     """Frames of a video file, (H, W) uint8 grayscale (BGR→gray exactly as datasets.base.read_video).
 
     fps: the container's (CAP_PROP_FPS) unless ``fps`` is given; t = frame index / fps, counting on
     across restarts when ``loop`` is set. The caller paces frames at their t (``live`` is False).
     """
 
-    live = False
-
-    def __init__(
-        self,
-        uri: str,
-        *,
-        fps: float | None = None,
-        loop: bool = False,
-        demographics: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__(uri, demographics)
-        self.path = uri_path(uri)
-        self.loop = loop
-        self._fps_override = fps
-        self.fps = 0.0  # known after open()
+    def __init__(self, uri: str, **kwargs: Any) -> None:
+        super().__init__(uri, **kwargs)
         self._cap: cv2.VideoCapture | None = None
 
     def _capture(self) -> cv2.VideoCapture:
