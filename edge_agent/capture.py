@@ -6,7 +6,7 @@ crops the ultrasound sector (found once, or configured), resizes to the model's 
 frame and stamps it with ``time.monotonic()`` when it is acquired. A file or DICOM cine is paced at
 its frame rate (frame k is released at start + t_k); a live device paces itself. The ring's info
 carries what readers need to know about the stream: fps, demographics, the names of the per-frame
-aux values (simulator truth) and the source.
+aux values (the demographics current at that frame, simulator truth) and the source.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.cycles import CLIP_SIZE
+from edge_agent.datasets.base import DEMOGRAPHIC_FIELDS
 from edge_agent.preprocess import Preprocessor
 from edge_agent.ringbuffer import AUX_LEN, FLAG_R_WAVE, FrameRing
 from edge_agent.sources import FrameSource, open_source
 
 log = logging.getLogger(__name__)
 
-# Simulator truth travels with each frame in the ring's aux values, in this order.
+# Simulator truth and the current demographics travel with each frame in the ring's aux values, in
+# this order (NaN where unknown): demographics may change mid-stream (the simulator's next patient).
 TRUTH_KEYS = ("ef", "beat", "ed", "patient")
-assert len(TRUTH_KEYS) <= AUX_LEN
+AUX_KEYS = (*TRUTH_KEYS, *DEMOGRAPHIC_FIELDS)
+assert len(AUX_KEYS) <= AUX_LEN
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def ring_info(source: FrameSource, stream: StreamConfig) -> dict:
         "fps": float(stream.fps or source.fps),
         "live": bool(source.live),
         "demographics": demo,
-        "aux": list(TRUTH_KEYS),
+        "aux": list(AUX_KEYS),
     }
 
 
@@ -116,7 +119,9 @@ class Capture:
         if frame is None:
             return False
         flags = FLAG_R_WAVE if frame.r_wave else 0
+        demo = self.source.demographics  # the source's current patient, config values winning
         aux = [float(frame.truth.get(k, np.nan)) for k in TRUTH_KEYS]
+        aux += [float(demo.get(k, np.nan)) for k in DEMOGRAPHIC_FIELDS]
         out = self.pre.push(frame.pixels)
         if out is None:  # finding the sector: the frame waits, it is not lost
             self._pending.append((frame.t, flags, aux))

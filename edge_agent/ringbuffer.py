@@ -87,9 +87,9 @@ import numpy.typing as npt
 SHM_DIR = Path("/dev/shm")
 DEFAULT_PREFIX = "edge_agent_"
 MAGIC = b"EDGERING"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 MAX_DIMS = 4
-AUX_LEN = 4  # per-frame auxiliary values (e.g. simulator truth), named by the ring's info
+AUX_LEN = 8  # per-frame auxiliary values (demographics, simulator truth), named by the ring's info
 MAX_INFO_BYTES = 4096
 FLAG_R_WAVE = 1  # bit of Frame.flags: an ECG R wave (end-diastole) falls on this frame
 _ALIGN = 64  # cache line: a slot's writes never share a line with its neighbours'

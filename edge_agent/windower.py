@@ -24,6 +24,7 @@ import zmq
 
 from edge_agent import wire
 from edge_agent.cycles import BeatWindow, CycleConfig, CycleDetector, make_clip
+from edge_agent.datasets.base import DEMOGRAPHIC_FIELDS
 from edge_agent.ringbuffer import FLAG_R_WAVE, FrameRing, RingClosedError, RingReader
 from edge_agent.transport import TransportConfig, socket
 
@@ -120,7 +121,7 @@ class Windower:
         self._last_seq: int | None = None
         self._last_frame_t = time.monotonic()
         self._recent: list[float] = []  # capture times of the last second of frames, for fps
-        self._truth: dict[int, np.ndarray] = {}  # frame_seq → aux, for the frames the detector holds
+        self._aux: dict[int, np.ndarray] = {}  # frame_seq → aux values, for the frames the detector holds
         self._next_status = time.monotonic()
         log.info("windower %s: ring %s at %.1f fps", self.stream, self.ring_name, self.fps)
 
@@ -136,39 +137,44 @@ class Windower:
             if self._last_seq is not None and fr.frame_seq != self._last_seq + 1:
                 self.seq_gaps += 1
                 self.detector.reset()  # a beat across a gap would be cut wrong
-                self._truth.clear()
+                self._aux.clear()
             self._last_seq = fr.frame_seq
             self._last_frame_t = now
             self._recent.append(fr.t)
             if fr.aux is not None and self.aux_names:
-                self._truth[fr.frame_seq] = fr.aux
+                self._aux[fr.frame_seq] = fr.aux
             for beat in self.detector.push(fr.frame_seq, fr.t, fr.pixels, bool(fr.flags & FLAG_R_WAVE)):
                 self._send(beat, t_ready=fr.t)
-        if self._truth and self._last_seq is not None:  # keep ~10 s of truth, enough for any beat
+        if self._aux and self._last_seq is not None:  # keep ~10 s of truth, enough for any beat
             horizon = self._last_seq - int(10 * self.fps)
-            for k in [k for k in self._truth if k < horizon]:
-                del self._truth[k]
+            for k in [k for k in self._aux if k < horizon]:
+                del self._aux[k]
         self._report(now)
         return True
 
-    def _beat_truth(self, beat: BeatWindow) -> dict[str, float]:
-        """Simulator truth of a beat: the aux values of its middle frame (EF of that beat). A window
-        whose first and last frames show different patients has no single truth: none is given."""
+    def _beat_meta(self, beat: BeatWindow) -> tuple[dict[str, float], dict[str, float]]:
+        """(demographics, simulator truth) of a beat, from the aux values of its middle frame: the
+        patient's demographics as the capture knew them then (the ring's info when no frame carries
+        any), and the truth (EF of that beat). A window whose first and last frames show different
+        patients has no single truth: none is given."""
         first, mid, last = (
             self._aux_of(k) for k in (beat.frame_seq[0], sum(beat.frame_seq) // 2, beat.frame_seq[1])
         )
-        if not mid or first.get("patient") != last.get("patient"):
-            return {}
-        return mid
+        demo = {k: v for k, v in mid.items() if k in DEMOGRAPHIC_FIELDS} or self.demo
+        truth = {k: v for k, v in mid.items() if k not in DEMOGRAPHIC_FIELDS}
+        if first.get("patient") != last.get("patient"):
+            truth = {}
+        return demo, truth
 
     def _aux_of(self, frame_seq: int) -> dict[str, float]:
-        aux = self._truth.get(frame_seq)
+        aux = self._aux.get(frame_seq)
         if aux is None:
             return {}
         return {k: float(v) for k, v in zip(self.aux_names, aux, strict=False) if np.isfinite(v)}
 
     def _send(self, beat: BeatWindow, t_ready: float) -> None:
         clip = make_clip(beat.frames, beat.start, beat.end)
+        demo, truth = self._beat_meta(beat)
         window = wire.Window(
             stream=self.stream,
             seq=self.sent + self.dropped,
@@ -180,8 +186,8 @@ class Windower:
             hr_bpm=beat.hr_bpm,
             beat=beat.how,
             frames=clip,
-            demo=self.demo,
-            truth=self._beat_truth(beat),
+            demo=demo,
+            truth=truth,
             view=self.views.update(clip),
         )
         try:

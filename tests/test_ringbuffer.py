@@ -367,7 +367,7 @@ def test_attach_errors_name_the_segment_and_the_fix(prefix):
             shm.unlink()
     with FrameRing.create(prefix + "v9", 4) as ring:
         _poke_header(ring.name, "version", 9)
-        with pytest.raises(RingLayoutError, match="layout version 9, this code reads version 2"):
+        with pytest.raises(RingLayoutError, match="layout version 9, this code reads version 3"):
             FrameRing.attach(ring.name)
     with pytest.raises(ValueError, match="segment name"):
         FrameRing.attach("../etc/passwd")

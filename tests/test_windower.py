@@ -1,12 +1,18 @@
-"""Windowing-stage pieces that need no processes: beat signatures and view epochs."""
+"""The windowing stage: beat signatures, view epochs, and the stage itself on a real ring and socket."""
 
 from __future__ import annotations
 
 import numpy as np
+import zmq
 
-from edge_agent.cycles import make_clip
+from edge_agent import wire
+from edge_agent.capture import AUX_KEYS
+from edge_agent.cycles import CycleConfig, make_clip
 from edge_agent.phantom import draw_case, simulate_clip
-from edge_agent.windower import ViewTracker, WindowConfig, beat_signature
+from edge_agent.ringbuffer import FrameRing, segment_name
+from edge_agent.sources import open_source
+from edge_agent.transport import TransportConfig
+from edge_agent.windower import ViewTracker, WindowConfig, Windower, beat_signature
 
 
 def _beats(seed: int) -> list[np.ndarray]:
@@ -30,3 +36,53 @@ def test_beat_signature_is_a_unit_vector_and_ignores_gain() -> None:
     assert sig.shape == (32 * 32,) and abs(float(np.linalg.norm(sig)) - 1.0) < 1e-5
     brighter = np.clip(clip.astype(np.int16) * 1.2 + 5, 0, 255).astype(np.uint8)
     assert float(sig @ beat_signature(brighter)) > 0.99
+
+
+def test_windower_cuts_beats_from_a_ring_with_truth_and_current_demographics(tmp_path) -> None:
+    """The windowing stage in-process, on a real ring and a real socket: a simulated feed whose
+    patient changes every 4 s; every window must carry that patient's demographics and truth."""
+    source = open_source("synthetic://?ef=40&hr=75&quality=good&seed=3&patient_s=4")
+    source.open()
+    endpoint = f"ipc://{tmp_path}/windows"
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(endpoint)
+    info = {"fps": source.fps, "demographics": source.demographics, "aux": list(AUX_KEYS)}
+    ring = FrameRing.create(segment_name("wtest"), 512, (112, 112), info=info)
+    stage = Windower(
+        "wtest", ring.name, CycleConfig(), WindowConfig(), TransportConfig(linger_ms=0), endpoint
+    )
+    demographics_by_patient: dict[float, dict] = {}
+    try:
+        stage.start()
+        for k in range(450):  # 9 s at 50 fps
+            frame = source.read()
+            assert frame is not None
+            demographics_by_patient[frame.truth["patient"]] = dict(source.demographics)
+            aux = [frame.truth.get(key, np.nan) for key in AUX_KEYS[:4]]
+            aux += [source.demographics.get(key, np.nan) for key in AUX_KEYS[4:]]
+            ring.write(frame.pixels, k, frame.t, 0, aux)
+            if k % 10 == 9:
+                stage.process()
+        windows, statuses = [], []
+        while pull.poll(200):
+            parts = pull.recv_multipart()
+            if parts[0].startswith(b"status."):
+                statuses.append(wire.decode_status(parts))
+            else:
+                windows.append(wire.decode_window(parts))
+    finally:
+        stage.stop()
+        ring.close()
+        source.close()
+        ctx.destroy(linger=0)
+    assert len(demographics_by_patient) == 3 and len(windows) >= 6  # patients at 0, 4 and 8 s
+    assert [w.seq for w in windows] == list(range(len(windows)))
+    with_truth = [w for w in windows if w.truth]
+    assert len(with_truth) >= len(windows) - 2  # at most one window across each change lacks it
+    for w in with_truth:
+        assert w.demo == demographics_by_patient[w.truth["patient"]]
+        assert abs(w.truth["ef"] - 40.0) < 8.0 and w.frames.shape == (32, 112, 112)
+    assert {0.0, 1.0} <= {w.truth["patient"] for w in with_truth}
+    assert windows[-1].view >= 1  # the new patient started a new view epoch
+    assert statuses and statuses[-1]["signal"] == "ok" and statuses[-1]["frames_dropped"] == 0
