@@ -148,6 +148,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from edge_agent.export import ExportRequest, export
+
+    paths = export(ExportRequest(model=args.model, out=args.out, k=args.k, opset=args.opset))
+    for name, path in paths.items():
+        print(f"{name}: {path} (+ {path.name}.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -230,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--count", type=int, help="exit after this many messages")
     b.add_argument("--timeout", type=float, help="exit when nothing arrives for this many seconds")
     b.set_defaults(func=cmd_subscribe)
+
+    x = sub.add_parser("export", help="export the model to ONNX: the fused posterior graph and its parts")
+    x.add_argument("--model", default=DEFAULT_MODEL + ".pt", help="checkpoint with its sidecar JSON")
+    x.add_argument("--out", help="output path stem (default: next to the model)")
+    x.add_argument("--k", type=int, default=40, help="posterior samples per window (static in the graph)")
+    x.add_argument("--opset", type=int, default=17)
+    x.set_defaults(func=cmd_export)
 
     w = sub.add_parser("worker", help="run one inference worker against a hub on another host")
     agent_options(w)

@@ -6,7 +6,9 @@ recalibration, summaries) is the worker's and is identical for every backend::
     backend = load_backend("auto", "engines/mcsdr_default.pt")
     samples = backend.posterior(frames, demo, mask, noise)   # (B, K) EF %
 
-This issue ships the torch backend; ONNX Runtime and TensorRT plug in behind the same interface.
+``auto`` picks the first backend, in the order of ``_BACKENDS``, whose runtime is installed and which
+can load the artefact (ONNX Runtime needs the exported ``.onnx`` next to the checkpoint); TensorRT
+plugs in behind the same interface.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any
 import numpy as np
 
 # Preference order of "auto": the fastest backend that can run here comes first.
-_BACKENDS = {"torch": ("edge_agent.backends.torch_backend", "TorchBackend", "torch")}
+_BACKENDS = {
+    "onnxruntime": ("edge_agent.backends.onnxruntime_backend", "OnnxRuntimeBackend", "onnxruntime"),
+    "torch": ("edge_agent.backends.torch_backend", "TorchBackend", "torch"),
+}
 
 
 class BackendError(RuntimeError):
@@ -60,7 +65,13 @@ def load_backend(name: str, model: str | Path, device: str = "cpu", threads: int
         found = available_backends()
         if not found:
             raise BackendError(f"no inference backend is installed; install one of {list(_BACKENDS)}")
-        name = found[0]
+        errors = []
+        for candidate in found:
+            try:
+                return load_backend(candidate, model, device, threads)
+            except BackendError as e:  # e.g. no exported ONNX: the next backend may still run
+                errors.append(str(e))
+        raise BackendError("no installed backend could load the model: " + "; ".join(errors))
     if name not in _BACKENDS:
         raise BackendError(
             f"worker.backend: unknown backend {name!r}; choose auto or one of {list(_BACKENDS)}"

@@ -1,0 +1,107 @@
+"""Export and inference backends: the ONNX graphs agree with torch, "auto" picks what can run,
+and the ONNX Runtime path never imports torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent import export as export_mod
+from edge_agent.backends import load_backend
+from edge_agent.datasets.synthetic import synthetic_example
+from edge_agent.export import ExportError, ExportRequest, export, file_sha256
+from edge_agent.worker import starting_noises
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "engines" / "mcsdr_default.pt"
+
+
+def _windows(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simulated beats as the agent sends them, with some demographics missing."""
+    examples = [synthetic_example(seed=21, index=i) for i in range(n)]
+    mask = np.stack([e.demo_mask for e in examples])
+    mask[0, :2] = False
+    return np.stack([e.clip for e in examples]), np.stack([e.demographics for e in examples]), mask
+
+
+def test_shipped_onnx_agrees_with_torch_within_005_ef_points() -> None:
+    frames, demo, mask = _windows(3)
+    noise = np.repeat(starting_noises(40, 0)[None], 3, axis=0)
+    ort_backend = load_backend("onnxruntime", MODEL, threads=1)
+    torch_backend = load_backend("torch", MODEL, threads=1)
+    try:
+        a = ort_backend.posterior(frames, demo, mask, noise)
+        b = torch_backend.posterior(frames, demo, mask, noise)
+    finally:
+        ort_backend.close()
+        torch_backend.close()
+    assert a.shape == b.shape == (3, 40)
+    assert np.abs(a.mean(1) - b.mean(1)).max() < 0.05 and np.abs(a - b).max() < 0.05
+    sidecar = json.loads((MODEL.parent / "mcsdr_default.onnx.json").read_text())
+    assert sidecar["model_sha256"] == json.loads(MODEL.with_suffix(".json").read_text())["sha256"]
+    assert sidecar["sha256"] == file_sha256(MODEL.with_suffix(".onnx")), "re-run `edge-agent export`"
+
+
+def test_export_writes_the_fused_graph_its_parts_and_sidecars(tmp_path: Path) -> None:
+    paths = export(ExportRequest(model=str(MODEL), out=str(tmp_path / "m"), k=8))
+    assert sorted(paths) == ["encoder", "fused", "step"]
+    fused = json.loads(Path(f"{paths['fused']}.json").read_text())
+    assert [i["name"] for i in fused["inputs"]] == ["video", "demo", "demo_mask", "noise"]
+    assert fused["inputs"][0] == {"name": "video", "shape": ["B", 32, 112, 112], "dtype": "uint8"}
+    assert fused["outputs"][0] == {"name": "samples", "shape": ["B", 8], "dtype": "float32"}
+    assert fused["k"] == 8 and fused["diffusion"]["num_inference_steps"] == 10 and fused["opset"] == 17
+    assert fused["checked_max_abs_diff_ef"] < 0.05
+    step = json.loads(Path(f"{paths['step']}.json").read_text())
+    assert [i["name"] for i in step["inputs"]][:2] == ["y", "t"] and step["outputs"][0]["name"] == "eps"
+    for p in paths.values():
+        assert json.loads(Path(f"{p}.json").read_text())["sha256"] == file_sha256(p)
+
+
+def test_export_refuses_a_graph_that_disagrees_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(export_mod, "TOLERANCE_EF", -1.0)  # no graph can meet it: the check must fire
+    with pytest.raises(ExportError, match="differs from the torch model"):
+        export(ExportRequest(model=str(MODEL), out=str(tmp_path / "m"), k=4))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_prefers_onnxruntime_and_falls_back_to_torch(tmp_path: Path) -> None:
+    for suffix in (".pt", ".json"):
+        shutil.copy(MODEL.with_suffix(suffix), tmp_path / f"m{suffix}")
+    backend = load_backend("auto", tmp_path / "m.pt")
+    assert backend.name == "torch"  # no exported graph next to this checkpoint
+    backend.close()
+    for name in ("mcsdr_default.onnx", "mcsdr_default.onnx.json"):
+        shutil.copy(MODEL.parent / name, tmp_path / name.replace("mcsdr_default", "m"))
+    backend = load_backend("auto", tmp_path / "m.pt")
+    assert backend.name == "onnxruntime"
+    backend.close()
+
+
+def test_worker_on_onnxruntime_never_imports_torch(tmp_path: Path) -> None:
+    script = f"""
+import sys
+import numpy as np
+from edge_agent import wire
+from edge_agent.transport import TransportConfig
+from edge_agent.worker import Worker, WorkerConfig
+worker = Worker(WorkerConfig(backend="onnxruntime", model={str(MODEL)!r}), TransportConfig(linger_ms=0),
+                "ipc://{tmp_path}/workers")
+worker.start()
+window = wire.Window(stream="a", seq=0, frame_seq=(0, 49), t=(0.0, 1.0), t_sent=1.0, fps=50.0, hr_bpm=60.0,
+                     beat="ed_ed", frames=np.full((32, 112, 112), 40, np.uint8), demo={{"age_years": 60.0}})
+samples = worker.infer(window)
+worker.stop()
+assert samples.shape == (40,) and 0 < samples.min() <= samples.max() < 100
+print("torch" in sys.modules, worker.backend.name)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "onnxruntime"]
