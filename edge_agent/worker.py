@@ -32,7 +32,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 class WorkerConfig:
     """Inference workers (YAML section ``worker``).
 
-    count: worker processes on this host. backend: auto | torch (auto picks the fastest installed).
+    count: worker processes on this host. backend: auto | onnxruntime | torch (auto: the first, in
+        that order, that is installed and can load the model; onnxruntime needs the exported .onnx).
     model: artefact path (.pt with its sidecar .json); relative paths are tried from the current
         directory, then from the edge-agent checkout. device: cpu | cuda[:n].
     k: posterior samples per window (the paper's 40). seed: seed of the K fixed starting noises
