@@ -157,6 +157,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_agent.bench import posterior_speed, speed_table
+
+    quick = {"min_seconds": 0.5, "min_samples": 5} if args.quick else {}
+    result = posterior_speed(args.model, threads=args.threads, **quick)
+    print(speed_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -246,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--k", type=int, default=40, help="posterior samples per window (static in the graph)")
     x.add_argument("--opset", type=int, default=17)
     x.set_defaults(func=cmd_export)
+
+    bn = sub.add_parser("bench", help="posterior speed per window: backends side by side, with ratios")
+    bn.add_argument(
+        "--model", default=DEFAULT_MODEL + ".pt", help="checkpoint; its exported .onnx files beside it"
+    )
+    bn.add_argument("--threads", type=int, default=1)
+    bn.add_argument("--quick", action="store_true", help="a smoke run (0.5 s per variant)")
+    bn.add_argument("--json", help="write every figure here")
+    bn.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("worker", help="run one inference worker against a hub on another host")
     agent_options(w)

@@ -114,7 +114,7 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _random_inputs(b: int, k: int, seed: int) -> dict[str, np.ndarray]:
+def random_inputs(b: int, k: int, seed: int) -> dict[str, np.ndarray]:
     """Windows of noise video and demographics with a random subset known (fused graph's inputs)."""
     rng = np.random.default_rng(seed)
     mask = (rng.random((b, 4)) < 0.6).astype(np.float32)
@@ -216,7 +216,7 @@ def export(req: ExportRequest) -> dict[str, Path]:
     }
     n_kv = 2 * model.cfg.n_blocks
     kv_names = [f"{kind}{i}" for i in range(model.cfg.n_blocks) for kind in ("k", "v")]
-    feeds = _random_inputs(2, req.k, req.seed)
+    feeds = random_inputs(2, req.k, req.seed)
     args = _torch_inputs(feeds)
     with torch.no_grad():  # not inference_mode: the tracer re-uses these tensors as example inputs
         fused, enc, step = FusedPosterior(model), Encoder(model), Step(model)

@@ -14,6 +14,7 @@ import pytest
 
 from edge_agent import export as export_mod
 from edge_agent.backends import load_backend
+from edge_agent.bench import posterior_speed, speed_table, stats_ms, timings
 from edge_agent.datasets.synthetic import synthetic_example
 from edge_agent.export import ExportError, ExportRequest, export, file_sha256
 from edge_agent.worker import starting_noises
@@ -105,3 +106,17 @@ print("torch" in sys.modules, worker.backend.name)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "onnxruntime"]
+
+
+def test_bench_statistics_and_a_quick_side_by_side_run() -> None:
+    stats = stats_ms(np.array([0.001, 0.002, 0.003, 0.004]))
+    assert stats["n"] == 4 and stats["min"] == pytest.approx(1.0) and stats["max"] == pytest.approx(4.0)
+    assert stats["p50"] == pytest.approx(2.5) and stats["mean"] == pytest.approx(2.5)
+    calls = []
+    samples = timings(lambda: calls.append(1), min_seconds=0.0, min_samples=7, warmup=2)
+    assert samples.size == 7 and len(calls) == 9
+    result = posterior_speed(MODEL, min_seconds=0.0, min_samples=2)
+    assert set(result["variants"]) == {"encoder", "default", "torch", "naive"}
+    # Real measurements, so only what holds on any machine: ten encoder passes cost more than one.
+    assert result["naive_over_default"] > 1.0 and result["default_over_encoder"] > 1.0
+    assert "| naive |" in speed_table(result)
