@@ -169,6 +169,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from edge_agent.engine_build import EngineBuildError, build_engine_cli
+
+    try:
+        return build_engine_cli(
+            args.onnx,
+            precision=args.precision,
+            max_batch=args.max_batch,
+            dla_core=args.dla_core,
+            calibration_cache=args.calibration_cache,
+            workspace_mb=args.workspace_mb,
+            force=args.force,
+        )
+    except EngineBuildError as e:
+        print(f"edge-agent: engine build failed: {e}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -258,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--k", type=int, default=40, help="posterior samples per window (static in the graph)")
     x.add_argument("--opset", type=int, default=17)
     x.set_defaults(func=cmd_export)
+
+    eb = sub.add_parser(
+        "build-engine", help="build (or reuse) a TensorRT engine from the exported ONNX, on the target"
+    )
+    eb.add_argument("--onnx", default=DEFAULT_MODEL + ".onnx")
+    eb.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    eb.add_argument("--max-batch", type=int, default=8, help="largest batch of windows per call")
+    eb.add_argument("--dla-core", type=int, help="Jetson Orin: build for this DLA core, with GPU fallback")
+    eb.add_argument("--calibration-cache", help="TensorRT 10.x INT8 calibration cache")
+    eb.add_argument("--workspace-mb", type=int, default=1024)
+    eb.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
+    eb.set_defaults(func=cmd_build_engine)
 
     bn = sub.add_parser("bench", help="posterior speed per window: backends side by side, with ratios")
     bn.add_argument(

@@ -400,7 +400,7 @@ def _configure_precision(
     calibration_cache: Path | None,
     calibration_data: Iterable[Mapping[str, np.ndarray]] | None,
 ) -> Any:
-    """Set precision flags (TensorRT 10) or check the ONNX's own types (>= 11); returns a calibrator."""
+    """Set precision flags (TensorRT 10) or check the ONNX's own types (>= 11); returns any calibrator."""
     has_half, has_qdq = _precision_features(trt, network)
     if trt_major(trt.__version__) >= 11:
         if precision == "fp16" and not has_half:

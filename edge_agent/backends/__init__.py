@@ -7,8 +7,9 @@ recalibration, summaries) is the worker's and is identical for every backend::
     samples = backend.posterior(frames, demo, mask, noise)   # (B, K) EF %
 
 ``auto`` picks the first backend, in the order of ``_BACKENDS``, whose runtime is installed and which
-can load the artefact (ONNX Runtime needs the exported ``.onnx`` next to the checkpoint); TensorRT
-plugs in behind the same interface.
+can load the artefact: TensorRT where it is installed and the worker's device is a GPU (it builds
+or reuses a cached engine from the exported ``.onnx``), else ONNX Runtime (needs the exported
+``.onnx`` next to the checkpoint), else torch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 # Preference order of "auto": the fastest backend that can run here comes first.
 _BACKENDS = {
+    "tensorrt": ("edge_agent.backends.tensorrt_backend", "TensorRTBackend", "tensorrt"),
     "onnxruntime": ("edge_agent.backends.onnxruntime_backend", "OnnxRuntimeBackend", "onnxruntime"),
     "torch": ("edge_agent.backends.torch_backend", "TorchBackend", "torch"),
 }
