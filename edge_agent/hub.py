@@ -176,26 +176,37 @@ class Hub:
 
     def _on_worker(self, parts: list[zmq.Frame]) -> None:
         identity, kind = parts[0].bytes, parts[1].bytes
-        job = self.in_flight.pop(identity, None)
-        if kind == RESULT:
-            try:
-                header, samples = wire.decode_result(parts[2:])
-            except wire.WireError as e:
-                self.invalid += 1
-                log.error("hub: invalid result from a worker dropped: %s", e)
-            else:
-                self._publish_estimate(header, samples)
-        elif kind != READY:
+        if kind == READY:
+            # Idle workers repeat READY (so a restarted hub learns of them): one credit per worker,
+            # and none while its window is out (the READY crossed the window on the wire).
+            if identity not in self.in_flight and identity not in self.ready:
+                self.ready.append(identity)
+            return
+        if kind != RESULT:
             self.invalid += 1
             log.error("hub: unknown message %r from a worker", kind[:16])
-        if job is not None and (job[0], job[1]) in self.expired:
-            self.expired.discard((job[0], job[1]))
-            self.streams[job[0]].dropped -= 1  # it came back after all
-        self.ready.append(identity)
+            return
+        self.in_flight.pop(identity, None)
+        try:
+            header, samples = wire.decode_result(parts[2:])
+        except wire.WireError as e:
+            self.invalid += 1
+            log.error("hub: invalid result from a worker dropped: %s", e)
+        else:
+            key = (header["stream"], header["seq"])
+            if key in self.expired:  # counted as dropped when it timed out; it came back after all
+                self.expired.discard(key)
+                self._stream(key[0]).dropped -= 1
+            self._publish_estimate(header, samples)
+        if identity not in self.ready:
+            self.ready.append(identity)
 
     def _expire(self, now: float) -> None:
-        for stream, seq, t_sent in list(self.in_flight.values()):
-            if now - t_sent > self.cfg.result_timeout_s and (stream, seq) not in self.expired:
+        """A window out for longer than result_timeout_s counts as dropped (its worker probably
+        died) and its worker's credit is withdrawn until it speaks again."""
+        for identity, (stream, seq, t_sent) in list(self.in_flight.items()):
+            if now - t_sent > self.cfg.result_timeout_s:
+                del self.in_flight[identity]
                 self.expired.add((stream, seq))
                 self.streams[stream].dropped += 1
                 log.warning("hub: no result for %s window %d after %.0f s", stream, seq, now - t_sent)

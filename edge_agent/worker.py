@@ -26,6 +26,7 @@ from edge_agent.transport import READY, RESULT, TransportConfig, socket
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+READY_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Worker:
         self.sock = socket(self.ctx, zmq.DEALER, self.transport, hwm=4)
         self.sock.connect(self.endpoint)
         self.sock.send(READY)
+        self._last_ready = time.monotonic()
         log.info(
             "worker: %s backend, K=%d, recalibration %s → %s",
             self.backend.name,
@@ -102,8 +104,16 @@ class Worker:
         return recalibrate(samples, self.scale) if self.scale else samples
 
     def process(self, timeout: float = 0.2) -> bool:
-        """Serve at most one window (waits up to ``timeout`` s); always True (a worker runs until stopped)."""
+        """Serve at most one window (waits up to ``timeout`` s); always True (a worker runs until stopped).
+
+        An idle worker repeats READY every READY_EVERY_S: a hub that restarted (and forgot its
+        credits) learns of it again; the hub keeps one credit per worker whatever it hears.
+        """
         if not self.sock.poll(int(timeout * 1000)):
+            now = time.monotonic()
+            if now - self._last_ready > READY_EVERY_S:
+                self.sock.send(READY)
+                self._last_ready = now
             return True
         parts = self.sock.recv_multipart(copy=False)
         t0 = time.monotonic()
@@ -113,11 +123,13 @@ class Worker:
             self.invalid += 1
             log.error("worker: invalid window dropped: %s", e)
             self.sock.send(READY)
+            self._last_ready = time.monotonic()
             return True
         samples = self.infer(window)
         done = time.monotonic()
         result = wire.encode_result(window, samples, self.backend.name, 1000.0 * (done - t0), done)
         self.sock.send_multipart([RESULT, *result], copy=False)
+        self._last_ready = time.monotonic()  # a result is also a request for the next window
         self.served += 1
         return True
 
