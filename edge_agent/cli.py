@@ -187,6 +187,20 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge_agent.calibrate import CalibrationError, run_calibration
+
+    try:
+        result = run_calibration(
+            n=args.n, recordings=args.recordings, out=args.out, model=args.model, force=args.force
+        )
+    except CalibrationError as e:
+        print(f"edge-agent: calibration failed: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
@@ -288,6 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     eb.add_argument("--workspace-mb", type=int, default=1024)
     eb.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
     eb.set_defaults(func=cmd_build_engine)
+
+    cb = sub.add_parser(
+        "calibrate", help="INT8: calibration windows, quantised ONNX models, their evaluation"
+    )
+    cb.add_argument("--n", type=int, default=12, help="windows to draw from the simulator")
+    cb.add_argument("--recordings", nargs="*", default=[], metavar="PATH", help="videos or DICOM cines too")
+    cb.add_argument("--out", default="calibration", help="folder for the windows and their manifest")
+    cb.add_argument("--model", default=DEFAULT_MODEL + ".onnx", help="the fp32 fused graph")
+    cb.add_argument("--force", action="store_true", help="redraw and requantise even when cached")
+    cb.set_defaults(func=cmd_calibrate)
 
     bn = sub.add_parser("bench", help="posterior speed per window: backends side by side, with ratios")
     bn.add_argument(
