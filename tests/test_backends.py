@@ -120,3 +120,17 @@ def test_bench_statistics_and_a_quick_side_by_side_run() -> None:
     # Real measurements, so only what holds on any machine: ten encoder passes cost more than one.
     assert result["naive_over_default"] > 1.0 and result["default_over_encoder"] > 1.0
     assert "| naive |" in speed_table(result)
+
+
+def test_tensorrt_backend_module_does_not_import_torch() -> None:
+    """The TensorRT path cannot run here (no GPU), but its modules must stay torch-free too."""
+    script = (
+        "import sys\n"
+        "import edge_agent.backends.tensorrt_backend, edge_agent.engine_build, edge_agent.worker\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]
