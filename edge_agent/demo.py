@@ -70,6 +70,8 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
     beats_missed_at_patient_change: those of them lost where the simulated patient changed (the
     cut-short last beat of one patient, and beats while the detector locks onto the next).
     windows_dropped, frames_dropped: from each stream's last status.
+    stages_ms: per stage (the estimates' ``stages``, plus ``deliver``: published → received here)
+    p50, p99 and max, ms.
     """
     estimates = [m for m in messages if m["kind"] == "estimate"]
     last_status: dict[str, dict] = {}
@@ -106,9 +108,17 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
         all_beat += beat_err
         latencies += lat
         from_ready += ready
+    stages: dict[str, list[float]] = {}
+    for m in estimates:
+        for name, ms in {
+            **m.get("stages", {}),
+            "deliver": 1000.0 * (m[T_RECEIVED] - m["t_published"]),
+        }.items():
+            stages.setdefault(name, []).append(ms)
     return {
         "seconds": seconds,
         "n_estimates": len(estimates),
+        "stages_ms": {name: _percentiles(v) for name, v in stages.items()},
         "streams": streams,
         "mae_vs_truth": float(np.mean(all_running)) if all_running else None,
         "beat_mae_vs_truth": float(np.mean(all_beat)) if all_beat else None,

@@ -77,6 +77,19 @@ class _Stream:
     restarts: int = 0
 
 
+def stage_times(result: dict[str, Any], t_published: float) -> dict[str, float]:
+    """Per-stage durations (ms) of one window, from the timestamps its result carries (all on the
+    capture host's monotonic clock when hub, windower and worker share a host)."""
+    t_start = result["t_done"] - result["infer_ms"] / 1000.0  # the worker received the window
+    return {
+        "detect": 1000.0 * (result["t_ready"] - result["t"][1]),
+        "window": 1000.0 * (result["t_sent"] - result["t_ready"]),
+        "to_worker": 1000.0 * (t_start - result["t_sent"]),
+        "infer": float(result["infer_ms"]),
+        "publish": 1000.0 * (t_published - result["t_done"]),
+    }
+
+
 def host_name() -> str:
     """This host's name in the heartbeat's character set."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", pysocket.gethostname())[:255] or "host"
@@ -267,6 +280,7 @@ class Hub:
             "hr_bpm": header["hr_bpm"],
             "backend": header["backend"],
             "latency_ms": 1000.0 * (now - header["t"][1]),
+            "stages": stage_times(header, now),
         }
         if truth:
             body["truth"] = truth

@@ -67,6 +67,11 @@ Estimate body (topic ``lvef.<stream>``):
 | `backend`     | str                  | inference backend: `"torch"`, `"onnxruntime"`, `"tensorrt"`      |
 | `latency_ms`  | float                | window's last frame capture → publish, ms                        |
 | `truth`       | map, optional        | as in the window                                                 |
+| `stages`      | map                  | where the time went, ms: `detect` (t_ready − t[1], the detector's |
+|               |                      | confirmation delay), `window` (t_ready → sent), `to_worker`       |
+|               |                      | (sent → a worker starts: queueing and transport), `infer`         |
+|               |                      | (decode + posterior in the worker), `publish` (worker done →     |
+|               |                      | published)                                                        |
 
 Summary map (the keys of ``edge_agent.posterior.PosteriorSummary.to_dict()``): `n_samples` (int ≥ 1);
 `mean`, `median`, `std`, `q05`, `q25`, `q75`, `q95` (EF %, in [0, 100]); `ci90`, `ci95` ([lo, hi],
@@ -362,6 +367,7 @@ _ESTIMATE_FIELDS: dict[str, Check] = {
     "hr_bpm": _HR,
     "backend": _text(NAME_PATTERN, "a backend name such as 'torch', 'onnxruntime' or 'tensorrt'"),
     "latency_ms": _float(),
+    "stages": _number_map(None, 16),
 }
 _STATUS_FIELDS: dict[str, Check] = {
     "stream": _STREAM,

@@ -19,6 +19,8 @@ def _estimate(seq: int, beat: int, patient: int, mean: float, truth: float, t_la
         "beat": summary,
         "running": {**summary, "n_beats": 1},
         "backend": "torch",
+        "t_published": t_last + 0.19,
+        "stages": {"detect": 150.0, "infer": 20.0},
         "truth": {"ef": truth, "ef_running": truth, "beat": float(beat), "patient": float(patient)},
         T_RECEIVED: t_last + 0.2,
     }
@@ -42,6 +44,8 @@ def test_summary_counts_errors_latency_and_missed_beats() -> None:
         "max"
     ] == pytest.approx(50.0)
     assert s["streams"]["bed1"]["n_estimates"] == 4
+    assert s["stages_ms"]["infer"]["p50"] == pytest.approx(20.0)
+    assert s["stages_ms"]["deliver"]["max"] == pytest.approx(10.0)
 
 
 def test_summary_without_truth_or_estimates() -> None:

@@ -51,6 +51,7 @@ def estimate_parts(stream: str = "bed1", seq: int = 0, ef: float = 55.0, **overr
         "hr_bpm": 60.0,
         "backend": "torch",
         "latency_ms": 180.0,
+        "stages": {"detect": 150.0, "infer": 20.0},
         "truth": {"ef": ef},
     }
     # Summaries only when not overridden: summarize() is the slow part of building a message.

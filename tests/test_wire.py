@@ -60,6 +60,7 @@ def estimate_body(**overrides: Any) -> dict[str, Any]:
         "hr_bpm": 58.8,
         "backend": "torch",
         "latency_ms": 180.0,
+        "stages": {"detect": 150.0, "infer": 20.0},
         "truth": {"ef": 55.0},
     }
     return {**body, **overrides}
@@ -615,6 +616,7 @@ ESTIMATES = st.fixed_dictionaries(
         "hr_bpm": st.none() | st.floats(min_value=1e-3, max_value=400.0),
         "backend": st.sampled_from(["torch", "onnxruntime", "tensorrt"]),
         "latency_ms": FINITE,
+        "stages": st.dictionaries(st.sampled_from(["detect", "infer"]), FINITE),
     },
     optional={"truth": st.dictionaries(STREAMS, FINITE, max_size=wire.MAX_TRUTH_KEYS)},
 )
