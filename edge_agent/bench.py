@@ -16,13 +16,16 @@ the targets on a 2-core CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from edge_agent.export import random_inputs
 
@@ -138,3 +141,333 @@ def speed_table(result: dict[str, Any]) -> str:
         f"{result['threads']} thread(s)"
     )
     return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- scenarios (MLPerf-style)
+
+
+def posterior_variants(model: str | Path, threads: int = 1) -> dict[str, Callable[..., np.ndarray]]:
+    """Every way this machine can compute a window's posterior, as ``fn(frames, demo, mask, noise)
+    -> (B, K) EF %``: each installed backend that loads (fp32 and, for ONNX Runtime, the INT8 model
+    when it exists), plus the naive paper-style torch loop (re-encodes at every step)."""
+    from edge_agent.backends import BackendError, available_backends, load_backend
+
+    pt = Path(model).with_suffix(".pt")
+    out: dict[str, Callable[..., np.ndarray]] = {}
+    for name in available_backends():
+        try:
+            out[name] = load_backend(name, pt, threads=threads).posterior
+        except BackendError:
+            continue  # e.g. tensorrt without a GPU: not a variant of this machine
+    int8 = pt.with_suffix(".int8.onnx")
+    if "onnxruntime" in out and int8.exists():
+        out["onnxruntime-int8"] = load_backend("onnxruntime", int8, threads=threads).posterior
+    if "torch" in out:
+        out["naive"] = _naive_loop(pt)
+    return out
+
+
+def _naive_loop(pt: Path) -> Callable[..., np.ndarray]:
+    import torch
+
+    from edge_agent.train import load_model
+
+    net, _side = load_model(pt)
+    steps = net.schedule.timesteps().tolist()
+    coef = net.schedule.step_coefficients().tolist()
+
+    @torch.inference_mode()
+    def run(frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        video, d = torch.from_numpy(np.array(frames)), torch.from_numpy(np.asarray(demo, np.float32))
+        known, y = torch.from_numpy(np.asarray(mask, bool)), torch.from_numpy(np.asarray(noise, np.float32))
+        for (a, b), t in zip(coef, steps, strict=True):
+            kv = net.condition(video, d, known)  # the whole model at every step
+            y = a * y + b * net.eps(y, torch.full_like(y, t, dtype=torch.int64), kv)
+        return net.transform.inverse_np(y.numpy())
+
+    return run
+
+
+def bench_windows(n: int = 8, seed: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n simulated beats cut as the agent cuts them: (frames (n, 32, 112, 112) u8, demo, mask)."""
+    from edge_agent.datasets.synthetic import synthetic_example
+
+    examples = [synthetic_example(seed=seed, index=i) for i in range(n)]
+    return (
+        np.stack([e.clip for e in examples]),
+        np.stack([e.demographics for e in examples]),
+        np.stack([e.demo_mask for e in examples]),
+    )
+
+
+def single_stream(
+    fn: Callable[..., np.ndarray], windows: tuple, noise: np.ndarray, min_seconds: float, min_samples: int
+) -> dict[str, float | int]:
+    """MLPerf SingleStream: one window at a time, the next when the previous returns; latency of
+    the posterior plus its summary (what a worker does per window), ms."""
+    from edge_agent.posterior import summarize
+
+    frames, demo, mask = windows
+    i = 0
+
+    def query() -> None:
+        nonlocal i
+        j = i % len(frames)
+        summarize(fn(frames[j : j + 1], demo[j : j + 1], mask[j : j + 1], noise[None])[0])
+        i += 1
+
+    seconds = timings(query, min_seconds, min_samples)
+    return {**stats_ms(seconds), "samples_ms": [round(1000.0 * x, 3) for x in seconds.tolist()]}
+
+
+def offline(
+    fn: Callable[..., np.ndarray], windows: tuple, noise: np.ndarray, min_seconds: float, batch: int = 8
+) -> dict[str, float | int]:
+    """MLPerf Offline: windows per second with batches of ``batch`` windows."""
+    frames, demo, mask = (np.resize(a, (batch, *a.shape[1:])) for a in windows)
+    noises = np.repeat(noise[None], batch, axis=0)
+    seconds = timings(lambda: fn(frames, demo, mask, noises), min_seconds, 3)
+    return {"batch": batch, "windows_per_s": float(batch / np.median(seconds)), "n": int(seconds.size)}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The benchmark (YAML section ``bench``; ``configs/bench_jetson.yaml`` is the Jetson profile).
+
+    model: checkpoint whose exported graphs are benchmarked. min_seconds, min_samples: per
+    variant and scenario, after warm-up. streams: stream counts for the live scenarios (the real
+    multi-process agent, simulated feeds at ``fps``), each run for ``stream_seconds``; workers:
+    inference workers there (0: one per stream, at most 2). threads: per backend/worker.
+    """
+
+    model: str = "engines/mcsdr_default.pt"
+    min_seconds: float = 5.0
+    min_samples: int = 50
+    streams: tuple[int, ...] = (1, 4)
+    stream_seconds: float = 30.0
+    fps: float = 50.0
+    workers: int = 0
+    threads: int = 1
+    offline_batch: int = 8
+    tegrastats_interval_ms: int = 200  # from the YAML's telemetry section
+
+
+QUICK = {"min_seconds": 0.5, "min_samples": 5, "stream_seconds": 10.0}
+
+
+def bench_config(
+    data: dict[str, Any], source: str, quick: bool = False
+) -> tuple[BenchConfig, tuple[str, ...]]:
+    """A bench YAML (sections ``bench``, ``worker``, ``telemetry``) → (BenchConfig, agent overrides
+    for the live runs, e.g. ``worker.backend=tensorrt``). Unknown sections and keys are errors."""
+    from edge_agent.config import ConfigError, from_mapping
+    from edge_agent.worker import WorkerConfig
+
+    unknown = sorted(set(data) - {"bench", "worker", "telemetry"})
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section(s) {unknown}; valid sections are bench, worker, telemetry"
+        )
+    bench = dict(data.get("bench") or {})
+    if quick:
+        bench.update(QUICK)
+    telemetry = from_mapping(TelemetryConfig, data.get("telemetry"), f"{source}:telemetry")
+    cfg = from_mapping(BenchConfig, bench, f"{source}:bench")
+    cfg = dataclasses.replace(cfg, tegrastats_interval_ms=telemetry.tegrastats_interval_ms)
+    from_mapping(WorkerConfig, data.get("worker"), f"{source}:worker")  # only validates the keys
+    overrides = tuple(f"worker.{k}={json.dumps(v)}" for k, v in (data.get("worker") or {}).items())
+    return cfg, overrides
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Telemetry during a benchmark (YAML section ``telemetry``): tegrastats_interval_ms, the
+    sampling period of ``tegrastats`` on a Jetson (ms)."""
+
+    tegrastats_interval_ms: int = 200
+
+
+def live(n_streams: int, cfg: BenchConfig, agent_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The multi-stream and end-to-end scenarios: ``n_streams`` simulated feeds through the real
+    agent (capture, ring, windows, ZeroMQ, workers, hub, subscriber); the demo's summary."""
+    import io
+
+    from rich.console import Console
+
+    from edge_agent.agent import load_agent_config
+    from edge_agent.demo import run_demo
+
+    workers = cfg.workers or min(2, n_streams)
+    sources = [f"synthetic://?seed={100 + i}&fps={cfg.fps:g}" for i in range(n_streams)]
+    overrides = [
+        "transport.publish=ipc://{run}/publish",
+        "supervisor.log_level=WARNING",
+        f"worker.count={workers}",
+        f"worker.threads={cfg.threads}",
+        *agent_overrides,
+    ]
+    agent_cfg = load_agent_config(None, overrides, sources=sources)
+    summary = run_demo(agent_cfg, cfg.stream_seconds, console=Console(file=io.StringIO()))
+    return {**summary, "n_streams": n_streams, "workers": workers, "fps": cfg.fps}
+
+
+def run_bench(cfg: BenchConfig, agent_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every scenario, every variant this machine has, in one run; ratios to the naive loop."""
+    from edge_agent.telemetry import TegrastatsSampler, environment
+    from edge_agent.worker import starting_noises
+
+    windows = bench_windows()
+    noise = starting_noises(
+        int(json.loads(Path(f"{Path(cfg.model).with_suffix('.onnx')}.json").read_text())["k"]), 0
+    )
+    result: dict[str, Any] = {"config": dataclasses.asdict(cfg), "environment": environment()}
+    with TegrastatsSampler(interval_ms=cfg.tegrastats_interval_ms) as telemetry:
+        variants = posterior_variants(cfg.model, cfg.threads)
+        result["single_stream"] = {
+            name: single_stream(fn, windows, noise, cfg.min_seconds, cfg.min_samples)
+            for name, fn in tqdm(variants.items(), desc="single-stream", unit="variant")
+        }
+        result["offline"] = {
+            name: offline(fn, windows, noise, cfg.min_seconds, cfg.offline_batch)
+            for name, fn in tqdm(variants.items(), desc="offline", unit="variant")
+            if name != "naive"
+        }
+        del variants  # free the models before the live runs start their own processes
+        result["live"] = [live(n, cfg, agent_overrides) for n in tqdm(cfg.streams, desc="live", unit="run")]
+    result["telemetry"] = telemetry.summary()
+    result["posterior_speed"] = posterior_speed(cfg.model, cfg.min_seconds, cfg.min_samples, cfg.threads)
+    naive = result["single_stream"].get("naive", {}).get("p50")
+    result["ratios_to_naive"] = {
+        name: naive / s["p50"] for name, s in result["single_stream"].items() if naive and name != "naive"
+    }
+    return result
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    """The benchmark's tables: environment, single-stream, offline, live (multi-stream, end to end)."""
+    env = result["environment"]
+    lines = ["# edge-agent benchmark", ""]
+    lines.append("Environment: " + ", ".join(f"{k}: {v}" for k, v in _flat_env(env).items()))
+    cfg = result["config"]
+    lines += [
+        "",
+        f"Each variant warmed up, then timed for at least {cfg['min_seconds']} s and {cfg['min_samples']} "
+        f"queries; live runs {cfg['stream_seconds']} s per stream count at {cfg['fps']:g} fps.",
+        "",
+        "## Single stream (one window at a time: posterior + summary; headline p90)",
+        "",
+        "| variant | min | mean | p50 | p90 | p99 | max | n | × faster than naive |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in result["single_stream"].items():
+        ratio = result["ratios_to_naive"].get(name)
+        cells = " | ".join(f"{s[q]:.1f}" for q in ("min", "mean", "p50", "p90", "p99", "max"))
+        lines.append(f"| {name} | {cells} | {s['n']} | {'—' if ratio is None else f'{ratio:.1f}'} |")
+    lines += ["", "## Offline (batches of windows)", "", "| variant | batch | windows/s |", "|---|---:|---:|"]
+    for name, o in result["offline"].items():
+        lines.append(f"| {name} | {o['batch']} | {o['windows_per_s']:.1f} |")
+    lines += [
+        "",
+        "## Live: the multi-process agent, simulated streams (headline p99, windows dropped)",
+        "",
+        "| streams | workers | estimates | dropped | e2e from last frame p50 / p99 ms "
+        "| from completing frame p50 / p99 ms "
+        "| stage p50 ms (detect / window / to_worker / infer / publish / deliver) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for run in result["live"]:
+        a, b = run["latency_ms"], run["latency_from_ready_ms"]
+        st = run["stages_ms"]
+        stage = " / ".join(
+            f"{st[k]['p50']:.1f}" if k in st else "—"
+            for k in ("detect", "window", "to_worker", "infer", "publish", "deliver")
+        )
+        lines.append(
+            f"| {run['n_streams']} | {run['workers']} | {run['n_estimates']} | {run['windows_dropped']} | "
+            f"{_pair(a)} | {_pair(b)} | {stage} |"
+        )
+    speed = result.get("posterior_speed")
+    if speed:
+        lines += ["", "## Posterior alone, backends side by side", "", speed_table(speed)]
+    tele = result.get("telemetry") or {}
+    lines += ["", "## Telemetry", "", "```", json.dumps(tele, indent=1)[:3000], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _pair(p: dict[str, Any]) -> str:
+    return "—" if p.get("p50") is None else f"{p['p50']:.1f} / {p['p99']:.1f}"
+
+
+def _flat_env(env: dict[str, Any]) -> dict[str, Any]:
+    """The environment in one line: CPU, cores, GPU, package versions, Jetson power mode."""
+    cpu, gpu, jetson = env.get("cpu", {}), env.get("gpu", {}), env.get("jetson", {})
+    versions = {k: v.get("version") for k, v in env.get("packages", {}).items() if v.get("version")}
+    return {
+        "CPU": f"{cpu.get('model')} ({cpu.get('usable_cores')} cores)",
+        "GPU": gpu.get("name") or gpu.get("reason", "none"),
+        "packages": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "Jetson": jetson.get("power_mode") or jetson.get("reason", "no"),
+    }
+
+
+def plot_report(result: dict[str, Any], out: Path) -> list[Path]:
+    """Latency CDFs (single stream per variant; live end to end per stream count) and the per-stage
+    breakdown of the live runs, as PNGs in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, s in result["single_stream"].items():
+        v = np.sort(np.asarray(s["samples_ms"]))
+        ax.plot(v, np.arange(1, v.size + 1) / v.size, label=name)
+    ax.set(
+        xscale="log",
+        xlabel="latency per window, ms (log)",
+        ylabel="fraction of queries",
+        title="Single stream: posterior + summary per window",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    paths.append(out / "single_stream_cdf.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in result["live"]:
+        for key, style, origin in (
+            ("latencies_ms", "-", "last frame"),
+            ("latencies_from_ready_ms", "--", "completing frame"),
+        ):
+            v = np.sort(np.asarray(run.get(key, [])))
+            if v.size:
+                label = f"{run['n_streams']} stream(s), from {origin}"
+                ax.plot(v, np.arange(1, v.size + 1) / v.size, style, label=label)
+    ax.set(
+        xlabel="end-to-end latency, ms",
+        ylabel="fraction of estimates",
+        title="Live agent: window → subscriber",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(out / "live_cdf.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    stages = ("detect", "window", "to_worker", "infer", "publish", "deliver")
+    fig, ax = plt.subplots(figsize=(7, 3 + 0.3 * len(result["live"])))
+    labels = [f"{r['n_streams']} stream(s)" for r in result["live"]]
+    left = np.zeros(len(labels))
+    for stage in stages:
+        widths = np.array([r["stages_ms"].get(stage, {}).get("p50") or 0.0 for r in result["live"]])
+        ax.barh(labels, widths, left=left, label=stage)
+        left += widths
+    ax.set(xlabel="median time per stage, ms", title="Where an estimate's time goes")
+    ax.legend(fontsize=8, ncol=3)
+    paths.append(out / "stages.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths

@@ -158,14 +158,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_agent.bench import posterior_speed, speed_table
+    from edge_agent.bench import QUICK, bench_config, plot_report, report_markdown, run_bench
 
-    quick = {"min_seconds": 0.5, "min_samples": 5} if args.quick else {}
-    result = posterior_speed(args.model, threads=args.threads, **quick)
-    print(speed_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    data, source = _config(args.config, args.set)
+    cfg, agent_overrides = bench_config(data, source, quick=args.quick)
+    result = run_bench(cfg, agent_overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = report_markdown(result)
+    (out / "report.md").write_text(report)
+    plots = plot_report(result, out)
+    json_path = Path(args.json) if args.json else out / "bench.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(report)
+    print(f"wrote {out / 'report.md'}, {json_path} and {', '.join(str(p) for p in plots)}")
+    if args.quick:
+        print(f"(--quick: {QUICK}; smoke figures, not for publishing)")
     return 0
 
 
@@ -313,13 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--force", action="store_true", help="redraw and requantise even when cached")
     cb.set_defaults(func=cmd_calibrate)
 
-    bn = sub.add_parser("bench", help="posterior speed per window: backends side by side, with ratios")
-    bn.add_argument(
-        "--model", default=DEFAULT_MODEL + ".pt", help="checkpoint; its exported .onnx files beside it"
+    bn = sub.add_parser(
+        "bench", help="latency benchmark: scenarios, backends side by side, live agent, telemetry"
     )
-    bn.add_argument("--threads", type=int, default=1)
-    bn.add_argument("--quick", action="store_true", help="a smoke run (0.5 s per variant)")
-    bn.add_argument("--json", help="write every figure here")
+    bn.add_argument(
+        "--config", help="YAML with sections bench, worker, telemetry (e.g. configs/bench_jetson.yaml)"
+    )
+    bn.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key")
+    bn.add_argument("--quick", action="store_true", help="a smoke run: short durations, few samples")
+    bn.add_argument("--out", default="runs/bench", help="folder for report.md, bench.json and the plots")
+    bn.add_argument("--json", help="write the JSON here instead of OUT/bench.json")
     bn.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("worker", help="run one inference worker against a hub on another host")

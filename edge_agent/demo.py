@@ -124,6 +124,8 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
         "beat_mae_vs_truth": float(np.mean(all_beat)) if all_beat else None,
         "latency_ms": _percentiles(latencies),
         "latency_from_ready_ms": _percentiles(from_ready),
+        "latencies_ms": [round(x, 3) for x in latencies],
+        "latencies_from_ready_ms": [round(x, 3) for x in from_ready],
         "windows_dropped": sum(s["windows_dropped"] for s in streams.values()),
         "frames_dropped": sum(s["frames_dropped"] for s in streams.values()),
         "beats_missed": sum(s["beats_missed"] for s in streams.values()),

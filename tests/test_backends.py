@@ -134,3 +134,43 @@ def test_tensorrt_backend_module_does_not_import_torch() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False"]
+
+
+def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) -> None:
+    from edge_agent.bench import BenchConfig, plot_report, report_markdown, run_bench
+
+    cfg = BenchConfig(min_seconds=0.0, min_samples=3, streams=(1,), stream_seconds=8.0)
+    result = run_bench(cfg)
+    assert {"onnxruntime", "torch", "naive"} <= set(result["single_stream"])
+    assert all(s["n"] >= 3 and len(s["samples_ms"]) == s["n"] for s in result["single_stream"].values())
+    assert result["offline"]["onnxruntime"]["windows_per_s"] > 0 and "naive" not in result["offline"]
+    assert result["ratios_to_naive"]["onnxruntime"] > 1.0  # ten encoder passes cost more than one
+    (run,) = result["live"]
+    assert run["n_streams"] == 1 and run["n_estimates"] >= 2 and run["windows_dropped"] == 0
+    assert run["stages_ms"]["infer"]["n"] == run["n_estimates"] and run["leftovers"]["processes"] == []
+    assert result["environment"]["packages"]["onnxruntime"]["version"]
+    text = report_markdown(result)
+    assert "## Single stream" in text and "| naive |" in text and "## Live" in text
+    paths = plot_report(result, tmp_path)
+    assert [p.name for p in paths] == ["single_stream_cdf.png", "live_cdf.png", "stages.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    json.dumps(result, default=str)  # the JSON the CLI writes
+
+
+def test_bench_profiles_parse_and_unknown_keys_are_errors(tmp_path: Path) -> None:
+    from edge_agent.bench import bench_config
+    from edge_agent.config import ConfigError, load_yaml
+
+    cfg, overrides = bench_config(load_yaml(ROOT / "configs" / "bench_jetson.yaml"), "bench_jetson.yaml")
+    assert cfg.streams == (1, 4) and cfg.fps == 30.0 and cfg.tegrastats_interval_ms == 200
+    assert 'worker.backend="tensorrt"' in overrides and 'worker.device="cuda"' in overrides
+    quick, _ = bench_config({}, "defaults", quick=True)
+    assert quick.min_seconds == 0.5 and quick.stream_seconds == 10.0
+    for bad, match in (
+        ({"bench": {"stream_secs": 3}}, r"bench: unknown key\(s\) \['stream_secs'\]"),
+        ({"worker": {"precision": "fp16"}}, r"worker: unknown key\(s\) \['precision'\]"),
+        ({"telemetry": {"tegrastats": True}}, r"telemetry: unknown key"),
+        ({"benchmark": {}}, "unknown section"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            bench_config(bad, "x.yaml")
