@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import zmq
@@ -41,6 +42,9 @@ class WorkerConfig:
         (the same noises for every window: results are reproducible).
     threads: intra-op threads per worker (share the cores between workers).
     recalibrate: apply the sidecar's dispersion recalibration (see the evaluation report).
+    precision: fp32 | fp16 | int8, or null for the backend's default (TensorRT fp16, else fp32);
+        TensorRT builds or reuses the engine of that precision, ONNX Runtime int8 runs the
+        calibrated ``<model>.int8.onnx``.
     """
 
     count: int = 1
@@ -51,6 +55,7 @@ class WorkerConfig:
     seed: int = 0
     threads: int = 1
     recalibrate: bool = True
+    precision: Literal["fp32", "fp16", "int8"] | None = None
 
 
 def resolve_model(path: str) -> Path:
@@ -79,7 +84,11 @@ class Worker:
 
     def start(self) -> None:
         self.backend = load_backend(
-            self.cfg.backend, resolve_model(self.cfg.model), device=self.cfg.device, threads=self.cfg.threads
+            self.cfg.backend,
+            resolve_model(self.cfg.model),
+            device=self.cfg.device,
+            threads=self.cfg.threads,
+            precision=self.cfg.precision,
         )
         recal = self.backend.sidecar.get("recalibration") or {}
         self.scale = float(recal["scale"]) if self.cfg.recalibrate and recal.get("scale") else None

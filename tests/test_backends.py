@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_agent import export as export_mod
-from edge_agent.backends import load_backend
+from edge_agent.backends import BackendError, load_backend
 from edge_agent.bench import posterior_speed, speed_table, stats_ms, timings
 from edge_agent.datasets.synthetic import synthetic_example
 from edge_agent.export import ExportError, ExportRequest, export, file_sha256
@@ -168,9 +168,29 @@ def test_bench_profiles_parse_and_unknown_keys_are_errors(tmp_path: Path) -> Non
     assert quick.min_seconds == 0.5 and quick.stream_seconds == 10.0
     for bad, match in (
         ({"bench": {"stream_secs": 3}}, r"bench: unknown key\(s\) \['stream_secs'\]"),
-        ({"worker": {"precision": "fp16"}}, r"worker: unknown key\(s\) \['precision'\]"),
+        ({"worker": {"dla": 0}}, r"worker: unknown key\(s\) \['dla'\]"),
         ({"telemetry": {"tegrastats": True}}, r"telemetry: unknown key"),
         ({"benchmark": {}}, "unknown section"),
     ):
         with pytest.raises(ConfigError, match=match):
             bench_config(bad, "x.yaml")
+
+
+def test_precision_selects_the_int8_model_or_is_refused() -> None:
+    frames, demo, mask = _windows(1)
+    noise = starting_noises(40, 0)[None]
+    int8 = load_backend("onnxruntime", MODEL, threads=1, precision="int8")
+    fp32 = load_backend("auto", MODEL, threads=1)
+    try:
+        assert int8.sidecar["quantization"] and "quantization" not in fp32.sidecar
+        # The calibrated model: close to fp32, but not the same graph.
+        a, b = int8.posterior(frames, demo, mask, noise), fp32.posterior(frames, demo, mask, noise)
+        assert 0 < abs(a.mean() - b.mean()) < 2.0
+    finally:
+        int8.close()
+        fp32.close()
+    with pytest.raises(BackendError, match="torch backend runs fp32 only"):
+        load_backend("torch", MODEL, precision="int8")
+    with pytest.raises(BackendError, match="onnxruntime runs fp32 or int8"):
+        load_backend("onnxruntime", MODEL, precision="fp16")
+    assert load_backend("auto", MODEL, precision="int8").name == "onnxruntime"

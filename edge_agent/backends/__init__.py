@@ -61,8 +61,18 @@ def available_backends() -> list[str]:
     return [name for name, (_m, _c, package) in _BACKENDS.items() if importlib.util.find_spec(package)]
 
 
-def load_backend(name: str, model: str | Path, device: str = "cpu", threads: int | None = None) -> Backend:
-    """Load ``model`` (an artefact with its sidecar JSON) on backend ``name`` ("auto" picks)."""
+def load_backend(
+    name: str,
+    model: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    precision: str | None = None,
+) -> Backend:
+    """Load ``model`` (an artefact with its sidecar JSON) on backend ``name`` ("auto" picks).
+
+    precision: fp32 | fp16 | int8, or None for the backend's own default (TensorRT fp16, the others
+    fp32). ONNX Runtime runs int8 from the calibrated ``<model>.int8.onnx``; torch runs fp32 only.
+    """
     if name == "auto":
         found = available_backends()
         if not found:
@@ -70,7 +80,7 @@ def load_backend(name: str, model: str | Path, device: str = "cpu", threads: int
         errors = []
         for candidate in found:
             try:
-                return load_backend(candidate, model, device, threads)
+                return load_backend(candidate, model, device, threads, precision)
             except BackendError as e:  # e.g. no exported ONNX: the next backend may still run
                 errors.append(str(e))
         raise BackendError("no installed backend could load the model: " + "; ".join(errors))
@@ -79,4 +89,7 @@ def load_backend(name: str, model: str | Path, device: str = "cpu", threads: int
             f"worker.backend: unknown backend {name!r}; choose auto or one of {list(_BACKENDS)}"
         )
     module, cls, _package = _BACKENDS[name]
-    return getattr(importlib.import_module(module), cls).load(Path(model), device=device, threads=threads)
+    backend = getattr(importlib.import_module(module), cls)
+    if precision is None:
+        return backend.load(Path(model), device=device, threads=threads)
+    return backend.load(Path(model), device=device, threads=threads, precision=precision)

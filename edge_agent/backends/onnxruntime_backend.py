@@ -33,13 +33,20 @@ class OnnxRuntimeBackend(Backend):
         self.k = int(sidecar["k"])
 
     @classmethod
-    def load(cls, path: Path, device: str = "cpu", threads: int | None = None) -> OnnxRuntimeBackend:
+    def load(
+        cls, path: Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"
+    ) -> OnnxRuntimeBackend:
+        if precision not in ("fp32", "int8"):
+            raise BackendError(f"worker.precision: onnxruntime runs fp32 or int8, not {precision!r}")
         onnx = onnx_path(path)
+        if precision == "int8" and not onnx.name.endswith(".int8.onnx"):
+            onnx = onnx.with_suffix(".int8.onnx")  # the calibrated model, from `edge-agent calibrate`
         side_path = Path(f"{onnx}.json")
         if not onnx.exists() or not side_path.exists():
             raise BackendError(
-                f"worker.model: {onnx} (with its sidecar {side_path.name}) is missing; export it with "
-                f"`edge-agent export --model {path.with_suffix('.pt')}`, or use worker.backend=torch"
+                f"worker.model: {onnx} (with its sidecar {side_path.name}) is missing; make it with "
+                f"`edge-agent {'calibrate' if precision == 'int8' else 'export'}`, "
+                "or use worker.backend=torch"
             )
         sidecar = json.loads(side_path.read_text())
         options = ort.SessionOptions()

@@ -20,7 +20,11 @@ class TorchBackend(Backend):
         self.device = device
 
     @classmethod
-    def load(cls, path: Path, device: str = "cpu", threads: int | None = None) -> TorchBackend:
+    def load(
+        cls, path: Path, device: str = "cpu", threads: int | None = None, precision: str = "fp32"
+    ) -> TorchBackend:
+        if precision != "fp32":
+            raise BackendError(f"worker.precision: the torch backend runs fp32 only, not {precision!r}")
         if threads:
             # Several workers share the cores: each keeps to its own share instead of all fighting.
             torch.set_num_threads(threads)
