@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_agent.export import random_inputs
+from edge_agent.metrics import distribution
 
 VARIANTS = ("encoder", "default", "torch", "naive")
 
@@ -45,18 +46,9 @@ def timings(fn: Callable[[], Any], min_seconds: float, min_samples: int, warmup:
     return np.asarray(out)
 
 
-def stats_ms(seconds: np.ndarray) -> dict[str, float | int]:
-    """min, mean, p50, p90, p99, max in ms and the sample count."""
-    ms = 1000.0 * seconds
-    return {
-        "n": int(ms.size),
-        "min": float(ms.min()),
-        "mean": float(ms.mean()),
-        "p50": float(np.percentile(ms, 50)),
-        "p90": float(np.percentile(ms, 90)),
-        "p99": float(np.percentile(ms, 99)),
-        "max": float(ms.max()),
-    }
+def stats_ms(seconds: np.ndarray) -> dict[str, float | int | None]:
+    """Timings in s → min, mean, p50, p90, p99, max in ms and the sample count."""
+    return distribution(1000.0 * np.asarray(seconds))
 
 
 def posterior_speed(
@@ -89,16 +81,8 @@ def posterior_speed(
 
     fused, encoder = session(".onnx"), session(".encoder.onnx")
     enc_feeds = {n: feeds[n] for n in ("video", "demo", "demo_mask")}
-    steps = net.schedule.timesteps().tolist()
-    coef = net.schedule.step_coefficients().tolist()
-
-    @torch.inference_mode()
-    def naive() -> torch.Tensor:
-        y = noise
-        for (a, b), t in zip(coef, steps, strict=True):
-            kv = net.condition(video, demo, known)  # re-encoded every step, as a plain scheduler loop does
-            y = a * y + b * net.eps(y, torch.full_like(y, t, dtype=torch.int64), kv)
-        return y
+    naive_loop = _naive_loop(net)
+    mask_np = feeds["demo_mask"] > 0.5
 
     @torch.inference_mode()
     def batched() -> torch.Tensor:
@@ -108,7 +92,7 @@ def posterior_speed(
         "encoder": lambda: encoder.run(None, enc_feeds),
         "default": lambda: fused.run(None, feeds),
         "torch": batched,
-        "naive": naive,
+        "naive": lambda: naive_loop(feeds["video"], feeds["demo"], mask_np, feeds["noise"]),
     }
     results = {name: stats_ms(timings(fn, min_seconds, min_samples)) for name, fn in calls.items()}
     p50 = {name: r["p50"] for name, r in results.items()}
@@ -163,16 +147,17 @@ def posterior_variants(model: str | Path, threads: int = 1) -> dict[str, Callabl
     if "onnxruntime" in out and int8.exists():
         out["onnxruntime-int8"] = load_backend("onnxruntime", int8, threads=threads).posterior
     if "torch" in out:
-        out["naive"] = _naive_loop(pt)
+        from edge_agent.train import load_model
+
+        out["naive"] = _naive_loop(load_model(pt)[0])
     return out
 
 
-def _naive_loop(pt: Path) -> Callable[..., np.ndarray]:
+def _naive_loop(net: Any) -> Callable[..., np.ndarray]:
+    """The paper-style sampler around a torch MCSDR: the whole model, video encoder included, at
+    every DDIM step; ``fn(frames, demo, mask, noise) -> (B, K) EF %``."""
     import torch
 
-    from edge_agent.train import load_model
-
-    net, _side = load_model(pt)
     steps = net.schedule.timesteps().tolist()
     coef = net.schedule.step_coefficients().tolist()
 

@@ -22,21 +22,10 @@ import numpy as np
 from rich.console import Console
 
 from edge_agent.agent import Agent, AgentConfig
+from edge_agent.metrics import distribution
 from edge_agent.monitor import T_RECEIVED, run_monitor
 
 log = logging.getLogger(__name__)
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
-    if not values:
-        return {"n": 0, "p50": None, "p99": None, "max": None}
-    v = np.asarray(values, dtype=np.float64)
-    return {
-        "n": int(v.size),
-        "p50": float(np.percentile(v, 50)),
-        "p99": float(np.percentile(v, 99)),
-        "max": float(v.max()),
-    }
 
 
 def _missed_beats(estimates: Sequence[dict[str, Any]]) -> tuple[int, int]:
@@ -101,8 +90,8 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
             "windows_dropped": int(status.get("windows_dropped", 0)),
             "frames_dropped": int(status.get("frames_dropped", 0)),
             "last_running_mean": mine[-1]["running"]["mean"] if mine else None,
-            "latency_ms": _percentiles(lat),
-            "latency_from_ready_ms": _percentiles(ready),
+            "latency_ms": distribution(lat),
+            "latency_from_ready_ms": distribution(ready),
         }
         all_running += running_err
         all_beat += beat_err
@@ -118,12 +107,12 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
     return {
         "seconds": seconds,
         "n_estimates": len(estimates),
-        "stages_ms": {name: _percentiles(v) for name, v in stages.items()},
+        "stages_ms": {name: distribution(v) for name, v in stages.items()},
         "streams": streams,
         "mae_vs_truth": float(np.mean(all_running)) if all_running else None,
         "beat_mae_vs_truth": float(np.mean(all_beat)) if all_beat else None,
-        "latency_ms": _percentiles(latencies),
-        "latency_from_ready_ms": _percentiles(from_ready),
+        "latency_ms": distribution(latencies),
+        "latency_from_ready_ms": distribution(from_ready),
         "latencies_ms": [round(x, 3) for x in latencies],
         "latencies_from_ready_ms": [round(x, 3) for x in from_ready],
         "windows_dropped": sum(s["windows_dropped"] for s in streams.values()),

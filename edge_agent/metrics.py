@@ -255,3 +255,20 @@ def evaluate_samples(
         out["mae_by_quality"] = _by_group(np.abs(s.mean(axis=1) - y), q)
         out["n_by_quality"] = {g: int(np.sum(q == g)) for g in np.unique(q).tolist()}
     return out
+
+
+def distribution(values) -> dict[str, float | int | None]:
+    """Sample count, min, mean, p50, p90, p99 and max of a list of values (e.g. latencies, ms);
+    the statistics are None when there is no value."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not v.size:
+        return {"n": 0, **dict.fromkeys(("min", "mean", "p50", "p90", "p99", "max"))}
+    return {
+        "n": int(v.size),
+        "min": float(v.min()),
+        "mean": float(v.mean()),
+        "p50": float(np.percentile(v, 50)),
+        "p90": float(np.percentile(v, 90)),
+        "p99": float(np.percentile(v, 99)),
+        "max": float(v.max()),
+    }

@@ -288,3 +288,9 @@ def test_evaluate_samples_absent_class_gives_null_auroc() -> None:
 def test_evaluate_samples_quality_length_mismatch() -> None:
     with pytest.raises(ValueError, match="quality: expected 2 labels"):
         metrics.evaluate_samples(np.ones((2, 3)) * [[40.0], [60.0]], np.array([40.0, 60.0]), ["Good"])
+
+
+def test_distribution_of_values_and_of_nothing() -> None:
+    d = metrics.distribution([4.0, 1.0, 3.0, 2.0])
+    assert d["n"] == 4 and d["min"] == 1.0 and d["max"] == 4.0 and d["mean"] == 2.5 and d["p50"] == 2.5
+    assert metrics.distribution([])["n"] == 0 and metrics.distribution([])["p99"] is None
