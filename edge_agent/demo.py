@@ -51,10 +51,10 @@ def demo_summary(messages: Sequence[dict[str, Any]], seconds: float) -> dict[str
 
     mae_vs_truth: mean |running mean − mean true EF of the pooled beats| (EF points), over the
     estimates that carry simulator truth; beat_mae_vs_truth: the same for single beats.
-    latency_ms: window's last frame (the closing ED) captured → estimate received here (p50, p99,
-    max); it includes the detector's confirmation delay (an ED is known only once ejection has
-    begun). latency_from_ready_ms: from the capture of the frame that completed the window, i.e.
-    windowing, transport, inference and publishing only.
+    latency_ms: window's last frame (the closing ED) captured → estimate received here (n, min, mean,
+    p50, p90, p99, max, ms); it includes the detector's confirmation delay (an ED is known only once
+    ejection has begun). latency_from_ready_ms: from the capture of the frame that completed the
+    window, i.e. windowing, transport, inference and publishing only.
     beats_missed: simulator beats inside the estimated span without an estimate of their own;
     beats_missed_at_patient_change: those of them lost where the simulated patient changed (the
     cut-short last beat of one patient, and beats while the detector locks onto the next).
