@@ -67,6 +67,14 @@ def test_synthetic_ed_flags_one_per_beat_at_the_heart_rate_and_ef_near_requested
     assert all(f.truth["ef"] == frames[ed[int(f.truth["beat"])]].truth["ef"] for f in frames)
 
 
+def test_synthetic_ecg_marks_r_waves_on_the_ed_frames_only_when_asked() -> None:
+    uri = "synthetic://?hr=90&fps=50&seed=4"
+    with_ecg, without = _read(uri + "&ecg=1", 120), _read(uri, 120)
+    assert [f.r_wave for f in with_ecg] == [f.truth["ed"] == 1.0 for f in with_ecg]
+    assert sum(f.r_wave for f in with_ecg) >= 3 and not any(f.r_wave for f in without)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(with_ecg, without, strict=True))
+
+
 def test_synthetic_patient_change_draws_a_new_patient_and_keeps_counting_beats() -> None:
     with open_source("synthetic://?fps=20&seed=5&patient_s=2", demographics={"weight_kg": 80.0}) as src:
         first = [src.read() for _ in range(40)]
@@ -112,8 +120,9 @@ _hr = st.one_of(st.none(), st.floats(40, 170))
     hrv=st.one_of(st.none(), st.floats(0, 0.3)),
     pediatric=st.booleans(),
     patient_s=st.one_of(st.just(0.0), st.floats(1, 1e6)),
+    ecg=st.booleans(),
 )
-def test_synthetic_uri_round_trips(ef, hr, quality, fps, seed, hrv, pediatric, patient_s) -> None:
+def test_synthetic_uri_round_trips(ef, hr, quality, fps, seed, hrv, pediatric, patient_s, ecg) -> None:
     query = {
         "ef": "random" if ef is None else repr(ef),
         "hr": "random" if hr is None else repr(hr),
@@ -122,15 +131,18 @@ def test_synthetic_uri_round_trips(ef, hr, quality, fps, seed, hrv, pediatric, p
         "seed": str(seed),
         "pediatric": str(int(pediatric)),
         "patient_s": repr(patient_s),
+        "ecg": str(int(ecg)),
     }
     if hrv is not None:
         query["hrv"] = repr(hrv)
     uri = "synthetic://?" + urlencode(query)
-    assert parse_synthetic_uri(uri) == SyntheticParams(ef, hr, quality, fps, seed, hrv, pediatric, patient_s)
+    assert parse_synthetic_uri(uri) == SyntheticParams(
+        ef, hr, quality, fps, seed, hrv, pediatric, patient_s, ecg
+    )
 
 
 @given(
-    key=st.sampled_from(["ef", "hr", "fps", "seed", "hrv", "pediatric", "patient_s", "quality"]),
+    key=st.sampled_from(["ef", "hr", "fps", "seed", "hrv", "pediatric", "patient_s", "quality", "ecg"]),
     value=st.sampled_from(["-1", "nan", "inf", "abc", "", "1e9", "0.5", "2", "excellent"]),
 )
 def test_synthetic_uri_rejects_bad_values_by_name(key: str, value: str) -> None:

@@ -11,9 +11,12 @@ Query parameters (all optional)::
     pediatric  0 | 1, default 0
     patient_s  seconds after which a new random patient is drawn (the probe moves to another
                patient); 0 = never, the default. Parameters given above hold for every patient.
+    ecg        0 | 1, default 0: 1 simulates the ECG lead of an echo machine, whose R wave marks
+               end-diastole: ``r_wave`` is True on each beat's ED frame (as a DICOM R Wave Pointer
+               would mark it). 0: no ECG, the agent finds EDs from the images.
 
-Frames are the phantom's 112×112 uint8, rendered one per read at t = k / fps. The simulator has no
-ECG, so ``r_wave`` is always False; the true end-diastole is only in ``truth["ed"]``.
+Frames are the phantom's 112×112 uint8, rendered one per read at t = k / fps. The true
+end-diastole is always in ``truth["ed"]``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ SEGMENT_S = 3600.0
 EF_RANGE = (5.0, 90.0)  # the phantom clips per-beat EF to 5–90 %
 HR_RANGE = (40.0, 170.0)  # the phantom clips RR to 0.35–1.6 s
 HRV_MAX = 0.3
-PARAMS = ("ef", "hr", "quality", "fps", "seed", "hrv", "pediatric", "patient_s")
+PARAMS = ("ef", "hr", "quality", "fps", "seed", "hrv", "pediatric", "patient_s", "ecg")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class SyntheticParams:
     hrv: float | None = None
     pediatric: bool = False
     patient_s: float = 0.0
+    ecg: bool = False
 
 
 def _number(uri: str, key: str, raw: str, lo: float, hi: float) -> float:
@@ -101,10 +105,11 @@ def parse_synthetic_uri(uri: str) -> SyntheticParams:
         out = dataclasses.replace(out, seed=int(q["seed"]))
     if "hrv" in q:
         out = dataclasses.replace(out, hrv=_number(uri, "hrv", q["hrv"], 0.0, HRV_MAX))
-    if "pediatric" in q:
-        if q["pediatric"] not in ("0", "1"):
-            raise SourceError(f"{uri}: pediatric={q['pediatric']!r} must be 0 or 1")
-        out = dataclasses.replace(out, pediatric=q["pediatric"] == "1")
+    for flag in ("pediatric", "ecg"):
+        if flag in q:
+            if q[flag] not in ("0", "1"):
+                raise SourceError(f"{uri}: {flag}={q[flag]!r} must be 0 or 1")
+            out = dataclasses.replace(out, **{flag: q[flag] == "1"})
     if "patient_s" in q:
         patient_s = _number(uri, "patient_s", q["patient_s"], 0.0, math.inf)
         if 0 < patient_s < 1.0:
@@ -193,14 +198,15 @@ class SyntheticSource(FrameSource):
         t = self._k / self.fps
         frames, _ = self._phantom.render(np.array([i / self.fps]))
         beat = int(np.searchsorted(self._ed_frames, i, side="right")) - 1
+        ed = bool(self._ed_frames[beat] == i)
         truth = {
             "ef": self._ef(beat),
             "beat": float(self._beat_offset + beat),
-            "ed": float(self._ed_frames[beat] == i),
+            "ed": float(ed),
             "patient": float(self._patient),
         }
         self._k += 1
-        return SourceFrame(pixels=frames[0], t=t, truth=truth)
+        return SourceFrame(pixels=frames[0], t=t, r_wave=ed and self.params.ecg, truth=truth)
 
     def close(self) -> None:
         self._rng = None
