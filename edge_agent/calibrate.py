@@ -69,6 +69,7 @@ from edge_agent.cycles import CLIP_FRAMES, CLIP_SIZE, CycleConfig, CycleDetector
 from edge_agent.datasets.base import demographics_vector
 from edge_agent.datasets.synthetic import generate
 from edge_agent.export import file_sha256
+from edge_agent.metrics import crps, picp
 from edge_agent.phantom import QUALITIES
 from edge_agent.posterior import recalibrate
 from edge_agent.preprocess import Preprocessor
@@ -729,7 +730,8 @@ def evaluate_quantized(
     balanced), one window per call (batch 1) with the worker's K starting noises, each graph on
     ONNX Runtime's CPU provider with one thread, interleaved window by window so load changes hit
     every graph alike. Per graph: MAE (EF points) of the posterior mean after the sidecar's
-    recalibration (the worker's) against the true EF, its change vs fp32, the mean and largest
+    recalibration (the worker's) against the true EF, its change vs fp32, the posterior's
+    calibration (PICP of the central 90 % interval, mean CRPS in EF points), the mean and largest
     |change| of the per-window posterior mean, latency per window (ms: median, mean) and its ratio to
     fp32's.
     """
@@ -755,7 +757,8 @@ def evaluate_quantized(
             ms[name][i] = 1000.0 * (time.perf_counter() - t0)
             samples[name][i] = out[0]
     truth = arr.ef.astype(np.float64)
-    means = {name: (recalibrate(s, float(scale)) if scale else s).mean(axis=1) for name, s in samples.items()}
+    served = {name: recalibrate(s, float(scale)) if scale else s for name, s in samples.items()}
+    means = {name: s.mean(axis=1) for name, s in served.items()}
     ref_mae = float(np.abs(means["fp32"] - truth).mean())
     ref_ms = float(np.median(ms["fp32"]))
     result: dict[str, Any] = {
@@ -778,6 +781,8 @@ def evaluate_quantized(
             "mae_change": round(mae - ref_mae, 4),
             "mean_abs_shift": round(float(shift.mean()), 4),
             "max_abs_shift": round(float(shift.max()), 4),
+            "picp90": round(picp(served[name], truth, 0.9), 4),
+            "crps": round(float(crps(served[name], truth).mean()), 4),
             "ms_median": round(med, 2),
             "ms_mean": round(float(ms[name].mean()), 2),
             "speedup": round(ref_ms / med, 3),
@@ -848,6 +853,7 @@ def run_calibration(
         same = (
             old.get("data", {}).get("n") == eval_n
             and {name: m.get("sha256") for name, m in old.get("models", {}).items()} == shas
+            and all("picp90" in m for m in old.get("models", {}).values())  # older files lack it
         )
         if same:
             log.info("evaluation: reusing %s", path)

@@ -139,7 +139,7 @@ def test_tensorrt_backend_module_does_not_import_torch() -> None:
 def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) -> None:
     from edge_agent.bench import BenchConfig, plot_report, report_markdown, run_bench
 
-    cfg = BenchConfig(min_seconds=0.0, min_samples=3, streams=(1,), stream_seconds=8.0)
+    cfg = BenchConfig(min_seconds=0.0, min_samples=3, streams=(1,), stream_seconds=8.0, gating=("ecg",))
     result = run_bench(cfg)
     assert {"onnxruntime", "torch", "naive"} <= set(result["single_stream"])
     assert all(s["n"] >= 3 and len(s["samples_ms"]) == s["n"] for s in result["single_stream"].values())
@@ -147,10 +147,17 @@ def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) 
     assert result["ratios_to_naive"]["onnxruntime"] > 1.0  # ten encoder passes cost more than one
     (run,) = result["live"]
     assert run["n_streams"] == 1 and run["n_estimates"] >= 2 and run["windows_dropped"] == 0
+    assert run["gating"] == "ecg" and run["beats_missed"] == 0
+    # ECG gating: the window closes on the R-wave frame, so the two latency origins coincide.
+    assert run["latency_ms"]["p50"] == pytest.approx(run["latency_from_ready_ms"]["p50"])
+    targets = {t["target"]: t for t in result["targets"]}
+    assert "e2e p99 ≤ 50 ms, 1 stream (ecg gating)" in targets
+    speed = targets["default backend (onnxruntime) ≥ 8× faster than the naive loop"]
+    assert speed["measured"] == f"{result['ratios_to_naive']['onnxruntime']:.1f}×"
     assert run["stages_ms"]["infer"]["n"] == run["n_estimates"] and run["leftovers"]["processes"] == []
     assert result["environment"]["packages"]["onnxruntime"]["version"]
     text = report_markdown(result)
-    assert "## Single stream" in text and "| naive |" in text and "## Live" in text
+    assert "## Single stream" in text and "| naive |" in text and "## Live" in text and "## Targets" in text
     paths = plot_report(result, tmp_path)
     assert [p.name for p in paths] == ["single_stream_cdf.png", "live_cdf.png", "stages.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
@@ -171,6 +178,7 @@ def test_bench_profiles_parse_and_unknown_keys_are_errors(tmp_path: Path) -> Non
         ({"worker": {"dla": 0}}, r"worker: unknown key\(s\) \['dla'\]"),
         ({"telemetry": {"tegrastats": True}}, r"telemetry: unknown key"),
         ({"benchmark": {}}, "unknown section"),
+        ({"bench": {"gating": ["ekg"]}}, r"bench.gating: \['ekg'\]"),
     ):
         with pytest.raises(ConfigError, match=match):
             bench_config(bad, "x.yaml")

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -75,6 +75,19 @@ def test_synthetic_ecg_marks_r_waves_on_the_ed_frames_only_when_asked() -> None:
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(with_ecg, without, strict=True))
 
 
+def test_synthetic_loop_replays_whole_beats_with_truth_and_counting_beats() -> None:
+    uri = "synthetic://?hr=80&fps=25&seed=6&ecg=1&loop_s=2"
+    live, looped = _read(uri.replace("&loop_s=2", ""), 200), _read(uri, 200)
+    n = next(k for k in range(50, 200) if live[k].truth["ed"] == 1.0)  # first ED at or after 2 s
+    assert live[0].truth["ed"] == 1.0 and n >= 50
+    beats = int(live[n].truth["beat"])
+    for k, f in enumerate(looped):  # lap j replays frames 0..n-1, its beats numbered j·beats on
+        lap, i = divmod(k, n)
+        assert np.array_equal(f.pixels, live[i].pixels) and f.t == pytest.approx(k / 25)
+        assert f.r_wave == live[i].r_wave and f.truth["ef"] == live[i].truth["ef"]
+        assert f.truth["beat"] == live[i].truth["beat"] + lap * beats
+
+
 def test_synthetic_patient_change_draws_a_new_patient_and_keeps_counting_beats() -> None:
     with open_source("synthetic://?fps=20&seed=5&patient_s=2", demographics={"weight_kg": 80.0}) as src:
         first = [src.read() for _ in range(40)]
@@ -121,8 +134,12 @@ _hr = st.one_of(st.none(), st.floats(40, 170))
     pediatric=st.booleans(),
     patient_s=st.one_of(st.just(0.0), st.floats(1, 1e6)),
     ecg=st.booleans(),
+    loop_s=st.one_of(st.just(0.0), st.floats(1, 1e6)),
 )
-def test_synthetic_uri_round_trips(ef, hr, quality, fps, seed, hrv, pediatric, patient_s, ecg) -> None:
+def test_synthetic_uri_round_trips(
+    ef, hr, quality, fps, seed, hrv, pediatric, patient_s, ecg, loop_s
+) -> None:
+    assume(patient_s == 0 or loop_s == 0)  # exclusive (tested below)
     query = {
         "ef": "random" if ef is None else repr(ef),
         "hr": "random" if hr is None else repr(hr),
@@ -132,12 +149,13 @@ def test_synthetic_uri_round_trips(ef, hr, quality, fps, seed, hrv, pediatric, p
         "pediatric": str(int(pediatric)),
         "patient_s": repr(patient_s),
         "ecg": str(int(ecg)),
+        "loop_s": repr(loop_s),
     }
     if hrv is not None:
         query["hrv"] = repr(hrv)
     uri = "synthetic://?" + urlencode(query)
     assert parse_synthetic_uri(uri) == SyntheticParams(
-        ef, hr, quality, fps, seed, hrv, pediatric, patient_s, ecg
+        ef, hr, quality, fps, seed, hrv, pediatric, patient_s, ecg, loop_s
     )
 
 
@@ -162,6 +180,7 @@ def test_synthetic_uri_rejects_bad_values_by_name(key: str, value: str) -> None:
         ("synthetic://?ef=35&ef=40", "more than once"),
         ("synthetic://host?ef=35", "only query parameters"),
         ("synthetic://?quality=great", "good"),
+        ("synthetic://?loop_s=5&patient_s=10", "exclude each other"),
     ],
 )
 def test_synthetic_uri_errors(uri: str, message: str) -> None:
