@@ -294,7 +294,8 @@ class LVAreaNet:
                         xp[ky * dil : ky * dil + g, kx * dil : kx * dil + g].reshape(g * g, -1) @ taps[ky, kx]
                     )
             x = (np.maximum(y, 0.0) if i < last else y).reshape(g, g, -1)
-        return 1.0 / (1.0 + np.exp(-x[:, :, 0]))
+        # Clipped logits: exp overflows float32 beyond ±88 (saturated frames), the sigmoid is 0/1 there.
+        return 1.0 / (1.0 + np.exp(-np.clip(x[:, :, 0], -60.0, 60.0)))
 
 
 def lv_area_signal(frame: np.ndarray, net: LVAreaNet) -> float:
@@ -413,7 +414,11 @@ class CycleDetector:
         m = i - self._delay  # the sample whose smoothing window is now complete
         if m >= self._delay:
             bounds = self._on_smoothed(m)
-            if bounds is not None and t - self._r_last_t > self._r_memory_s:
+            if bounds is not None and i - int(np.floor(bounds[0])) >= self._cap:
+                # Confirmed so late (a frozen feed held the signal flat) that the beat's first
+                # frames have left the ring: it cannot be cut; the new ED starts the next beat.
+                self.counters.rejected_candidates += 1
+            elif bounds is not None and t - self._r_last_t > self._r_memory_s:
                 out.append(self._window(*bounds, "ed_ed"))
         if out:
             self._last_emit_t = t

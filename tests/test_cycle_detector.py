@@ -149,6 +149,20 @@ def test_frame_gap_resets_history():
     assert det.counters.resets == 2 and det.hr_bpm is None
 
 
+def test_a_frozen_then_saturated_feed_never_yields_a_beat_cut_across_the_ring():
+    """A feed frozen for 6 s holds the signal flat: the ED that ends it is confirmed after the
+    beat's first frames left the ring. That beat is rejected, not cut from overwritten slots."""
+    frames, _ = _phantom(5).render(np.arange(400) / FPS)
+    feed = [*frames[:200], *[frames[199]] * 300, *frames[200:], *[np.full_like(frames[0], 255)] * 20]
+    det = CycleDetector(CycleConfig(), FPS)
+    with np.errstate(over="raise"):  # the saturated frames once overflowed the net's exp
+        beats = [b for i, fr in enumerate(feed) for b in det.push(i, i / FPS, fr)]
+    assert det.counters.rejected_candidates >= 1 and any(b.how == "ed_ed" for b in beats)
+    for b in beats:
+        first, last = b.frame_seq
+        assert first < last and b.frames.shape[0] == last - first + 1
+
+
 def test_push_cost_and_bounded_memory():
     phantom = _phantom(10)
     frames, _ = phantom.render(1.0 + np.arange(300) / FPS)
