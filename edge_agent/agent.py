@@ -38,7 +38,9 @@ from edge_agent.capture import Capture, CaptureConfig, StreamConfig
 from edge_agent.config import ConfigError, apply_overrides, from_mapping, load_yaml
 from edge_agent.cycles import CycleConfig
 from edge_agent.hub import Hub, HubConfig
+from edge_agent.prometheus import MetricsConfig, MetricsExporter, connect_endpoint
 from edge_agent.ringbuffer import SHM_DIR, cleanup_stale, segment_name
+from edge_agent.security import check_exposure
 from edge_agent.transport import TransportConfig, endpoint
 from edge_agent.windower import WindowConfig, Windower
 from edge_agent.worker import Worker, WorkerConfig
@@ -76,6 +78,7 @@ class AgentConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -86,12 +89,13 @@ SECTIONS: dict[str, type] = {
     "worker": WorkerConfig,
     "hub": HubConfig,
     "supervisor": SupervisorConfig,
+    "metrics": MetricsConfig,
 }
 
 
 def parse_agent_config(data: Mapping[str, Any], source: str) -> AgentConfig:
     """A mapping of sections → AgentConfig; unknown sections/keys and bad values raise ConfigError."""
-    unknown = sorted(set(data) - set(SECTIONS) - {"streams"})
+    unknown = sorted(map(str, set(data) - set(SECTIONS) - {"streams"}))
     if unknown:
         raise ConfigError(
             f"{source}: unknown section(s) {unknown}; valid sections are {sorted([*SECTIONS, 'streams'])}"
@@ -111,6 +115,7 @@ def parse_agent_config(data: Mapping[str, Any], source: str) -> AgentConfig:
         raise ConfigError(
             f"{source}:worker.count: must be >= 0 (0: only remote workers), got {cfg.worker.count}"
         )
+    check_exposure(cfg.transport, source)  # nothing binds beyond loopback without CURVE or consent
     return cfg
 
 
@@ -203,7 +208,16 @@ class Agent:
         self._ctx = mp.get_context("spawn")
         self.started = False
 
+    @staticmethod
+    def _release(p: _Proc) -> None:
+        """Free a dead process's handle now (its sentinel pipe), not whenever the GC gets to it: a
+        supervisor that restarts workers for months must not accumulate descriptors."""
+        if p.process is not None and p.process.exitcode is not None:
+            p.process.close()
+            p.process = None
+
     def _launch(self, p: _Proc) -> None:
+        self._release(p)
         p.ready = self._ctx.Event()
         proc = self._ctx.Process(
             target=run_stage,
@@ -216,12 +230,13 @@ class Agent:
 
     def start(self, ready_timeout_s: float = 120.0) -> None:
         """Start every process: hub, then workers, then per stream windower and capture, each group
-        once the one before it is ready (a capture must not make beats before a worker can take them)."""
+        once the one before it is ready (a capture must not make beats before a worker can take them);
+        returns once the captures have opened their sources, i.e. frames are flowing."""
         for rank in sorted({p.order for p in self.procs}):
             group = [p for p in self.procs if p.order == rank]
             for p in group:
                 self._launch(p)
-            for p in group if rank < 2 else []:  # windowers wait for their ring by themselves
+            for p in group if rank != 2 else []:  # windowers wait for their ring by themselves
                 self._wait_ready(p, time.monotonic() + ready_timeout_s)
         self.started = True
 
@@ -305,6 +320,8 @@ class Agent:
         order = sorted(self.procs, key=lambda p: -p.order)
         for rank in sorted({p.order for p in order}, reverse=True):
             self._terminate([p for p in order if p.order == rank])
+        for p in self.procs:
+            self._release(p)
         for name in self.rings.values():
             cleanup_stale(name)
         if self._own_run_dir:
@@ -345,14 +362,22 @@ class Agent:
 def compose(cfg: AgentConfig, endpoints: Mapping[str, str], rings: Mapping[str, str]) -> list[_Proc]:
     """Every stage of the agent, wired: which process reads which ring and talks to which socket.
 
-    Start order: 0 hub (binds every socket), 1 workers, 2 windowers, 3 captures; stop is the reverse.
+    Start order: 0 hub (binds every socket), 1 workers and the metrics exporter (when
+    ``metrics.port`` is set), 2 windowers, 3 captures; stop is the reverse.
     """
     t = cfg.transport
     procs = [_Proc("hub", functools.partial(Hub, cfg.hub, t, dict(endpoints)), 0)]
     procs += [
-        _Proc(f"worker:{i}", functools.partial(Worker, cfg.worker, t, endpoints["workers"]), 1)
+        _Proc(
+            f"worker:{i}",
+            functools.partial(Worker, cfg.worker, t, endpoints["workers"], identity=f"worker:{i}"),
+            1,
+        )
         for i in range(cfg.worker.count)
     ]
+    if cfg.metrics.port is not None:  # a subscriber like any monitor: nothing added to the hub's loop
+        publish = connect_endpoint(endpoints["publish"])
+        procs.append(_Proc("metrics", functools.partial(MetricsExporter, cfg.metrics, publish, t), 1))
     for s in cfg.streams:
         procs.append(
             _Proc(

@@ -4,13 +4,52 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from edge_agent.config import ConfigError, apply_overrides, load_yaml
 
 DEFAULT_MODEL = "engines/mcsdr_default"
 DEFAULT_AGENT_CONFIG = "configs/default.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(kind: type, lo: float, what: str, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) >= lo (> lo when strict)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < lo or (strict and value == lo):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+SECONDS = _number(float, 0.0, "a number of seconds > 0", strict=True)
+COUNT = _number(int, 1, "an integer >= 1")
+
+
+def endpoint_arg(text: str) -> str:
+    """An argparse type: a ZeroMQ endpoint (ZeroMQ itself only says 'Invalid argument')."""
+    if not re.fullmatch(r"(tcp|ipc|inproc)://\S+", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:5556 or ipc:///run/agent/publish"
+        )
+    return text
 
 
 def _config(path: str | None, overrides: list[str]) -> tuple[dict, str]:
@@ -79,7 +118,29 @@ def _agent_config(args: argparse.Namespace):
             if candidate.exists():
                 path = candidate
                 break
-    return load_agent_config(path, args.set, sources=getattr(args, "source", None))
+    cfg = load_agent_config(path, args.set, sources=getattr(args, "source", None))
+    if hasattr(args, "source"):  # run and demo open the streams: a bad source is an argument error
+        _check_sources(cfg)
+    return cfg
+
+
+def _check_sources(cfg) -> None:
+    """Every stream's source is a URI open_source understands and, for a file, exists (checked here,
+    before any process starts, instead of as a capture that dies and restarts)."""
+    from edge_agent.sources import SourceError, open_source
+    from edge_agent.sources.base import FileSource
+
+    for i, stream in enumerate(cfg.streams):
+        try:
+            source = open_source(
+                stream.source, fps=stream.fps, loop=stream.loop, demographics=stream.demographics
+            )
+        except SourceError as e:
+            raise ConfigError(f"streams[{i}] ({stream.id}).source: {e}") from None
+        if isinstance(source, FileSource) and not source.path.is_file():
+            raise ConfigError(
+                f"streams[{i}] ({stream.id}).source: {source.path}: no such file; check the path"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -130,21 +191,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from edge_agent.monitor import run_monitor
 
-    run_monitor(args.connect, stale_after_s=args.stale_after, duration_s=args.seconds)
+    run_monitor(
+        args.connect,
+        stale_after_s=args.stale_after,
+        duration_s=args.seconds,
+        curve_server_key=args.curve_server_key,
+        curve_client_key=args.curve_client_key,
+    )
     return 0
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from edge_agent.monitor import subscribe_json
 
-    subscribe_json(args.connect, count=args.count, timeout=args.timeout)
+    subscribe_json(
+        args.connect,
+        count=args.count,
+        timeout=args.timeout,
+        curve_server_key=args.curve_server_key,
+        curve_client_key=args.curve_client_key,
+    )
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from edge_agent.agent import remote_worker
+    from edge_agent.security import client_keys, scheme
 
-    remote_worker(_agent_config(args), args.connect)
+    cfg = _agent_config(args)
+    if scheme(args.connect) == "tcp":
+        client_keys(cfg.transport)  # key errors now, not after the model has loaded
+    remote_worker(cfg, args.connect)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from edge_agent.security import make_key_pair
+
+    public, secret = make_key_pair(args.out, args.name, force=args.force)
+    print(f"public key: {public}  (give it out)")
+    print(f"secret key: {secret}  (mode 0600: keep it on this host, never copy it)")
+    print(
+        f"for a client (monitor, subscribe, remote worker): copy {public} into the agent's "
+        f"transport.curve_allow directory, and use --curve-client-key {secret} (monitor, subscribe) "
+        f"or --set transport.curve_client_secret={secret} (worker)"
+    )
+    print(
+        f"for the agent (server): set transport.curve_secret: {secret} and transport.curve_allow: "
+        f"<directory of client keys>; give {public} to every client (--curve-server-key, "
+        "transport.curve_server_key)"
+    )
     return 0
 
 
@@ -210,8 +306,94 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    import logging
+    import sqlite3
+
+    from edge_agent.record import (
+        DEFAULT_ENDPOINT,
+        RecordConfig,
+        Recorder,
+        RecordError,
+        export_csv,
+        run_until_stopped,
+    )
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s record %(levelname)s %(message)s")
+    try:
+        if args.export_csv:
+            live = [f for f in ("connect", "topic", "seconds", "count") if getattr(args, f) is not None]
+            if live:
+                raise RecordError(f"--export-csv reads --db only; drop --{', --'.join(live)}")
+            for table, (path, rows) in export_csv(args.db, args.export_csv).items():
+                print(f"{table}: {rows} rows → {path}")
+            return 0
+        cfg = RecordConfig(
+            db=args.db,
+            connect=tuple(args.connect or (DEFAULT_ENDPOINT,)),
+            topics=tuple(args.topic or ("",)),
+            synchronous=args.synchronous,
+            progress_s=args.progress,
+            count=args.count,
+            curve_server_key=args.curve_server_key,
+            curve_client_key=args.curve_client_key,
+        )
+        run_until_stopped(Recorder(cfg), args.seconds)
+    except RecordError as e:
+        print(f"edge-agent: record: {e}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as e:  # a write failed (disk full, file removed): what was committed stays
+        print(f"edge-agent: record: {args.db}: database error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    import logging
+
+    from edge_agent.config import from_mapping
+    from edge_agent.prometheus import MetricsConfig, MetricsExporter
+    from edge_agent.record import DEFAULT_ENDPOINT, run_until_stopped
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s metrics %(levelname)s %(message)s")
+    cfg = from_mapping(MetricsConfig, {"port": args.port, "host": args.host}, "command line")
+    exporter = MetricsExporter(
+        cfg,
+        args.connect or [DEFAULT_ENDPOINT],
+        curve_server_key=args.curve_server_key,
+        curve_client_key=args.curve_client_key,
+    )
+    try:
+        run_until_stopped(exporter, args.seconds)
+    except OSError as e:  # the port is taken or the address is not this host's
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    import logging
+
+    from edge_agent.config import from_mapping
+    from edge_agent.soak import SoakConfig, plot_soak, report_markdown, run_soak
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s soak %(levelname)s %(message)s")
+    keys = ("minutes", "streams", "workers", "kill_worker_every_s", "outage_every_s", "outage_s", "warmup_s")
+    cfg = from_mapping(SoakConfig, {k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+    result = run_soak(cfg, args.set)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = report_markdown(result)
+    (out / "report.md").write_text(text)
+    plot = plot_soak(result, out)
+    print(text)
+    print(f"wrote {out / 'report.md'}, {out / 'soak.json'} and {plot}")
+    return 0 if result["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    p = _Parser(prog="edge-agent", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
 
     t = sub.add_parser("train", help="train MCSDR (and the two baselines) from a YAML config")
@@ -222,10 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="write a simulated dataset in EchoNet-Dynamic or -Pediatric format")
     s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=100)
+    s.add_argument("--n", type=COUNT, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["echonet", "pediatric"], default="echonet")
-    s.add_argument("--beats", type=float, default=3.0, help="beats per clip (random start phase)")
+    s.add_argument("--beats", type=SECONDS, default=3.0, help="beats per clip (random start phase)")
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_simulate)
 
@@ -235,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["echonet", "pediatric", "camus"], default="echonet")
     e.add_argument("--split", default="TEST")
     e.add_argument("--synthetic", action="store_true", help="fresh simulator clips instead of a dataset")
-    e.add_argument("--n", type=int, default=500, help="number of simulated clips (--synthetic)")
+    e.add_argument("--n", type=COUNT, default=500, help="number of simulated clips (--synthetic)")
     e.add_argument("--seed", type=int, default=3, help="simulator seed (--synthetic); training uses 1 and 2")
-    e.add_argument("--k", type=int, default=40, help="posterior samples per clip")
+    e.add_argument("--k", type=COUNT, default=40, help="posterior samples per clip")
     e.add_argument("--baselines", action="store_true", help="also evaluate the regression and Gaussian heads")
     e.add_argument("--out", default="runs/eval", help="folder for report.md, metrics.json and plots")
     e.add_argument("--json", help="also write the metrics JSON here")
@@ -262,41 +444,67 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--source", action="append", metavar="URI", help="replace the configured streams (repeatable)"
     )
-    r.add_argument("--seconds", type=float, help="stop after this many seconds (default: run until stopped)")
+    r.add_argument(
+        "--seconds", type=SECONDS, help="stop after this many seconds (default: run until stopped)"
+    )
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the agent and the bedside monitor together, then print a summary")
     agent_options(d)
-    d.add_argument("--seconds", type=float, default=30.0)
+    d.add_argument("--seconds", type=SECONDS, default=30.0)
     d.add_argument(
         "--source", action="append", metavar="URI", help="replace the configured streams (repeatable)"
     )
     d.add_argument("--json", help="write the summary JSON here")
-    d.add_argument("--publish", default="ipc://{run}/publish", help="publish endpoint (default: private ipc)")
+    d.add_argument(
+        "--publish",
+        type=endpoint_arg,
+        default="ipc://{run}/publish",
+        help="publish endpoint (default: private ipc)",
+    )
     d.add_argument("--log-level", default="WARNING", help="agent log level (the monitor owns the terminal)")
     d.set_defaults(func=cmd_demo)
 
+    def curve_options(a: argparse.ArgumentParser) -> None:
+        a.add_argument("--curve-server-key", metavar="PATH", help="the agent's public key (NAME.key)")
+        a.add_argument(
+            "--curve-client-key", metavar="PATH", help="this client's secret key (NAME.key_secret)"
+        )
+
     m = sub.add_parser("monitor", help="live bedside view of a running agent")
     m.add_argument(
-        "--connect", action="append", required=True, metavar="ENDPOINT", help="e.g. tcp://127.0.0.1:5556"
+        "--connect",
+        action="append",
+        required=True,
+        type=endpoint_arg,
+        metavar="ENDPOINT",
+        help="e.g. tcp://127.0.0.1:5556",
     )
-    m.add_argument("--stale-after", type=float, default=5.0, help="s without an estimate before STALE")
-    m.add_argument("--seconds", type=float, help="exit after this many seconds")
+    m.add_argument("--stale-after", type=SECONDS, default=5.0, help="s without an estimate before STALE")
+    m.add_argument("--seconds", type=SECONDS, help="exit after this many seconds")
+    curve_options(m)
     m.set_defaults(func=cmd_monitor)
 
     b = sub.add_parser("subscribe", help="print every published message as one JSON line")
-    b.add_argument("--connect", action="append", required=True, metavar="ENDPOINT")
+    b.add_argument("--connect", action="append", required=True, type=endpoint_arg, metavar="ENDPOINT")
     b.add_argument(
         "--json", action="store_true", default=True, help="one JSON object per line (the only format)"
     )
-    b.add_argument("--count", type=int, help="exit after this many messages")
-    b.add_argument("--timeout", type=float, help="exit when nothing arrives for this many seconds")
+    b.add_argument("--count", type=COUNT, help="exit after this many messages")
+    b.add_argument("--timeout", type=SECONDS, help="exit when nothing arrives for this many seconds")
+    curve_options(b)
     b.set_defaults(func=cmd_subscribe)
+
+    k = sub.add_parser("keys", help="make a CURVE key pair (NAME.key public, NAME.key_secret secret)")
+    k.add_argument("--out", required=True, metavar="DIR", help="directory for the two files (made 0700)")
+    k.add_argument("--name", required=True, help="file stem: the host or client it is for")
+    k.add_argument("--force", action="store_true", help="replace an existing pair of that name")
+    k.set_defaults(func=cmd_keys)
 
     x = sub.add_parser("export", help="export the model to ONNX: the fused posterior graph and its parts")
     x.add_argument("--model", default=DEFAULT_MODEL + ".pt", help="checkpoint with its sidecar JSON")
     x.add_argument("--out", help="output path stem (default: next to the model)")
-    x.add_argument("--k", type=int, default=40, help="posterior samples per window (static in the graph)")
+    x.add_argument("--k", type=COUNT, default=40, help="posterior samples per window (static in the graph)")
     x.add_argument("--opset", type=int, default=17)
     x.set_defaults(func=cmd_export)
 
@@ -337,9 +545,85 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one inference worker against a hub on another host")
     agent_options(w)
     w.add_argument(
-        "--connect", required=True, metavar="ENDPOINT", help="the hub's workers endpoint, tcp://host:port"
+        "--connect",
+        required=True,
+        type=endpoint_arg,
+        metavar="ENDPOINT",
+        help="the hub's workers endpoint, tcp://host:port",
     )
     w.set_defaults(func=cmd_worker)
+
+    rec = sub.add_parser(
+        "record", help="record estimates, status and heartbeats into SQLite; or export a recording as CSV"
+    )
+    rec.add_argument("--db", required=True, metavar="PATH", help="the SQLite recording (made when absent)")
+    rec.add_argument(
+        "--connect",
+        action="append",
+        metavar="ENDPOINT",
+        help="publish endpoint (repeatable; default tcp://127.0.0.1:5556, the agent's default)",
+    )
+    rec.add_argument(
+        "--topic",
+        action="append",
+        metavar="PREFIX",
+        help="topic prefix, e.g. lvef.bed1 (repeatable; default all)",
+    )
+    rec.add_argument(
+        "--synchronous",
+        type=str.upper,
+        choices=["NORMAL", "FULL"],
+        default="NORMAL",
+        help="NORMAL: commits survive a crash of the recorder; FULL: also a power cut (fsync per record)",
+    )
+    rec.add_argument("--seconds", type=float, help="stop after this many seconds (default: until stopped)")
+    rec.add_argument("--count", type=int, help="stop after this many records")
+    rec.add_argument(
+        "--progress", type=float, default=60.0, metavar="S", help="s between progress lines (0: none)"
+    )
+    rec.add_argument(
+        "--export-csv",
+        metavar="OUT",
+        help="export instead: estimates to OUT, status and gaps beside it (OUT.status.csv, OUT.gaps.csv)",
+    )
+    rec.add_argument("--log-level", default="INFO")
+    curve_options(rec)
+    rec.set_defaults(func=cmd_record)
+
+    me = sub.add_parser("metrics", help="Prometheus exporter for a running agent (http://HOST:PORT/metrics)")
+    me.add_argument(
+        "--connect",
+        action="append",
+        metavar="ENDPOINT",
+        help="publish endpoint (repeatable; default tcp://127.0.0.1:5556, the agent's default)",
+    )
+    me.add_argument(
+        "--port", type=int, required=True, help="HTTP port of /metrics (0: any free port, logged)"
+    )
+    me.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default loopback only; no authentication)"
+    )
+    me.add_argument("--seconds", type=float, help="stop after this many seconds (default: until stopped)")
+    me.add_argument("--log-level", default="INFO")
+    curve_options(me)
+    me.set_defaults(func=cmd_metrics)
+
+    so = sub.add_parser(
+        "soak", help="run the agent for minutes under injected faults; check memory, leaks and accounting"
+    )
+    so.add_argument("--minutes", type=float, help="run length (default 10)")
+    so.add_argument("--streams", type=int, help="simulated streams (default 3)")
+    so.add_argument("--workers", type=int, help="local workers (default 2)")
+    so.add_argument("--kill-worker-every-s", type=float, help="s between worker kills (default 45; 0: none)")
+    so.add_argument("--outage-every-s", type=float, help="s between a source's signal losses (default 60)")
+    so.add_argument("--outage-s", type=float, help="length of each signal loss, s (default 5)")
+    so.add_argument("--warmup-s", type=float, help="s before the memory baseline (default 60)")
+    so.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override an agent key"
+    )
+    so.add_argument("--out", default="runs/soak", help="folder for report.md, soak.json and soak.png")
+    so.add_argument("--log-level", default="WARNING")
+    so.set_defaults(func=cmd_soak)
     return p
 
 

@@ -34,11 +34,13 @@ from typing import Any
 
 import zmq
 
-from edge_agent import wire
+from edge_agent import security, wire
 from edge_agent.posterior import RunningPosterior, summarize
 from edge_agent.transport import READY, RESULT, TransportConfig, socket
 
 log = logging.getLogger(__name__)
+# Counters of a windower's report the hub passes on in its status.
+FRAME_COUNTERS = ("frames_blank", "frames_frozen", "frames_saturated", "windows_rejected")
 
 
 @dataclass(frozen=True)
@@ -46,21 +48,25 @@ class HubConfig:
     """Hub (YAML section ``hub``).
 
     queue_per_stream: windows waiting for a worker per stream before the oldest is dropped.
-    result_timeout_s: s after which a window sent to a worker counts as dropped (worker died);
+    result_timeout_s: s after which a window sent to a worker counts as dropped (a remote worker
+        died: the agent's own workers keep their identity, so their loss is known at restart);
         a result that still arrives later is published and un-counted.
     status_period_s, heartbeat_period_s: s between status / heartbeat messages.
     stale_after_s: s without a new estimate (while the stream is up) before its status is "stale".
     running_beats: beats pooled in the running estimate.
     max_gap_s: a pause longer than this (s) restarts the running estimate.
+    publish_demographics: put the window's demographics (``demo``) into each published estimate;
+        false (default) keeps patient data off the publish socket.
     """
 
     queue_per_stream: int = 2
-    result_timeout_s: float = 30.0
+    result_timeout_s: float = 10.0
     status_period_s: float = 1.0
     heartbeat_period_s: float = 1.0
     stale_after_s: float = 5.0
     running_beats: int = 5
     max_gap_s: float = 10.0
+    publish_demographics: bool = False
 
 
 @dataclass
@@ -72,6 +78,7 @@ class _Stream:
     t_first: float = field(default_factory=time.monotonic)
     t_estimate: float | None = None
     dropped: int = 0  # windows dropped here (queue overflow, worker lost)
+    failed: int = 0  # windows a worker failed on (wire.FAILED) or whose result was refused
     estimates: int = 0
     last_seq: int | None = None  # of the last window received
     restarts: int = 0
@@ -105,8 +112,11 @@ class Hub:
         self.in_flight: dict[bytes, tuple[str, int, float]] = {}  # worker → (stream, seq, t sent)
         self.expired: set[tuple[str, int]] = set()
         self.cache: dict[bytes, list[bytes]] = {}  # topic → last message (last-value cache)
+        self.incarnations: dict[bytes, bytes] = {}  # worker identity → its process's incarnation
+        self.pub_counts: dict[str, int] = {}  # topic → messages published on it
         self.invalid = 0
         self.ctx: zmq.Context | None = None
+        self.auth: security.ThreadAuthenticator | None = None  # CURVE's ZAP handler, when on
 
     def start(self) -> None:
         self.t_start = time.monotonic()
@@ -114,8 +124,12 @@ class Hub:
         self.pull = socket(self.ctx, zmq.PULL, self.transport, hwm=100)
         self.router = socket(self.ctx, zmq.ROUTER, self.transport, hwm=100)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker raises instead of dropping
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes its identity over
         self.xpub = socket(self.ctx, zmq.XPUB, self.transport, hwm=self.transport.pub_hwm)
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, even repeated, reaches the cache
+        # CURVE (when configured) on every tcp socket, its authenticator running before any bind.
+        sockets = {"windows": self.pull, "workers": self.router, "publish": self.xpub}
+        self.auth = security.secure_server(self.ctx, sockets, self.endpoints, self.transport)
         self.pull.bind(self.endpoints["windows"])
         self.router.bind(self.endpoints["workers"])
         self.xpub.bind(self.endpoints["publish"])
@@ -152,7 +166,14 @@ class Hub:
                 self._publish_status(name, now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.cfg.heartbeat_period_s
-            body = {"host": host_name(), "pid": os.getpid(), "uptime_s": now - self.t_start, "t": now}
+            body = {
+                "host": host_name(),
+                "pid": os.getpid(),
+                "uptime_s": now - self.t_start,
+                "t": now,
+                "invalid": self.invalid,  # messages refused since start (each logged with its reason)
+                "pub_seq": self._pub_seq(wire.HEARTBEAT_TOPIC),
+            }
             self._publish(wire.encode_heartbeat(body))
         return True
 
@@ -190,29 +211,49 @@ class Hub:
     def _on_worker(self, parts: list[zmq.Frame]) -> None:
         identity, kind = parts[0].bytes, parts[1].bytes
         if kind == READY:
+            incarnation = parts[2].bytes if len(parts) > 2 else b""
+            if self.incarnations.get(identity, incarnation) != incarnation and identity in self.in_flight:
+                # A new process under a known identity: its predecessor died with this window.
+                stream, seq, _t = self.in_flight.pop(identity)
+                self._stream(stream).dropped += 1
+                log.warning("hub: %s restarted; %s window %d it held is lost", identity.decode(), stream, seq)
+            self.incarnations[identity] = incarnation
             # Idle workers repeat READY (so a restarted hub learns of them): one credit per worker,
             # and none while its window is out (the READY crossed the window on the wire).
             if identity not in self.in_flight and identity not in self.ready:
                 self.ready.append(identity)
             return
-        if kind != RESULT:
+        if kind not in (RESULT, wire.FAILED):
             self.invalid += 1
-            log.error("hub: unknown message %r from a worker", kind[:16])
+            log.error("hub: unknown message %r from a worker dropped (counted invalid)", kind[:16])
             return
-        self.in_flight.pop(identity, None)
+        window = self.in_flight.pop(identity, None)  # (stream, seq, t sent) of its window, if any
         try:
-            header, samples = wire.decode_result(parts[2:])
+            if kind == wire.FAILED:
+                failure = wire.decode_failure(parts[2:])
+                self._window_failed(window, f"{failure['reason']}: {failure['detail']}")
+            else:
+                header, samples = wire.decode_result(parts[2:])
+                key = (header["stream"], header["seq"])
+                if key in self.expired:  # counted as dropped when it timed out; it came back after all
+                    self.expired.discard(key)
+                    self._stream(key[0]).dropped -= 1
+                self._publish_estimate(header, samples)
         except wire.WireError as e:
             self.invalid += 1
-            log.error("hub: invalid result from a worker dropped: %s", e)
-        else:
-            key = (header["stream"], header["seq"])
-            if key in self.expired:  # counted as dropped when it timed out; it came back after all
-                self.expired.discard(key)
-                self._stream(key[0]).dropped -= 1
-            self._publish_estimate(header, samples)
+            self._window_failed(window, f"its message was refused (counted invalid): {e}")
         if identity not in self.ready:
             self.ready.append(identity)
+
+    def _window_failed(self, window: tuple[str, int, float] | None, why: str) -> None:
+        """A worker gave no usable posterior for the window it had: count it in the stream's
+        windows_failed (a window that already expired was counted dropped) and say why."""
+        if window is None:
+            log.error("hub: a worker failed with no window out (expired or unknown): %s", why)
+            return
+        stream, seq, _t = window
+        self._stream(stream).failed += 1
+        log.error("hub: %s window %d failed in a worker, not published: %s", stream, seq, why)
 
     def _expire(self, now: float) -> None:
         """A window out for longer than result_timeout_s counts as dropped (its worker probably
@@ -244,6 +285,12 @@ class Hub:
         message = [bytes(p) for p in parts]
         self.cache[message[0]] = message
         self.xpub.send_multipart(message)
+
+    def _pub_seq(self, topic: str) -> int:
+        """The next message number on ``topic`` (0, 1, ...): subscribers find their losses by it."""
+        n = self.pub_counts.get(topic, 0)
+        self.pub_counts[topic] = n + 1
+        return n
 
     def _on_subscription(self, event: bytes) -> None:
         if not event or event[0] != 1:
@@ -284,6 +331,9 @@ class Hub:
         }
         if truth:
             body["truth"] = truth
+        if self.cfg.publish_demographics and header.get("demo"):
+            body["demo"] = dict(header["demo"])
+        body["pub_seq"] = self._pub_seq(wire.ESTIMATE_PREFIX + name)
         self._publish(wire.encode_estimate(name, body))
         st.t_estimate = now
         st.estimates += 1
@@ -305,6 +355,11 @@ class Hub:
             "windows_dropped": int(report.get("windows_dropped", 0)) + st.dropped,
             "frames_dropped": int(report.get("frames_dropped", 0)),
             "seq_gaps": int(report.get("seq_gaps", 0)),
+            "queue": len(st.queue),  # windows waiting here for a worker (metrics exporter's queue depth)
+            # Bad input: the windower's frame checks (edge_agent/frame_checks.py), failed posteriors here.
+            **{k: int(report.get(k, 0)) for k in FRAME_COUNTERS},
+            "windows_failed": st.failed,
+            "pub_seq": self._pub_seq(wire.STATUS_PREFIX + name),
         }
         self._publish(wire.encode_status(name, body))
 
@@ -314,6 +369,8 @@ class Hub:
         return bool(self.in_flight) or any(st.queue for st in self.streams.values())
 
     def stop(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()  # its thread's sockets must close before the context is destroyed
         if self.ctx is not None:
             self.ctx.destroy()
         total = sum(st.estimates for st in self.streams.values())

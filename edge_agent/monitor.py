@@ -30,7 +30,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from edge_agent import wire
+from edge_agent import security, wire
 
 # Key the Subscriber adds to every returned message: its receive time, s (time.monotonic()). The
 # leading underscore cannot clash with the schema: wire field names are identifiers without one.
@@ -57,10 +57,18 @@ class Subscriber:
     ``topics``: prefixes to subscribe to ("" = everything; ``"lvef."`` = estimates only).
     ``rcvhwm``: messages queued before ZeroMQ drops new ones (a monitor wants the latest, not all).
     ``context``: shared ZeroMQ context; default the process-wide ``zmq.Context.instance()``.
+    ``curve_server_key``, ``curve_client_key``: paths of the publisher's public certificate
+    (NAME.key) and this subscriber's secret certificate (NAME.key_secret, its NAME.key in the
+    publisher's ``transport.curve_allow``): both or neither; given, every link is CURVE-encrypted.
+    ``handshakes``: a :class:`~edge_agent.security.HandshakeWatch` over tcp endpoints (it logs and
+    counts failed handshakes: a refused key or a missing CURVE would otherwise just be silence).
 
-    Counters: ``received`` (messages returned by :meth:`recv`), ``duplicates`` (estimates dropped
-    because already returned), ``invalid`` (messages refused by ``wire.decode_published``; the
-    last refusal's text is in ``last_error``). A bad message is counted and skipped, never raised.
+    Counters: ``received`` (messages returned by :meth:`recv`), ``duplicates`` (messages dropped
+    because already returned: the publisher's last-value cache resends its latest), ``missed``
+    (messages the publisher sent that never arrived: its per-topic ``pub_seq`` skipped — this
+    subscriber read too slowly and ZeroMQ dropped them at the high-water mark), ``invalid``
+    (messages refused by ``wire.decode_published``; the last refusal's text is in
+    ``last_error``). A bad message is counted and skipped, never raised.
     """
 
     def __init__(
@@ -69,11 +77,22 @@ class Subscriber:
         topics: Sequence[str] = ("",),
         rcvhwm: int = 1000,
         context: zmq.Context | None = None,
+        curve_server_key: str | None = None,
+        curve_client_key: str | None = None,
     ) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise ValueError("endpoints: give at least one, e.g. tcp://127.0.0.1:5556")
-        self.received = self.duplicates = self.invalid = 0
+        if (curve_server_key is None) != (curve_client_key is None):
+            raise security.SecurityError(
+                "CURVE needs both the server's public key (--curve-server-key NAME.key) and this "
+                "client's secret key (--curve-client-key NAME.key_secret), or neither"
+            )
+        keys = None
+        if curve_server_key is not None and curve_client_key is not None:
+            keys = security.client_keys_from_files(curve_server_key, curve_client_key)
+        self.received = self.duplicates = self.missed = self.invalid = 0
+        self._last_pub: dict[tuple[str, str | None], int] = {}  # (kind, stream) → last pub_seq
         self.last_error: str | None = None
         # (stream, seq, t_published) of recent estimates, oldest first. The publisher's
         # last-value cache re-sends the identical message, so all three match; a restarted
@@ -84,6 +103,12 @@ class Subscriber:
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        if keys is not None:
+            security.apply_client(self._socket, keys)
+        tcp = [e for e in self.endpoints if security.scheme(e) == "tcp"]
+        self.handshakes = (
+            security.HandshakeWatch(self._socket, ", ".join(tcp), curve=keys is not None) if tcp else None
+        )
         try:
             for endpoint in self.endpoints:
                 self._socket.connect(endpoint)
@@ -108,12 +133,28 @@ class Subscriber:
                 self.invalid += 1
                 self.last_error = str(e)
                 continue
-            if msg["kind"] == "estimate" and self._already_seen(msg):
+            if self._repeated(msg):
                 self.duplicates += 1
                 continue
             self.received += 1
             msg[T_RECEIVED] = t_received
             return msg
+
+    def _repeated(self, msg: dict[str, Any]) -> bool:
+        """True for a message already returned; counts the ones that went missing before it."""
+        n = msg.get("pub_seq")
+        if n is None:  # a publisher that does not number its messages
+            return msg["kind"] == "estimate" and self._already_seen(msg)
+        key = (msg["kind"], msg.get("stream"))
+        last = self._last_pub.get(key)
+        if last is not None:
+            if n == last:
+                return True  # the last-value cache's resend of what we already have
+            if n > last + 1:
+                self.missed += n - last - 1
+            # n < last: the publisher restarted and numbers from 0 again
+        self._last_pub[key] = n
+        return False
 
     def _already_seen(self, estimate: dict[str, Any]) -> bool:
         key = (estimate["stream"], estimate["seq"], estimate["t_published"])
@@ -140,6 +181,8 @@ def subscribe_json(
     out: TextIO | None = None,
     timeout: float | None = None,
     topics: Sequence[str] = ("",),
+    curve_server_key: str | None = None,
+    curve_client_key: str | None = None,
 ) -> int:
     """Write one JSON line per received message (the decoded wire map, pairs as arrays) to ``out``
     (None: the current sys.stdout), flushed per line so a reading script sees it at once.
@@ -147,11 +190,13 @@ def subscribe_json(
     Stops after ``count`` messages (None: until Ctrl-C), or when none arrives for ``timeout`` s
     (None: wait for ever). Returns the number of lines written. The receive time is not written:
     the lines are the publisher's messages. The schema refuses NaN and inf, so every line is
-    strict JSON (``allow_nan=False`` asserts it).
+    strict JSON (``allow_nan=False`` asserts it). ``curve_*``: as for :class:`Subscriber`.
     """
     out = sys.stdout if out is None else out
     written = 0
-    with Subscriber(endpoint, topics=topics) as sub:
+    with Subscriber(
+        endpoint, topics=topics, curve_server_key=curve_server_key, curve_client_key=curve_client_key
+    ) as sub:
         try:
             while count is None or written < count:
                 msg = sub.recv(timeout)
@@ -182,6 +227,7 @@ class StreamView:
     estimate: dict[str, Any] | None = None
     estimate_at: float | None = None
     status: dict[str, Any] | None = None
+    status_at: float | None = None
     hr_bpm: float | None = None
     trend: deque[float] = field(default_factory=lambda: deque(maxlen=TREND_BEATS))
 
@@ -219,7 +265,7 @@ class MonitorState:
         if msg["hr_bpm"] is not None:
             view.hr_bpm = msg["hr_bpm"]
         if kind == "status":
-            view.status = msg
+            view.status, view.status_at = msg, now
             return
         view.estimate, view.estimate_at = msg, now
         view.trend.append(msg["beat"]["mean"])
@@ -233,11 +279,15 @@ class MonitorState:
     def stale_reason(self, stream: str, now: float, stale_after_s: float = 5.0) -> str | None:
         """Why ``stream``'s numbers cannot be trusted as current at ``now`` s, or None when they can.
 
-        Stale when no estimate arrived for longer than ``view.stale_limit_s(stale_after_s)`` (counted
-        from the stream's first message until its first estimate), or when a publisher's heartbeat
+        Stale when the stream's latest status (newer than its latest estimate) reports the signal
+        lost or stale, when no estimate arrived for longer than ``view.stale_limit_s(stale_after_s)``
+        (counted from the stream's first message until its first estimate), or when a publisher's heartbeat
         is older than HEARTBEAT_TIMEOUT_S (counted from the first message until the first heartbeat).
         """
         view = self.streams[stream]
+        signal = (view.status or {}).get("signal")
+        if signal in ("lost", "stale") and (view.status_at or 0.0) >= (view.estimate_at or 0.0):
+            return f"signal {signal}"  # the publisher says so: no need to wait out the stale limit
         since = view.first_seen if view.estimate_at is None else view.estimate_at
         if now - since > view.stale_limit_s(stale_after_s):
             what = "no estimate yet" if view.estimate_at is None else "no estimate"
@@ -459,6 +509,8 @@ def run_monitor(
     console: Console | None = None,
     on_message: Callable[[dict[str, Any]], None] | None = None,
     on_tick: Callable[[], None] | None = None,
+    curve_server_key: str | None = None,
+    curve_client_key: str | None = None,
 ) -> MonitorState:
     """Show the live monitor for ``duration_s`` s (None: until Ctrl-C) and return the final state.
 
@@ -466,7 +518,7 @@ def run_monitor(
     or to a file): one line per new estimate, plus a line when a stream turns stale or recovers, its
     signal changes, or an invalid message arrives, so that logs stay useful. ``on_message`` gets
     every message received, ``on_tick`` is called once per refresh (the demo supervises its agent
-    there).
+    there). ``curve_*``: as for :class:`Subscriber`.
     """
     if refresh_hz <= 0:
         raise ValueError(f"refresh_hz: must be > 0, got {refresh_hz}")
@@ -474,7 +526,7 @@ def run_monitor(
     state = MonitorState()
     period = 1.0 / refresh_hz
     end = None if duration_s is None else time.monotonic() + duration_s
-    with Subscriber(endpoints) as sub:
+    with Subscriber(endpoints, curve_server_key=curve_server_key, curve_client_key=curve_client_key) as sub:
         try:
             if console.is_terminal:
                 with Live(console=console, auto_refresh=False) as live:

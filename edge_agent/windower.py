@@ -25,6 +25,7 @@ import zmq
 from edge_agent import wire
 from edge_agent.cycles import BeatWindow, CycleConfig, CycleDetector, make_clip
 from edge_agent.datasets.base import DEMOGRAPHIC_FIELDS
+from edge_agent.frame_checks import FrameQuality
 from edge_agent.ringbuffer import FLAG_R_WAVE, FrameRing, RingClosedError, RingReader
 from edge_agent.transport import TransportConfig, socket
 
@@ -115,6 +116,9 @@ class Windower:
         self.reader = RingReader(self.ring, start="oldest")
         self.detector = CycleDetector(self.cycles, self.fps)
         self.views = ViewTracker(self.cfg.view_change_corr)
+        self.quality = FrameQuality(self.fps)  # blank / frozen / saturated frames, counted
+        self.malformed = 0  # windows the wire format refused (counted in windows_rejected)
+        self._signal = "ok"  # the last signal state reported, to log its changes once
         self.ctx = zmq.Context()
         self.sock = socket(self.ctx, zmq.PUSH, self.transport, hwm=self.transport.window_hwm)
         self.sock.connect(self.windows_endpoint)
@@ -138,13 +142,25 @@ class Windower:
                 self.seq_gaps += 1
                 self.detector.reset()  # a beat across a gap would be cut wrong
                 self._aux.clear()
+                self.quality.reset()  # the frame before the gap is not this one's predecessor
+            self.quality.push(fr.frame_seq, fr.pixels)
             self._last_seq = fr.frame_seq
             self._last_frame_t = now
             self._recent.append(fr.t)
             if fr.aux is not None and self.aux_names:
                 self._aux[fr.frame_seq] = fr.aux
             for beat in self.detector.push(fr.frame_seq, fr.t, fr.pixels, bool(fr.flags & FLAG_R_WAVE)):
-                self._send(beat, t_ready=fr.t)
+                # A beat (or fixed window) of a blank, frozen or white screen has no LVEF: not sent,
+                # counted in windows_rejected; the signal state on the status says why.
+                bad = self.quality.withhold(beat.frame_seq)
+                if bad is not None:
+                    log.debug("windower %s: window %s withheld (%s)", self.stream, beat.frame_seq, bad)
+                    continue
+                try:
+                    self._send(beat, t_ready=fr.t)
+                except wire.WireError as e:  # a window the wire refuses (a detector fault): say so, go on
+                    self.malformed += 1
+                    log.error("windower %s: window %s not sent: %s", self.stream, beat.frame_seq, e)
         if self._aux and self._last_seq is not None:  # keep ~10 s of truth, enough for any beat
             horizon = self._last_seq - int(10 * self.fps)
             for k in [k for k in self._aux if k < horizon]:
@@ -198,6 +214,13 @@ class Windower:
             self.dropped += 1
             log.warning("windower %s: hub queue full, window %d dropped", self.stream, window.seq)
 
+    def _fps(self) -> float:
+        """Measured frame rate, frames/s: from the capture times of the last second's frames (not
+        their count, which is too low for the first second of a stream)."""
+        if len(self._recent) < 2 or self._recent[-1] <= self._recent[0]:
+            return float(len(self._recent))
+        return (len(self._recent) - 1) / (self._recent[-1] - self._recent[0])
+
     def _report(self, now: float, force: bool = False) -> None:
         if not force and now < self._next_status:
             return
@@ -205,14 +228,28 @@ class Windower:
         cutoff = now - 1.0
         self._recent = [t for t in self._recent if t >= cutoff]
         lost = now - self._last_frame_t > self.cfg.lost_after_s
+        signal = "lost" if lost else self.quality.state()
+        if signal != self._signal:  # said once per change: a blank screen for hours is one line
+            log.warning(
+                "windower %s: signal %s (frames blank %d, frozen %d, saturated %d; windows withheld %d)",
+                self.stream,
+                signal,
+                *(self.quality.frames[k] for k in ("blank", "frozen", "saturated")),
+                self.quality.windows_rejected,
+            )
+            self._signal = signal
         body = {
             "t": now,
-            "fps": 0.0 if lost else float(len(self._recent)),
+            "fps": 0.0 if lost else self._fps(),
             "hr_bpm": self.detector.hr_bpm,
-            "signal": "lost" if lost else "ok",
+            "signal": signal,
             "windows_dropped": self.dropped,
             "frames_dropped": self.reader.missed,
             "seq_gaps": self.seq_gaps,
+            "frames_blank": self.quality.frames["blank"],
+            "frames_frozen": self.quality.frames["frozen"],
+            "frames_saturated": self.quality.frames["saturated"],
+            "windows_rejected": self.quality.windows_rejected + self.malformed,
         }
         # A full queue: this status is skipped, the next second's follows (and drops show there).
         with contextlib.suppress(zmq.Again):

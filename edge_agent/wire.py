@@ -46,9 +46,16 @@ Window header (frame 0); frame 1 holds exactly ``prod(shape)`` bytes:
 | `truth`     | map, optional        | simulator ground truth, name → float, e.g. `{"ef": 55.0}` (EF %)   |
 
 Result (worker → hub, over the hub's ROUTER socket; not published): frame 0 the msgpack header, the
-window header's fields but `shape`/`dtype`/`demo`, plus `backend` (str), `infer_ms` (float ≥ 0,
-decode + posterior time in the worker, ms), `t_done` (float, s) and `n_samples` (int ≥ 1); frame 1
-the posterior samples, ``n_samples`` float32 EF % (already recalibrated), native byte order.
+window header's fields but `shape`/`dtype`, plus `backend` (str), `infer_ms` (float ≥ 0, decode +
+posterior time in the worker, ms), `t_done` (float, s) and `n_samples` (int ≥ 1); frame 1 the
+posterior samples, ``n_samples`` float32 EF % (already recalibrated), native byte order;
+1 ≤ ``n_samples`` ≤ 4096, every sample finite and in [0, 100].
+
+Failure (worker → hub, after the ``FAILED`` frame, instead of a result): one msgpack map, `v`,
+`kind` (`"failure"`), `reason` (`"invalid_window"`: the window did not decode; `"bad_samples"`: the
+backend returned NaN, infinite or out-of-range samples), `detail` (str, 1–500 characters, the
+error), and the window's `stream` and `seq` when it decoded. The hub counts it in the stream's
+`windows_failed` and gives the worker its credit back; nothing is published for that window.
 
 Estimate body (topic ``lvef.<stream>``):
 
@@ -66,12 +73,17 @@ Estimate body (topic ``lvef.<stream>``):
 | `hr_bpm`      | float > 0 or nil     | heart rate, beats/min                                            |
 | `backend`     | str                  | inference backend: `"torch"`, `"onnxruntime"`, `"tensorrt"`      |
 | `latency_ms`  | float                | window's last frame capture → publish, ms                        |
+| `demo`        | map, optional        | the window's `demo`; only when the hub's `publish_demographics`  |
+|               |                      | is true (off by default: patient data stays off the network)     |
 | `truth`       | map, optional        | as in the window                                                 |
 | `stages`      | map                  | where the time went, ms: `detect` (t_ready − t[1], the detector's |
 |               |                      | confirmation delay), `window` (t_ready → sent), `to_worker`       |
 |               |                      | (sent → a worker starts: queueing and transport), `infer`         |
 |               |                      | (decode + posterior in the worker), `publish` (worker done →     |
 |               |                      | published)                                                        |
+| `pub_seq`     | int ≥ 0, optional    | the publisher's count of messages on this topic before this one: |
+|               |                      | a subscriber that sees it skip has lost messages (slow to read), |
+|               |                      | one that sees it repeat got the last-value cache's resend        |
 
 Summary map (the keys of ``edge_agent.posterior.PosteriorSummary.to_dict()``): `n_samples` (int ≥ 1);
 `mean`, `median`, `std`, `q05`, `q25`, `q75`, `q95` (EF %, in [0, 100]); `ci90`, `ci95` ([lo, hi],
@@ -87,17 +99,36 @@ Status body (topic ``status.<stream>``):
 | `fps`              | float ≥ 0        | measured capture rate, frames/s (0 when no frames arrive)    |
 | `hr_bpm`           | float > 0 or nil | latest heart rate, beats/min                                 |
 | `signal`           | str              | `"ok"`, `"lost"` (no frames) or `"stale"` (no recent window) |
+|                    |                  | or, when half the last second's frames are bad, `"blank"`,   |
+|                    |                  | `"frozen"` or `"saturated"` (see `edge_agent/frame_checks.py`) |
 | `windows_dropped`  | int ≥ 0          | windows dropped since start                                  |
 | `frames_dropped`   | int ≥ 0          | frames dropped since start (ring overwritten, reader lapped) |
 | `seq_gaps`         | int ≥ 0          | gaps seen in frame sequence numbers since start              |
+| `queue`            | int ≥ 0          | windows of this stream waiting in the hub for a worker;      |
+|                    |                  | optional: only the hub's status has it (a windower's report  |
+|                    |                  | to the hub has none)                                         |
+| `frames_blank`     | int ≥ 0          | frames since start that were dark or uniform; optional, as   |
+|                    |                  | the four below (the hub's status always has them)            |
+| `frames_frozen`    | int ≥ 0          | frames since start identical to their predecessors ≥ 0.2 s   |
+| `frames_saturated` | int ≥ 0          | frames since start with ≥ 25 % of the pixels at ≥ 250        |
+| `windows_rejected` | int ≥ 0          | beats not sent since start: > 20 % of their frames were bad, |
+|                    |                  | or the window came out malformed (each logged)               |
+| `windows_failed`   | int ≥ 0          | windows since start whose posterior failed: the worker       |
+|                    |                  | refused the window or its backend returned NaN, infinite or  |
+|                    |                  | out-of-range samples, or the hub refused the result          |
+| `pub_seq`          | int ≥ 0          | optional; as in the estimate (the hub's status always has it) |
 
 Heartbeat body (topic ``heartbeat``): `v`, `kind` (`"heartbeat"`), `host` (str, 1–255 of
-``[A-Za-z0-9_.-]``), `pid` (int ≥ 1), `uptime_s` (float ≥ 0, s), `t` (float, s).
+``[A-Za-z0-9_.-]``), `pid` (int ≥ 1), `uptime_s` (float ≥ 0, s), `t` (float, s); optional `invalid`
+(int ≥ 0: messages the hub refused since start — malformed windows, reports and results, unknown
+worker messages; each is logged with the field at fault) and `pub_seq` (as in the estimate).
 
 Rules: every number is finite (NaN and ±inf are refused) and every integer fits int64; a key not in
 the table is an error (adding a key means a new version); a message of another version is refused
-with both versions named. Limits: window header ≤ 64 KiB, topic ≤ 128 bytes, body ≤ 256 KiB, at
-most 64 items per msgpack array or map, no msgpack bin or ext values.
+with both versions named; a key marked optional may be absent. Limits: window header ≤ 64 KiB,
+window pixels exactly ``prod(shape)`` bytes, result header ≤ 64 KiB and samples exactly
+4 × ``n_samples`` bytes, failure map ≤ 4 KiB, topic ≤ 128 bytes, body ≤ 256 KiB, at most 64 items
+per msgpack array or map, no msgpack bin or ext values.
 
 ZeroMQ SUB filters by prefix, so subscribing to ``lvef.bed1`` also receives ``lvef.bed10``: compare
 the decoded ``stream`` when one stream is wanted.
@@ -130,7 +161,8 @@ MAX_TOPIC_BYTES = 128
 MAX_CONTAINER_LEN = 64
 MAX_TRUTH_KEYS = 16
 MAX_INT = 2**63 - 1  # int64: every consumer language can hold it
-SIGNAL_STATES = ("ok", "lost", "stale")
+# "blank", "frozen", "saturated": most of the last second's frames were (edge_agent/frame_checks.py).
+SIGNAL_STATES = ("ok", "lost", "stale", "blank", "frozen", "saturated")
 ESTIMATE_PREFIX, STATUS_PREFIX, HEARTBEAT_TOPIC = "lvef.", "status.", "heartbeat"
 NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 
@@ -166,12 +198,13 @@ def _show(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def _int(lo: int) -> Check:
+def _int(lo: int, hi: int = MAX_INT) -> Check:
     def check(value: Any, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise WireError(f"{name}: expected an integer >= {lo}, got {_show(value)}")
-        if not lo <= value <= MAX_INT:
-            raise WireError(f"{name}: must be an integer >= {lo} (and < 2**63), got {value}")
+        if not lo <= value <= hi:
+            limit = "(and < 2**63)" if hi == MAX_INT else f"and <= {hi}"
+            raise WireError(f"{name}: must be an integer >= {lo} {limit}, got {value}")
         return int(value)
 
     return check
@@ -369,6 +402,8 @@ _ESTIMATE_FIELDS: dict[str, Check] = {
     "latency_ms": _float(),
     "stages": _number_map(None, 16),
 }
+_PUB_SEQ = _int(0)  # the publisher's per-topic message count (see the estimate table)
+_ESTIMATE_OPTIONAL: dict[str, Check] = {"demo": _DEMO, "truth": _TRUTH, "pub_seq": _PUB_SEQ}
 _STATUS_FIELDS: dict[str, Check] = {
     "stream": _STREAM,
     "t": _TIME,
@@ -379,12 +414,24 @@ _STATUS_FIELDS: dict[str, Check] = {
     "frames_dropped": _int(0),
     "seq_gaps": _int(0),
 }
+# Optional so that a windower's report to the hub (which has no queue) stays a valid status.
+_STATUS_OPTIONAL: dict[str, Check] = {
+    "queue": _int(0),
+    # Bad input, counted since start (see the status table); optional: a status without them is v1 too.
+    "frames_blank": _int(0),
+    "frames_frozen": _int(0),
+    "frames_saturated": _int(0),
+    "windows_rejected": _int(0),
+    "windows_failed": _int(0),
+    "pub_seq": _PUB_SEQ,
+}
 _HEARTBEAT_FIELDS: dict[str, Check] = {
     "host": _text(r"[A-Za-z0-9_.-]{1,255}", "a host name of 1-255 characters of [A-Za-z0-9_.-]"),
     "pid": _int(1),
     "uptime_s": _float(lo=0.0),
     "t": _TIME,
 }
+_HEARTBEAT_OPTIONAL: dict[str, Check] = {"invalid": _int(0), "pub_seq": _PUB_SEQ}
 
 
 # ---------------------------------------------------------------- frames and msgpack
@@ -564,8 +611,32 @@ _RESULT_FIELDS: dict[str, Check] = {
     "backend": _text(NAME_PATTERN, "a backend name such as 'torch', 'onnxruntime' or 'tensorrt'"),
     "infer_ms": _float(lo=0.0),
     "t_done": _TIME,
-    "n_samples": _int(1),
+    "n_samples": _int(1, MAX_SAMPLES),
 }
+
+
+def check_samples(samples: Any, name: str = "result.samples") -> np.ndarray:
+    """Posterior samples as they go on the wire: (K,) float32 EF %, 1 <= K <= MAX_SAMPLES, every one
+    finite and in [0, 100]. Returns them flattened (a copy only when not float32 already); raises
+    WireError counting the NaN, infinite and out-of-range ones. The worker checks its backend's
+    output with it, so it never sends what the hub would refuse."""
+    try:
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: refused below
+            values = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise WireError(f"{name}: not an array of numbers ({e})") from None
+    if not 1 <= values.size <= MAX_SAMPLES:
+        raise WireError(f"{name}: expected 1-{MAX_SAMPLES} samples, got {values.size}")
+    with np.errstate(invalid="ignore", over="ignore"):  # counted below, not warned about
+        n_nan = int(np.count_nonzero(np.isnan(values)))
+        n_inf = int(np.count_nonzero(np.isinf(values)))
+        n_out = int(np.count_nonzero((values < 0.0) | (values > 100.0))) - n_inf
+    if n_nan or n_inf or n_out:
+        raise WireError(
+            f"{name}: every sample must be a finite EF in [0, 100] %; of {values.size}, {n_nan} are NaN, "
+            f"{n_inf} infinite and {n_out} outside [0, 100]"
+        )
+    return values
 
 
 def encode_result(
@@ -576,11 +647,11 @@ def encode_result(
 
     samples: (K,) EF %, the posterior of this one window.
     """
-    values = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
-    if not 1 <= values.size <= MAX_SAMPLES or not np.all(np.isfinite(values)):
-        raise WireError(f"result.samples: expected 1-{MAX_SAMPLES} finite values, got {values.size}")
+    values = check_samples(samples)
     header = {key: getattr(window, key) for key in _WINDOW_FIELDS}
     header.update(frame_seq=list(window.frame_seq), t=list(window.t))
+    if window.demo:  # the hub publishes it only when configured to (hub.publish_demographics)
+        header["demo"] = dict(window.demo)
     if window.truth:
         header["truth"] = dict(window.truth)
     header.update(backend=backend, infer_ms=float(infer_ms), t_done=float(t_done), n_samples=values.size)
@@ -589,7 +660,7 @@ def encode_result(
         "result",
         "result",
         _RESULT_FIELDS,
-        {"truth": _TRUTH},
+        _WINDOW_OPTIONAL,
     )
     return [_pack(fields), memoryview(values).cast("B")]
 
@@ -599,17 +670,52 @@ def decode_result(parts: Sequence[FrameLike]) -> tuple[dict[str, Any], np.ndarra
     if len(parts) != 2:
         raise WireError(f"result: expected 2 frames (msgpack header, samples), got {len(parts)}")
     header = _unpack(parts[0], "result header", MAX_HEADER_BYTES)
-    fields = _check_message(header, "result", "result", _RESULT_FIELDS, {"truth": _TRUTH})
+    fields = _check_message(header, "result", "result", _RESULT_FIELDS, _WINDOW_OPTIONAL)
     view = _view(parts[1], "result samples")
     if view.nbytes != 4 * fields["n_samples"]:
         raise WireError(
             f"result samples: {view.nbytes} bytes, but n_samples {fields['n_samples']} float32 need "
             f"{4 * fields['n_samples']}"
         )
-    samples = np.frombuffer(view, dtype=np.float32).copy()
-    if not np.all(np.isfinite(samples)) or samples.min() < 0 or samples.max() > 100:
-        raise WireError("result samples: every sample must be a finite EF in [0, 100] %")
+    samples = check_samples(np.frombuffer(view, dtype=np.float32), "result samples").copy()
     return fields, samples
+
+
+# ---------------------------------------------------------------- failure (worker → hub)
+
+FAILED = b"FAILED"  # the worker's marker frame before a failure map, as transport.READY / RESULT
+FAILURE_REASONS = ("invalid_window", "bad_samples")
+MAX_DETAIL_CHARS = 500
+MAX_FAILURE_BYTES = 4096
+_FAILURE_FIELDS: dict[str, Check] = {
+    "reason": _choice(FAILURE_REASONS),
+    "detail": _text(rf"(?s).{{1,{MAX_DETAIL_CHARS}}}", f"1-{MAX_DETAIL_CHARS} characters of text"),
+}
+_FAILURE_OPTIONAL: dict[str, Check] = {"stream": _STREAM, "seq": _SEQ}
+
+
+def encode_failure(reason: str, detail: str, window: Window | None = None) -> list[bytes]:
+    """A window the worker could not turn into a posterior → [msgpack failure map] (send it after
+    the FAILED marker frame). reason: ``"invalid_window"`` (it did not decode) or ``"bad_samples"``
+    (the backend returned NaN, infinite or out-of-range samples); detail: the error, cut to
+    MAX_DETAIL_CHARS; window: the decoded window, when there is one (its stream and seq go along)."""
+    body: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "kind": "failure",
+        "reason": reason,
+        "detail": (detail or "-")[:MAX_DETAIL_CHARS],
+    }
+    if window is not None:
+        body.update(stream=window.stream, seq=window.seq)
+    return [_pack(_check_message(body, "failure", "failure", _FAILURE_FIELDS, _FAILURE_OPTIONAL))]
+
+
+def decode_failure(parts: Sequence[FrameLike]) -> dict[str, Any]:
+    """[msgpack failure map] → validated map (``reason``, ``detail``, optional ``stream``, ``seq``)."""
+    if len(parts) != 1:
+        raise WireError(f"failure: expected 1 frame (msgpack map), got {len(parts)}")
+    body = _unpack(parts[0], "failure", MAX_FAILURE_BYTES)
+    return _check_message(body, "failure", "failure", _FAILURE_FIELDS, _FAILURE_OPTIONAL)
 
 
 # ---------------------------------------------------------------- published messages
@@ -643,18 +749,18 @@ def encode_estimate(stream: str, body: Mapping[str, Any]) -> list[bytes | memory
     """(stream id, estimate body) → [b"lvef.<stream>", msgpack body]. ``v``, ``kind`` and ``stream``
     are filled in when the body lacks them. Raises WireError naming a missing or wrong field."""
     _STREAM(stream, "estimate.stream")
-    return _encode_published("estimate", ESTIMATE_PREFIX, stream, body, _ESTIMATE_FIELDS, {"truth": _TRUTH})
+    return _encode_published("estimate", ESTIMATE_PREFIX, stream, body, _ESTIMATE_FIELDS, _ESTIMATE_OPTIONAL)
 
 
 def encode_status(stream: str, body: Mapping[str, Any]) -> list[bytes | memoryview]:
     """(stream id, status body) → [b"status.<stream>", msgpack body]; as :func:`encode_estimate`."""
     _STREAM(stream, "status.stream")
-    return _encode_published("status", STATUS_PREFIX, stream, body, _STATUS_FIELDS, {})
+    return _encode_published("status", STATUS_PREFIX, stream, body, _STATUS_FIELDS, _STATUS_OPTIONAL)
 
 
 def encode_heartbeat(body: Mapping[str, Any]) -> list[bytes | memoryview]:
     """Heartbeat body (host, pid, uptime_s, t) → [b"heartbeat", msgpack body]."""
-    return _encode_published("heartbeat", HEARTBEAT_TOPIC, None, body, _HEARTBEAT_FIELDS, {})
+    return _encode_published("heartbeat", HEARTBEAT_TOPIC, None, body, _HEARTBEAT_FIELDS, _HEARTBEAT_OPTIONAL)
 
 
 def _read_topic(parts: Sequence[FrameLike]) -> str:
@@ -689,17 +795,17 @@ def _decode_published(
 
 def decode_estimate(parts: Sequence[FrameLike]) -> dict[str, Any]:
     """[b"lvef.<stream>", msgpack body] → validated estimate body (plain dict, lists for pairs)."""
-    return _decode_published(parts, "estimate", ESTIMATE_PREFIX, _ESTIMATE_FIELDS, {"truth": _TRUTH})
+    return _decode_published(parts, "estimate", ESTIMATE_PREFIX, _ESTIMATE_FIELDS, _ESTIMATE_OPTIONAL)
 
 
 def decode_status(parts: Sequence[FrameLike]) -> dict[str, Any]:
     """[b"status.<stream>", msgpack body] → validated status body."""
-    return _decode_published(parts, "status", STATUS_PREFIX, _STATUS_FIELDS, {})
+    return _decode_published(parts, "status", STATUS_PREFIX, _STATUS_FIELDS, _STATUS_OPTIONAL)
 
 
 def decode_heartbeat(parts: Sequence[FrameLike]) -> dict[str, Any]:
     """[b"heartbeat", msgpack body] → validated heartbeat body."""
-    return _decode_published(parts, "heartbeat", HEARTBEAT_TOPIC, _HEARTBEAT_FIELDS, {})
+    return _decode_published(parts, "heartbeat", HEARTBEAT_TOPIC, _HEARTBEAT_FIELDS, _HEARTBEAT_OPTIONAL)
 
 
 def decode_published(parts: Sequence[FrameLike]) -> dict[str, Any]:

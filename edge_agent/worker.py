@@ -12,6 +12,7 @@ be computed by different workers.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Literal
 import numpy as np
 import zmq
 
-from edge_agent import wire
+from edge_agent import security, wire
 from edge_agent.backends import Backend, load_backend
 from edge_agent.posterior import recalibrate
 from edge_agent.transport import READY, RESULT, TransportConfig, socket
@@ -75,10 +76,24 @@ class Worker:
     """The worker's lifecycle: ``start`` loads the backend and connects, ``process`` serves one
     window, ``stop`` closes."""
 
-    def __init__(self, cfg: WorkerConfig, transport: TransportConfig, workers_endpoint: str) -> None:
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        transport: TransportConfig,
+        workers_endpoint: str,
+        identity: str | None = None,
+    ) -> None:
+        """identity: the worker's name at the hub, kept by its restarted successor (the agent's
+        workers are ``worker:<i>``), so the hub knows at once that the window the dead one held
+        is lost; None: ZeroMQ's random identity (remote workers: the hub's result timeout)."""
         self.cfg, self.transport, self.endpoint = cfg, transport, workers_endpoint
+        self.identity = identity
+        # This process's incarnation, sent with every READY: a READY from a new incarnation of an
+        # identity that had a window out means that window died with its predecessor.
+        self.incarnation = f"{os.getpid()}-{time.time_ns()}".encode()
         self.served = 0
-        self.invalid = 0
+        self.invalid = 0  # windows that did not decode
+        self.failed = 0  # windows whose backend samples were NaN, infinite, out of range or misshapen
         self.backend: Backend | None = None
         self.ctx: zmq.Context | None = None
 
@@ -95,9 +110,11 @@ class Worker:
         self.noise = starting_noises(self.cfg.k, self.cfg.seed)[None]
         self.ctx = zmq.Context()
         self.sock = socket(self.ctx, zmq.DEALER, self.transport, hwm=4)
+        self.handshakes = security.secure_client(self.sock, self.endpoint, self.transport)  # CURVE on tcp
+        if self.identity is not None:
+            self.sock.setsockopt(zmq.IDENTITY, self.identity.encode())
         self.sock.connect(self.endpoint)
-        self.sock.send(READY)
-        self._last_ready = time.monotonic()
+        self._ready()
         log.info(
             "worker: %s backend, K=%d, recalibration %s → %s",
             self.backend.name,
@@ -107,10 +124,31 @@ class Worker:
         )
 
     def infer(self, window: wire.Window) -> np.ndarray:
-        """One window → its posterior samples (K,) EF %, recalibrated when configured."""
+        """One window → its posterior samples (K,) EF %, recalibrated when configured.
+
+        Raises WireError when the backend's samples are not K finite EFs in [0, 100] % — checked
+        before the recalibration too, whose clipping would hide an infinite sample: such a
+        posterior is never sent (a broken engine, an fp16 overflow)."""
         demo, mask = window.demographics_arrays()
-        samples = self.backend.posterior(window.frames[None], demo[None], mask[None], self.noise)[0]
-        return recalibrate(samples, self.scale) if self.scale else samples
+        raw = np.asarray(self.backend.posterior(window.frames[None], demo[None], mask[None], self.noise))
+        if raw.shape != (1, self.cfg.k):
+            raise wire.WireError(
+                f"{self.backend.name} backend samples: shape {raw.shape}, expected (1, {self.cfg.k})"
+            )
+        wire.check_samples(raw[0], f"{self.backend.name} backend samples")
+        samples = recalibrate(raw[0], self.scale) if self.scale else raw[0]
+        wire.check_samples(samples, "recalibrated samples")
+        return samples
+
+    def _fail(self, reason: str, error: wire.WireError, window: wire.Window | None = None) -> None:
+        """Tell the hub this window has no posterior (it counts it in the stream's windows_failed
+        and sends the next one: a failure, like a result, is a request for more)."""
+        self.sock.send_multipart([wire.FAILED, *wire.encode_failure(reason, str(error), window)])
+        self._last_ready = time.monotonic()
+
+    def _ready(self) -> None:
+        self.sock.send_multipart([READY, self.incarnation])
+        self._last_ready = time.monotonic()
 
     def process(self, timeout: float = 0.2) -> bool:
         """Serve at most one window (waits up to ``timeout`` s); always True (a worker runs until stopped).
@@ -121,8 +159,7 @@ class Worker:
         if not self.sock.poll(int(timeout * 1000)):
             now = time.monotonic()
             if now - self._last_ready > READY_EVERY_S:
-                self.sock.send(READY)
-                self._last_ready = now
+                self._ready()
             return True
         parts = self.sock.recv_multipart(copy=False)
         t0 = time.monotonic()
@@ -130,11 +167,22 @@ class Worker:
             window = wire.decode_window(parts)
         except wire.WireError as e:  # never let one bad message kill the worker: say so, ask for more
             self.invalid += 1
-            log.error("worker: invalid window dropped: %s", e)
-            self.sock.send(READY)
-            self._last_ready = time.monotonic()
+            log.error("worker: invalid window dropped (%d so far): %s", self.invalid, e)
+            self._fail("invalid_window", e)
             return True
-        samples = self.infer(window)
+        try:
+            samples = self.infer(window)
+        except wire.WireError as e:
+            self.failed += 1
+            log.error(
+                "worker: %s window %d not published (%d failed so far): %s",
+                window.stream,
+                window.seq,
+                self.failed,
+                e,
+            )
+            self._fail("bad_samples", e, window)
+            return True
         done = time.monotonic()
         result = wire.encode_result(window, samples, self.backend.name, 1000.0 * (done - t0), done)
         self.sock.send_multipart([RESULT, *result], copy=False)
@@ -147,4 +195,4 @@ class Worker:
             self.ctx.destroy()
         if self.backend is not None:
             self.backend.close()
-        log.info("worker: %d windows served, %d invalid", self.served, self.invalid)
+        log.info("worker: %d windows served, %d invalid, %d failed", self.served, self.invalid, self.failed)

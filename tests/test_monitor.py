@@ -164,10 +164,20 @@ def test_missing_heartbeat_makes_streams_stale() -> None:
 
 def test_status_only_stream_is_stale_after_the_limit() -> None:
     state = MonitorState()
-    state.apply(decoded(status_parts(signal="lost", hr_bpm=None)), 0.0)
+    state.apply(decoded(status_parts(signal="ok", hr_bpm=None)), 0.0)
     state.apply(decoded(heartbeat_parts()), 5.5)
     assert not state.stale("bed1", 4.0)
     assert state.stale_reason("bed1", 5.5) == "no estimate yet for 5.5 s"
+
+
+def test_a_lost_signal_makes_the_estimate_stale_at_once_until_a_newer_estimate() -> None:
+    state = fed_state(beats=3, t0=100.0)  # last estimate and heartbeat at 102 s
+    state.apply(decoded(status_parts(signal="lost")), 102.5)
+    assert state.stale_reason("bed1", 102.5) == "signal lost"
+    state.apply(decoded(estimate_parts(seq=3)), 103.0)  # the signal came back: a new beat
+    assert not state.stale("bed1", 103.0)
+    state.apply(decoded(status_parts(signal="ok")), 103.5)
+    assert not state.stale("bed1", 103.5)
 
 
 # ---------------------------------------------------------------- rendering
@@ -206,7 +216,8 @@ def test_render_warns_stale_and_signal_lost() -> None:
     assert "STALE — no estimate for 8.0 s" in screen(state, now=110.0, stale_after_s=5.0)
     state.apply(decoded(status_parts(signal="lost", fps=0.0)), 102.5)
     text = screen(state, now=102.5)
-    assert "SIGNAL LOST" in text and "STALE" not in text
+    # The last estimate stays on screen, flagged stale at once: the frames it came from are gone.
+    assert "SIGNAL LOST" in text and "STALE — signal lost" in text
 
 
 def test_render_stale_warning_is_red_and_reverse() -> None:

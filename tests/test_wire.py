@@ -518,7 +518,10 @@ def test_encoders_refuse_bad_streams_and_bodies() -> None:
         wire.encode_estimate("a", estimate_body(stream="b"))
     with pytest.raises(WireError, match=r"^estimate: unknown key 'confidence'"):
         wire.encode_estimate("a", estimate_body(confidence=0.9))
-    with pytest.raises(WireError, match=r"^status\.signal: expected one of \['ok', 'lost', 'stale'\]"):
+    with pytest.raises(
+        WireError,
+        match=r"^status\.signal: expected one of \['ok', 'lost', 'stale', 'blank', 'frozen', 'saturated'\]",
+    ):
         wire.encode_status("a", status_body(signal="bad"))
     with pytest.raises(WireError, match=r"^status\.windows_dropped"):
         wire.encode_status("a", status_body(windows_dropped=-1))
@@ -643,14 +646,31 @@ DECODERS = [
     wire.decode_status,
     wire.decode_heartbeat,
     wire.decode_published,
+    wire.decode_result,
+    wire.decode_failure,
 ]
 SMALL_FRAMES = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+BAD_INPUT_COUNTERS = {
+    "frames_blank": 3,
+    "frames_frozen": 40,
+    "frames_saturated": 1,
+    "windows_rejected": 2,
+    "windows_failed": 1,
+}
 # (decoder, valid message as received bytes, index of its msgpack map)
 VALID = [
     (decode_any_window, wire.encode_window(make_window(frames=SMALL_FRAMES)), 0),
     (wire.decode_estimate, wire.encode_estimate("bed-1", estimate_body()), 1),
     (wire.decode_status, wire.encode_status("bed-1", status_body()), 1),
+    (wire.decode_status, wire.encode_status("bed-1", status_body(signal="frozen", **BAD_INPUT_COUNTERS)), 1),
     (wire.decode_heartbeat, wire.encode_heartbeat(heartbeat_body()), 1),
+    (wire.decode_heartbeat, wire.encode_heartbeat(heartbeat_body(invalid=7)), 1),
+    (
+        wire.decode_result,
+        wire.encode_result(make_window(), np.linspace(20.0, 60.0, 40), "torch", 9.0, 14.0),
+        0,
+    ),
+    (wire.decode_failure, wire.encode_failure("bad_samples", "3 samples are NaN", make_window()), 0),
 ]
 VALID = [(decode, [bytes(p) for p in parts], index) for decode, parts, index in VALID]
 
@@ -735,9 +755,187 @@ def test_fuzz_structural_mutations(valid: tuple[Any, list[bytes], int], data: st
     only_wire_errors([*parts[:index], packed, *parts[index + 1 :]])
 
 
+@FAST
+@given(MSGPACK_VALUES, st.lists(st.binary(max_size=32), max_size=2))
+def test_fuzz_random_msgpack_documents(doc: Any, rest: list[bytes]) -> None:
+    """Any msgpack document, as the first or second frame of a message, gives WireError or a value."""
+    packed = msgpack.packb(doc, use_bin_type=True)
+    only_wire_errors([packed, *rest])
+    only_wire_errors([b"lvef.bed-1", packed])
+    only_wire_errors([b"heartbeat", packed])
+
+
 def test_readme_documents_the_schema_the_code_enforces() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     doc = wire.__doc__
     assert doc is not None
     schema = doc[doc.index("Every map starts with") :].strip()
     assert schema in readme, "README's message schema differs from edge_agent/wire.py's docstring"
+
+
+# ---------------------------------------------------------------- bad input: every float, samples, caps
+
+
+def float_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths (keys and list indices) to every float in a decoded msgpack map, at any depth."""
+    if isinstance(value, float):
+        return [path]
+    if isinstance(value, dict):
+        return [p for key in sorted(value) for p in float_paths(value[key], (*path, key))]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in float_paths(item, (*path, i))]
+    return []
+
+
+def field_name(path: tuple[Any, ...]) -> str:
+    """(t, 1) → "t[1]", (demo, age_years) → "demo.age_years": how the decoders name a field."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out.lstrip(".")
+
+
+NON_FINITE = [math.nan, math.inf, -math.inf]
+FLOAT_CASES = [
+    (decode, parts, index, path, bad)
+    for decode, parts, index in VALID
+    for path in float_paths(msgpack.unpackb(parts[index], raw=False))
+    for bad in NON_FINITE
+]
+
+
+def test_every_float_field_of_every_message_is_covered() -> None:
+    # The window's demo and truth, the result's timings, the estimate's summaries and stages.
+    names = {field_name(path) for _d, _p, _i, path, _b in FLOAT_CASES}
+    assert {"demo.age_years", "demo.sex_male", "truth.ef", "t[0]", "t[1]", "t_sent", "fps"} <= names
+    assert {"infer_ms", "t_done", "beat.mean", "running.ci95[1]", "stages.detect", "uptime_s"} <= names
+    assert len(FLOAT_CASES) > 3 * 60
+
+
+@pytest.mark.parametrize(("decode", "parts", "index", "path", "bad"), FLOAT_CASES)
+def test_nan_and_inf_in_every_float_field_are_refused_by_name(
+    decode: Callable[..., Any], parts: list[bytes], index: int, path: tuple[Any, ...], bad: float
+) -> None:
+    def change(data: dict[str, Any]) -> None:
+        node: Any = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = bad
+
+    with pytest.raises(WireError) as info:
+        decode(with_map(parts, index, change))
+    assert field_name(path) in str(info.value) and "finite" in str(info.value)
+
+
+def result_parts(samples: np.ndarray) -> list[bytes]:
+    """A result header for len(samples) samples, with the raw float32 samples: what a broken worker
+    (one that does not check its backend's output) would send."""
+    header, _ = wire.encode_result(make_window(), np.full(len(samples), 50.0), "torch", 1.0, 2.0)
+    return [bytes(header), np.asarray(samples, dtype=np.float32).tobytes()]
+
+
+@FAST
+@given(
+    hnp.arrays(np.float32, st.integers(1, 64), elements=st.floats(0.0, 100.0, width=32)),
+    st.data(),
+)
+def test_non_finite_or_out_of_range_samples_are_refused_at_both_ends(
+    samples: np.ndarray, data: st.DataObject
+) -> None:
+    header, got = wire.decode_result(result_parts(samples))
+    assert np.array_equal(got, samples) and header["n_samples"] == len(samples)
+    bad = samples.copy()
+    where = data.draw(st.lists(st.integers(0, len(bad) - 1), min_size=1, unique=True))
+    bad[where] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf, -0.5, 100.5, 1e30]))
+    with pytest.raises(WireError, match=r"^result samples: every sample must be a finite EF"):
+        wire.decode_result(result_parts(bad))
+    with pytest.raises(WireError, match=r"^result\.samples: every sample must be a finite EF"):
+        wire.encode_result(make_window(), bad, "torch", 1.0, 2.0)
+    with pytest.raises(WireError, match=r"^worker backend: every sample must be a finite EF"):
+        wire.check_samples(bad.astype(np.float64), "worker backend")
+
+
+def test_check_samples_counts_what_is_wrong() -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 120.0, -1.0, 50.0, 1e39])  # 1e39: beyond float32
+    with pytest.raises(WireError) as info:
+        wire.check_samples(values, "backend samples")
+    assert str(info.value).endswith("of 7, 1 are NaN, 3 infinite and 2 outside [0, 100]")
+    with pytest.raises(WireError, match="expected 1-4096 samples, got 0"):
+        wire.check_samples(np.array([]))
+    with pytest.raises(WireError, match="not an array of numbers"):
+        wire.check_samples(["fifty"])
+    assert wire.check_samples(np.array([[0.0, 100.0]])).tolist() == [0.0, 100.0]
+
+
+def test_result_sample_count_is_capped_before_the_buffer_is_read() -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["n_samples"] = wire.MAX_SAMPLES + 1
+
+    parts = with_map(result_parts(np.full(4, 50.0)), 0, change)
+    with pytest.raises(WireError, match=r"^result\.n_samples: must be an integer >= 1 and <= 4096"):
+        wire.decode_result([parts[0], bytes(4 * (wire.MAX_SAMPLES + 1))])
+    with pytest.raises(WireError, match=r"^result header: \d+ bytes exceeds the 65536-byte limit"):
+        wire.decode_result([msgpack.packb({"v": 1, "pad": "x" * wire.MAX_HEADER_BYTES}), b""])
+
+
+@FAST
+@given(
+    st.tuples(st.integers(-2, 2000), st.integers(-2, 2000), st.integers(-2, 2000)),
+    st.sampled_from(["uint8", "float32", "<u1", "int8", "uint16", "", "UINT8"]),
+)
+def test_fuzz_flipped_shape_and_dtype(shape: tuple[int, int, int], dtype: str) -> None:
+    """A header whose shape or dtype no longer matches the pixel buffer it came with is refused."""
+    parts = wire.encode_window(make_window(frames=SMALL_FRAMES))
+    flipped = with_map(parts, 0, lambda h: h.update(shape=list(shape), dtype=dtype))
+    if list(shape) == [2, 3, 4] and dtype == "uint8":
+        assert wire.decode_window(flipped, expected_shape=None).frames.shape == (2, 3, 4)
+        return
+    with pytest.raises(WireError, match=r"^window(\.shape|\.dtype| pixels)"):
+        wire.decode_window(flipped, expected_shape=None)
+
+
+@FAST
+@given(st.sampled_from(VALID), st.integers(-(2**63), 2**64 - 1).filter(lambda v: v != wire.SCHEMA_VERSION))
+def test_fuzz_version_bumps_are_refused_with_both_versions(
+    valid: tuple[Any, list[bytes], int], version: int
+) -> None:
+    decode, parts, index = valid
+    with pytest.raises(WireError, match=rf"\.v: schema version {version} is not supported.*speaks version 1"):
+        decode(with_map(parts, index, setter(("v",), version)))
+
+
+def test_failure_round_trip_and_refusals() -> None:
+    window = make_window(seq=12)
+    (part,) = wire.encode_failure("bad_samples", "x" * 2000, window)
+    body = wire.decode_failure([part])
+    assert body["reason"] == "bad_samples" and body["stream"] == window.stream and body["seq"] == 12
+    assert body["detail"] == "x" * wire.MAX_DETAIL_CHARS  # cut, not refused: the worker's error text
+    assert "stream" not in wire.decode_failure(wire.encode_failure("invalid_window", ""))
+    with pytest.raises(
+        WireError, match=r"^failure\.reason: expected one of \['invalid_window', 'bad_samples'\]"
+    ):
+        wire.encode_failure("oops", "x")
+    with pytest.raises(WireError, match=r"^failure: expected 1 frame"):
+        wire.decode_failure([part, part])
+    with pytest.raises(WireError, match=r"^failure: \d+ bytes exceeds the 4096-byte limit"):
+        wire.decode_failure([msgpack.packb({"v": 1, "kind": "failure", "detail": "y" * 5000})])
+    with pytest.raises(WireError, match=r"^failure\.detail"):
+        wire.decode_failure(with_map([part], 0, setter(("detail",), "z" * 501)))
+
+
+def test_status_and_heartbeat_carry_the_bad_input_counters() -> None:
+    body = status_body(signal="blank", **BAD_INPUT_COUNTERS)
+    assert wire.decode_status(wire.encode_status("bed-1", body)) == {
+        "v": 1,
+        "kind": "status",
+        "stream": "bed-1",
+        **body,
+    }
+    for state in ("blank", "frozen", "saturated"):
+        assert wire.decode_status(wire.encode_status("a", status_body(signal=state)))["signal"] == state
+    for key in BAD_INPUT_COUNTERS:
+        with pytest.raises(WireError, match=rf"^status\.{key}: must be an integer >= 0"):
+            wire.encode_status("a", status_body(**{key: -1}))
+    assert wire.decode_heartbeat(wire.encode_heartbeat(heartbeat_body(invalid=3)))["invalid"] == 3
+    with pytest.raises(WireError, match=r"^heartbeat\.invalid: expected an integer"):
+        wire.encode_heartbeat(heartbeat_body(invalid=1.5))

@@ -19,6 +19,11 @@ Query parameters (all optional)::
                included; beat numbers keep counting). Rendering costs ≈ 4 ms of CPU per frame, a
                fifth of a core per 50 fps stream: benchmarks loop so the simulator does not compete
                with the agent they measure.
+    outage_every_s, outage_s
+               fault injection, both 0 by default: during the last ``outage_s`` of every
+               ``outage_every_s`` seconds of the host's monotonic clock ``read`` raises
+               SourceError, as a live source does while its cable is pulled; once it is back,
+               reopening starts the feed afresh.
 
 Frames are the phantom's 112×112 uint8, rendered one per read at t = k / fps. The true
 end-diastole is always in ``truth["ed"]``.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
@@ -46,7 +52,20 @@ SEGMENT_S = 3600.0
 EF_RANGE = (5.0, 90.0)  # the phantom clips per-beat EF to 5–90 %
 HR_RANGE = (40.0, 170.0)  # the phantom clips RR to 0.35–1.6 s
 HRV_MAX = 0.3
-PARAMS = ("ef", "hr", "quality", "fps", "seed", "hrv", "pediatric", "patient_s", "ecg", "loop_s")
+PARAMS = (
+    "ef",
+    "hr",
+    "quality",
+    "fps",
+    "seed",
+    "hrv",
+    "pediatric",
+    "patient_s",
+    "ecg",
+    "loop_s",
+    "outage_every_s",
+    "outage_s",
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,8 @@ class SyntheticParams:
     patient_s: float = 0.0
     ecg: bool = False
     loop_s: float = 0.0
+    outage_every_s: float = 0.0
+    outage_s: float = 0.0
 
 
 def _number(uri: str, key: str, raw: str, lo: float, hi: float) -> float:
@@ -122,6 +143,15 @@ def parse_synthetic_uri(uri: str) -> SyntheticParams:
             if 0 < value < 1.0:
                 raise SourceError(f"{uri}: {key}={value:g} must be 0 ({meaning}) or at least 1 s")
             out = dataclasses.replace(out, **{key: value})
+    for key in ("outage_every_s", "outage_s"):
+        if key in q:
+            out = dataclasses.replace(out, **{key: _number(uri, key, q[key], 0.0, math.inf)})
+    given = (out.outage_s > 0, out.outage_every_s > 0)
+    if given[0] != given[1] or out.outage_s >= out.outage_every_s > 0:
+        raise SourceError(
+            f"{uri}: outage_s={out.outage_s:g} and outage_every_s={out.outage_every_s:g}: give both, "
+            "with 0 < outage_s < outage_every_s (or neither)"
+        )
     if out.loop_s > 0 and out.patient_s > 0:  # a loop replays frames, not the patients' demographics
         raise SourceError(f"{uri}: loop_s and patient_s exclude each other: a loop replays one patient")
     return out
@@ -147,6 +177,14 @@ class SyntheticSource(FrameSource):
             self.params = dataclasses.replace(self.params, fps=check_fps(fps, uri, "fix the fps setting"))
         self.fps = self.params.fps
         self._rng: np.random.Generator | None = None
+
+    def _check_outage(self) -> None:
+        """Raise SourceError inside a simulated outage (see outage_every_s in the module docstring)."""
+        p = self.params
+        if p.outage_s and time.monotonic() % p.outage_every_s >= p.outage_every_s - p.outage_s:
+            raise SourceError(
+                f"{self.uri}: simulated signal loss ({p.outage_s:g} s of every {p.outage_every_s:g} s)"
+            )
 
     def open(self) -> None:
         self._rng = np.random.default_rng(self.params.seed)
@@ -205,6 +243,7 @@ class SyntheticSource(FrameSource):
     def read(self) -> SourceFrame:
         if self._rng is None:
             raise SourceError(f"{self.uri}: read() before open(); use `with open_source(uri) as src:`")
+        self._check_outage()
         if self._loop is None:
             return self._render()
         k = self._k
