@@ -20,7 +20,8 @@ agent and checks (:func:`soak_checks`, pure):
 * leaks: no agent process, shared-memory ring or child of this process is left, and this process
   holds no more file descriptors than before the agent started;
 * accounting: per stream, every window the windower numbered is either estimated (received here)
-  or counted as dropped or failed on the stream's status — none unaccounted.
+  or counted as dropped or failed on the stream's status — none unaccounted;
+* restarts: every killed worker's replacement process was up within RESTART_LIMIT_S (2 s).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from edge_agent.ringbuffer import DEFAULT_PREFIX, SHM_DIR
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_END = 3  # samples averaged (median) at each end of the memory comparison
+RESTART_LIMIT_S = 2.0  # a killed worker's replacement process must be up within this
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,16 @@ def soak_checks(result: Mapping[str, Any], cfg: SoakConfig) -> list[dict[str, An
     acct = result["accounting"]
     left = result["leftovers"]
     unaccounted = sum(a["unaccounted"] for a in acct.values())
+    restarts = [ev.get("restarted_after_s") for ev in result["events"]]
+    slowest = max((r for r in restarts if r is not None), default=None)
     checks = [
+        (
+            f"every killed worker restarted within {RESTART_LIMIT_S:g} s",
+            f"{len(restarts)} kills, slowest restart "
+            + ("—" if slowest is None else f"{slowest:.2f} s")
+            + (f", {restarts.count(None)} never" if None in restarts else ""),
+            bool(restarts) and None not in restarts and slowest is not None and slowest <= RESTART_LIMIT_S,
+        ),
         (
             f"memory growth after warm-up ≤ {100 * cfg.max_memory_growth:g} %",
             "too short to measure" if growth is None else f"{100 * growth:+.2f} %",
@@ -323,12 +334,19 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
                     status[msg["stream"]] = msg
                     counts = signals.setdefault(msg["stream"], {})
                     counts[msg["signal"]] = counts.get(msg["signal"], 0) + 1
+                for ev in events:  # when did the supervisor bring each victim back?
+                    if "restarted_after_s" not in ev:
+                        proc = next(p.process for p in agent.procs if p.name == ev["process"])
+                        if proc is not None and proc.pid != ev["pid"] and proc.is_alive():
+                            ev["restarted_after_s"] = now - ev["t"]
                 if stopping_at is None and now >= next_kill:
                     next_kill += cfg.kill_worker_every_s
                     victim = rng.choice([p for p in agent.procs if p.name.startswith("worker:")])
                     if victim.process is not None and victim.process.is_alive():
                         os.kill(victim.process.pid, signal.SIGKILL)
-                        events.append({"t": now, "event": "kill", "process": victim.name})
+                        events.append(
+                            {"t": now, "event": "kill", "process": victim.name, "pid": victim.process.pid}
+                        )
                         log.info("soak: SIGKILL %s at %.0f s", victim.name, now)
                 if stopping_at is None and now >= next_sample:
                     next_sample += cfg.sample_every_s

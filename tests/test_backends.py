@@ -156,8 +156,12 @@ def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) 
     assert speed["measured"] == f"{result['ratios_to_naive']['onnxruntime']:.1f}×"
     assert run["stages_ms"]["infer"]["n"] == run["n_estimates"] and run["leftovers"]["processes"] == []
     assert result["environment"]["packages"]["onnxruntime"]["version"]
+    # The capture stage: a 112×112 frame passes untouched, a 480×640 colour frame is cropped and resized.
+    cap = result["capture"]
+    assert cap["112x112 gray"]["n"] >= 3 and cap["480x640 RGB"]["p50"] > cap["112x112 gray"]["p50"]
     text = report_markdown(result)
     assert "## Single stream" in text and "| naive |" in text and "## Live" in text and "## Targets" in text
+    assert "| 480x640 RGB |" in text
     paths = plot_report(result, tmp_path)
     assert [p.name for p in paths] == ["single_stream_cdf.png", "live_cdf.png", "stages.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)

@@ -62,6 +62,7 @@ def test_short_soak_with_kills_and_outages_loses_nothing_silently() -> None:
     checks = {c["check"]: c for c in result["checks"]}
     assert result["worker_kills"] >= 4
     assert checks["every window estimated or counted as dropped"]["passed"], result["accounting"]
+    assert checks["every killed worker restarted within 2 s"]["passed"], result["events"]
     assert checks["no leaked process, ring or file descriptor"]["passed"], result["leftovers"]
     assert checks["no file descriptor growth per process kind"]["passed"], result["fd_growth"]
     assert result["memory_growth"] is not None  # measured; the ≤ 5 % target needs a long run
