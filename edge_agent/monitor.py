@@ -516,9 +516,9 @@ def run_monitor(
 
     On a terminal: a rich Live screen redrawn ``refresh_hz`` times a second. Otherwise (output piped
     or to a file): one line per new estimate, plus a line when a stream turns stale or recovers, its
-    signal changes, or an invalid message arrives, so that logs stay useful. ``on_message`` gets
-    every message received, ``on_tick`` is called once per refresh (the demo supervises its agent
-    there). ``curve_*``: as for :class:`Subscriber`.
+    signal changes, an invalid message arrives or messages went missing, so that logs stay useful.
+    ``on_message`` gets every message received, ``on_tick`` is called once per refresh (the demo
+    supervises its agent there). ``curve_*``: as for :class:`Subscriber`.
     """
     if refresh_hz <= 0:
         raise ValueError(f"refresh_hz: must be > 0, got {refresh_hz}")
@@ -561,7 +561,7 @@ def _log_lines(
 
     say(f"monitor: listening on {', '.join(sub.endpoints)}")
     stale: set[str] = set()
-    invalid_seen = 0
+    invalid_seen = missed_seen = 0
     while end is None or time.monotonic() < end:
         tick = time.monotonic() + period
         for msg in _messages_until(sub, tick if end is None else min(tick, end)):
@@ -577,6 +577,9 @@ def _log_lines(
         if sub.invalid > invalid_seen:
             say(f"monitor: {sub.invalid - invalid_seen} invalid message(s), last: {sub.last_error}")
             invalid_seen = sub.invalid
+        if sub.missed > missed_seen:  # this monitor read too slowly: ZeroMQ dropped for it alone
+            say(f"monitor: {sub.missed - missed_seen} message(s) missed (publisher's pub_seq skipped)")
+            missed_seen = sub.missed
         if on_tick is not None:
             on_tick()
         now = time.monotonic()
