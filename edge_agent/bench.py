@@ -475,7 +475,7 @@ def report_markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     for name, c in result.get("capture", {}).items():
-        lines.append(f"| {name} | {c['p50']:.2f} | {c['p99']:.2f} | {c['n']} |")
+        lines.append(f"| {name} | {c['p50']:.3f} | {c['p99']:.3f} | {c['n']} |")
     lines += [
         "",
         "## Live: the multi-process agent, simulated streams (headline p99, windows dropped)",
