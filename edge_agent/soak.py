@@ -210,8 +210,9 @@ def window_accounting(
     seqs: Mapping[str, set[int]], status: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, int]]:
     """Per stream: windows numbered (highest seq + 1; window numbers start at 0), estimated
-    (distinct seqs received), dropped and failed (from the stream's last status) and unaccounted
-    (numbered − estimated − dropped − failed; 0 when nothing was lost silently)."""
+    (distinct seqs received), dropped and failed (from the stream's last status), unaccounted
+    (numbered − estimated − dropped − failed; 0 when nothing was lost silently) and the first 50
+    seqs not estimated."""
     out = {}
     for stream in sorted(set(seqs) | set(status)):
         got = seqs.get(stream, set())
@@ -224,6 +225,7 @@ def window_accounting(
             "dropped": dropped,
             "failed": failed,
             "unaccounted": numbered - len(got) - dropped - failed,
+            "not_estimated": sorted(set(range(numbered)) - got)[:50],  # which seqs, to look into
         }
     return out
 
@@ -307,10 +309,13 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
     samples: list[dict[str, Any]] = []
     estimates = 0
     duration = 60.0 * cfg.minutes
-    agent.start()
-    t0 = time.monotonic()
+    # Subscribed before anything runs (ZeroMQ connects once the hub binds): the first windows of a
+    # stream whose capture is ready early must not slip past the accounting.
+    sub = Subscriber(agent.endpoints["publish"])
     try:
-        with Subscriber(agent.endpoints["publish"]) as sub:
+        with sub:
+            agent.start()
+            t0 = time.monotonic()
             next_kill = cfg.kill_worker_every_s or float("inf")
             next_sample = 0.0
             bar = tqdm(total=int(duration), desc="soak", unit="s")
@@ -338,7 +343,8 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
                     if "restarted_after_s" not in ev:
                         proc = next(p.process for p in agent.procs if p.name == ev["process"])
                         if proc is not None and proc.pid != ev["pid"] and proc.is_alive():
-                            ev["restarted_after_s"] = now - ev["t"]
+                            # Now, not the loop's start: agent.check() above waited out the restart delay.
+                            ev["restarted_after_s"] = time.monotonic() - t0 - ev["t"]
                 if stopping_at is None and now >= next_kill:
                     next_kill += cfg.kill_worker_every_s
                     victim = rng.choice([p for p in agent.procs if p.name.startswith("worker:")])
@@ -354,6 +360,12 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
                     bar.n = min(int(now), int(duration))
                     bar.set_postfix(estimates=estimates, kills=len(events))
             bar.close()
+            subscriber = {
+                "missed": sub.missed,
+                "invalid": sub.invalid,
+                "duplicates": sub.duplicates,
+                "last_error": sub.last_error,
+            }
     finally:
         agent.stop()
     leftovers = agent.leftovers()
@@ -373,6 +385,7 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
         "memory_growth": memory_growth(samples, cfg.warmup_s),
         "fd_growth": fd_growth(samples, cfg.warmup_s),
         "accounting": window_accounting(seqs, status),
+        "subscriber": subscriber,
         "last_status": status,
         "leftovers": {
             **leftovers,

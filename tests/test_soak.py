@@ -33,7 +33,14 @@ def test_window_accounting_finds_windows_lost_silently() -> None:
     seqs = {"bed1": {0, 1, 2, 4, 5}, "bed2": {0, 1, 2, 3}}
     status = {"bed1": {"windows_dropped": 1, "windows_failed": 0}, "bed2": {"windows_dropped": 0}}
     acct = window_accounting(seqs, status)
-    assert acct["bed1"] == {"numbered": 6, "estimated": 5, "dropped": 1, "failed": 0, "unaccounted": 0}
+    assert acct["bed1"] == {
+        "numbered": 6,
+        "estimated": 5,
+        "dropped": 1,
+        "failed": 0,
+        "unaccounted": 0,
+        "not_estimated": [3],
+    }
     assert acct["bed2"]["unaccounted"] == 0
     status["bed1"]["windows_dropped"] = 0  # seq 3 neither estimated nor counted: found
     assert window_accounting(seqs, status)["bed1"]["unaccounted"] == 1
