@@ -82,6 +82,7 @@ class _Stream:
     estimates: int = 0
     last_seq: int | None = None  # of the last window received
     restarts: int = 0
+    missing: int = 0  # window numbers skipped in what arrived here (see windows_missing)
 
 
 def stage_times(result: dict[str, Any], t_published: float) -> dict[str, float]:
@@ -201,6 +202,10 @@ class Hub:
             st.running = RunningPosterior(self.cfg.running_beats, self.cfg.max_gap_s)
             st.restarts += 1
             log.warning("hub: %s restarted (window seq %d after %d)", window.stream, window.seq, st.last_seq)
+        elif st.last_seq is not None and window.seq > st.last_seq + 1:
+            # Numbers skipped: windows that never reached the hub (the windower counts its own
+            # drops; anything beyond them was lost on the way). Reported on the status.
+            st.missing += window.seq - st.last_seq - 1
         st.last_seq = window.seq
         if len(st.queue) >= self.cfg.queue_per_stream:
             _t, old, _p = st.queue.popleft()
@@ -359,6 +364,7 @@ class Hub:
             # Bad input: the windower's frame checks (edge_agent/frame_checks.py), failed posteriors here.
             **{k: int(report.get(k, 0)) for k in FRAME_COUNTERS},
             "windows_failed": st.failed,
+            "windows_missing": st.missing,
             "pub_seq": self._pub_seq(wire.STATUS_PREFIX + name),
         }
         self._publish(wire.encode_status(name, body))

@@ -24,6 +24,7 @@ Metrics (labels in braces; durations in seconds, the Prometheus base unit):
 | `edge_agent_windows_dropped{stream}`             | gauge     | status `windows_dropped`                   |
 | `edge_agent_frames_dropped{stream}`              | gauge     | status `frames_dropped`                    |
 | `edge_agent_frame_seq_gaps{stream}`              | gauge     | status `seq_gaps`                          |
+| `edge_agent_status_count{stream,counter}`        | gauge     | the status's other counters (below)        |
 | `edge_agent_queue_windows{stream}`               | gauge     | status `queue`: windows waiting in the hub |
 | `edge_agent_signal{stream,edge_agent_signal}`    | stateset  | status `signal`: 1 for the current state   |
 | `edge_agent_heartbeat_age_seconds{host}`         | gauge     | s since the latest heartbeat arrived       |
@@ -33,7 +34,9 @@ Metrics (labels in braces; durations in seconds, the Prometheus base unit):
 | `edge_agent_exporter_invalid_total`              | counter   | messages the wire decoder refused          |
 
 The dropped/gap gauges mirror the publisher's own since-start counts, which restart with it, so
-they are gauges, not counters.
+they are gauges, not counters. ``edge_agent_status_count``'s ``counter`` label is one of
+``STATUS_COUNTERS``: windows_failed, windows_rejected, windows_missing, frames_blank,
+frames_frozen, frames_saturated (each when the status has it).
 """
 
 from __future__ import annotations
@@ -60,6 +63,17 @@ log = logging.getLogger(__name__)
 
 # Seconds: from sub-millisecond stages (publish) to multi-second end-to-end latency under load.
 BUCKETS_S = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+# Optional status counters exported as edge_agent_status_count{counter=...}.
+STATUS_COUNTERS = (
+    "windows_failed",
+    "windows_rejected",
+    "windows_missing",
+    "frames_blank",
+    "frames_frozen",
+    "frames_saturated",
+)
 
 
 @dataclass(frozen=True)
@@ -216,6 +230,13 @@ class MetricsExporter:
         self.queue = Gauge(
             "edge_agent_queue_windows", "Windows waiting in the hub for a worker", s, registry=r
         )
+        self.counts = Gauge(
+            "edge_agent_status_count",
+            "The status's other counters since start (windows_failed, windows_rejected, windows_missing, "
+            "frames_blank, frames_frozen, frames_saturated)",
+            [*s, "counter"],
+            registry=r,
+        )
         self.signal = Enum(
             "edge_agent_signal", "Signal state of the stream", s, states=list(wire.SIGNAL_STATES), registry=r
         )
@@ -276,6 +297,9 @@ class MetricsExporter:
             self.signal.labels(stream).state(msg["signal"])
             if "queue" in msg:  # a hub older than the queue field does not send it
                 self.queue.labels(stream).set(msg["queue"])
+            for name in STATUS_COUNTERS:
+                if name in msg:
+                    self.counts.labels(stream, name).set(msg[name])
             return
         self.estimates.labels(stream).inc()
         self.latency.labels(stream).observe(msg["latency_ms"] / 1000.0)

@@ -116,6 +116,8 @@ Status body (topic ``status.<stream>``):
 | `windows_failed`   | int ≥ 0          | windows since start whose posterior failed: the worker       |
 |                    |                  | refused the window or its backend returned NaN, infinite or  |
 |                    |                  | out-of-range samples, or the hub refused the result          |
+| `windows_missing`  | int ≥ 0          | window numbers the hub never received (skipped `seq`): the   |
+|                    |                  | windower's own drops plus anything lost on the way; optional |
 | `pub_seq`          | int ≥ 0          | optional; as in the estimate (the hub's status always has it) |
 
 Heartbeat body (topic ``heartbeat``): `v`, `kind` (`"heartbeat"`), `host` (str, 1–255 of
@@ -423,6 +425,7 @@ _STATUS_OPTIONAL: dict[str, Check] = {
     "frames_saturated": _int(0),
     "windows_rejected": _int(0),
     "windows_failed": _int(0),
+    "windows_missing": _int(0),
     "pub_seq": _PUB_SEQ,
 }
 _HEARTBEAT_FIELDS: dict[str, Check] = {

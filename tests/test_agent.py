@@ -240,6 +240,14 @@ def test_hub_bounds_its_queue_and_balances_by_credit(tmp_path: Path) -> None:
         _pump(hub, 0.3)
         assert wire.decode_window(dealer.recv_multipart()).seq == 4
         assert hub.streams["a"].estimates == 1
+        # Window numbers 5 and 6 never arrive: the hub reports them missing on the status.
+        push.send_multipart(wire.encode_window(_window("a", 7)))
+        deadline = time.monotonic() + 5.0
+        while status["windows_missing"] != 2:
+            assert time.monotonic() < deadline, status
+            _pump(hub, 0.1)
+            status = wire.decode_status(sub.recv_multipart())
+        assert status["windows_dropped"] == 3 and status["pub_seq"] > 0
     finally:
         hub.stop()
         ctx.destroy(linger=0)

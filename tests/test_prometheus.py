@@ -154,6 +154,7 @@ def test_scrape_shows_exactly_what_was_published() -> None:
         pub.send([b"status.bed1", b"\xc1"])  # invalid: counted
         pub.send(wire.encode_status("bed1", status_body(fps=20.0, windows_dropped=1)))
         last = status_body(fps=49.5, windows_dropped=3, frames_dropped=4, seq_gaps=1, queue=2, signal="stale")
+        last |= {"windows_missing": 5, "frames_frozen": 6}
         pub.send(wire.encode_status("bed1", last))
         pub.send(wire.encode_status("bed2", status_body(hr_bpm=None, signal="lost", fps=0.0)))
         pub.send(wire.encode_heartbeat({"host": "edge-01", "pid": 77, "uptime_s": 12.5, "t": 9.0}))
@@ -196,6 +197,12 @@ def test_scrape_shows_exactly_what_was_published() -> None:
     assert value(got, "edge_agent_frames_dropped", **bed1) == 4
     assert value(got, "edge_agent_frame_seq_gaps", **bed1) == 1
     assert value(got, "edge_agent_queue_windows", **bed1) == 2
+    assert value(got, "edge_agent_status_count", counter="windows_missing", **bed1) == 5
+    assert value(got, "edge_agent_status_count", counter="frames_frozen", **bed1) == 6
+    assert (
+        "edge_agent_status_count",
+        frozenset({("stream", "bed2"), ("counter", "frames_frozen")}),
+    ) not in got
     assert value(got, "edge_agent_signal", edge_agent_signal="stale", **bed1) == 1
     assert value(got, "edge_agent_signal", edge_agent_signal="ok", **bed1) == 0
     assert value(got, "edge_agent_signal", edge_agent_signal="lost", stream="bed2") == 1
