@@ -112,8 +112,7 @@ class Capture:
         self.late = 0  # frames released more than one frame interval after their due time
         self.disconnects = 0  # times the source was lost
         self.reconnects = 0  # times it came back
-        self._t_lost: float | None = None  # when the source was lost (None: connected)
-        self._t_lost_first = 0.0  # when the current outage began
+        self._lost = False  # the source failed and is being reopened
         self._frames_at_reconnect = -1  # frame count at the last reconnect
         self._last_seq, self._t_last_write = -1, time.monotonic()  # the last frame in the ring
 
@@ -162,7 +161,7 @@ class Capture:
         """Read, preprocess, pace and write one frame (or try to reconnect a lost source); False at
         the end of a file that does not loop."""
         assert self.ring is not None, "start() first"
-        if self._t_lost is not None:
+        if self._lost:
             return self._reconnect()
         assert self.source is not None
         try:
@@ -198,20 +197,18 @@ class Capture:
         with contextlib.suppress(Exception):  # a failed source may fail to close too; it is dropped
             self.source.close()
         self.source = None
-        now = time.monotonic()
+        self._lost = True
         if self.frames > self._frames_at_reconnect:
             self.disconnects += 1
-            self._t_lost, self._wait = now, self.cfg.reconnect_initial_s
+            self._wait = self.cfg.reconnect_initial_s
             log.warning("capture %s: signal lost (%s); reconnecting", self.stream.id, why)
-        else:  # still lost: the outage goes on from the first loss
-            self._t_lost, self._wait = self._t_lost_first, min(2 * self._wait, self.cfg.reconnect_max_s)
+        else:  # still lost: it reopened but gave no frame
+            self._wait = min(2 * self._wait, self.cfg.reconnect_max_s)
             log.warning("capture %s: still lost (%s); next try in %.1f s", self.stream.id, why, self._wait)
-        self._t_lost_first = self._t_lost
-        self._next_try = now + self._wait
+        self._next_try = time.monotonic() + self._wait
 
     def _reconnect(self) -> bool:
         """One reconnection attempt when due (waits at most 0.1 s otherwise); always True."""
-        assert self._t_lost is not None
         now = time.monotonic()
         if now < self._next_try:
             time.sleep(min(0.1, self._next_try - now))
@@ -224,12 +221,11 @@ class Capture:
             self._next_try = time.monotonic() + self._wait
             log.warning("capture %s: still lost (%s); next try in %.1f s", self.stream.id, e, self._wait)
             return True
-        now = time.monotonic()
-        outage = now - self._t_lost
+        outage = time.monotonic() - self._t_last_write  # since the last frame: what readers missed
         # Number the next frame as if the outage's frames had come: readers see the gap.
-        self.frames = max(self.frames, self._last_seq + max(2, round((now - self._t_last_write) * self.fps)))
+        self.frames = max(self.frames, self._last_seq + max(2, round(outage * self.fps)))
         self._frames_at_reconnect = self.frames
-        self.source, self._t_lost, self._t0_media = source, None, None
+        self.source, self._lost, self._t0_media = source, False, None
         self.pre = self._new_preprocessor()  # the sector may have moved (another probe, a new stream)
         self._pending.clear()
         self.reconnects += 1
@@ -249,7 +245,7 @@ class Capture:
                 self.late += 1
         if self.frames == self._frames_at_reconnect:  # the first frame since the signal came back
             log.warning(
-                "capture %s: signal back after %.1f s", self.stream.id, time.monotonic() - self._t_lost_first
+                "capture %s: signal back after %.1f s", self.stream.id, time.monotonic() - self._t_last_write
             )
         self._t_last_write = time.monotonic()
         self.ring.write(pixels, self.frames, self._t_last_write, flags, aux)

@@ -303,6 +303,7 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
     agent = Agent(agent_cfg)
     seqs: dict[str, set[int]] = {}
     epochs: dict[str, int] = {}  # windower restarts seen (seq numbering began again)
+    last_seq: dict[str, int] = {}  # stream → seq of its latest estimate
     status: dict[str, dict[str, Any]] = {}
     signals: dict[str, dict[str, int]] = {}  # stream → signal → status messages saying so
     events: list[dict[str, Any]] = []
@@ -330,10 +331,11 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
                 agent.check()
                 msg = sub.recv(0.05)
                 if msg is not None and msg["kind"] == "estimate":
-                    got = seqs.setdefault(msg["stream"], set())
-                    if got and msg["seq"] < min(got) and msg["seq"] == 0:  # a new windower
-                        epochs[msg["stream"]] = epochs.get(msg["stream"], 0) + 1
-                    got.add(msg["seq"])
+                    name = msg["stream"]
+                    if msg["seq"] < last_seq.get(name, -1):  # numbering began again: a new windower
+                        epochs[name] = epochs.get(name, 0) + 1
+                    last_seq[name] = msg["seq"]
+                    seqs.setdefault(name, set()).add(msg["seq"])
                     estimates += 1
                 elif msg is not None and msg["kind"] == "status":
                     status[msg["stream"]] = msg

@@ -313,3 +313,23 @@ def write_camus_patient(
     else:
         write_metaimage(folder / f"{stem}_sequence.mhd", frames, spacing=(0.3, 0.3, 1.0))
     return folder
+
+
+def summary_body(mean: float, **extra: object) -> dict[str, object]:
+    """A wire-valid posterior summary map (EF %) around ``mean``; ``extra`` overrides keys."""
+    return {
+        "n_samples": 40,
+        "mean": mean,
+        "median": mean,
+        "std": 3.0,
+        "q05": mean - 5,
+        "q25": mean - 2,
+        "q75": mean + 2,
+        "q95": mean + 5,
+        "ci90": [mean - 5, mean + 5],
+        "ci95": [mean - 6, mean + 6],
+        "p_ef_lt_40": 0.1,
+        "p_ef_lt_50": 0.3,
+        "multimodal": False,
+        **extra,
+    }

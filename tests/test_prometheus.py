@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import zmq
+from fixtures import summary_body
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent import wire
@@ -35,24 +36,6 @@ Samples = dict[tuple[str, frozenset], float]
 # ---------------------------------------------------------------- helpers
 
 
-def summary(mean: float) -> dict[str, Any]:
-    return {
-        "n_samples": 40,
-        "mean": mean,
-        "median": mean,
-        "std": 3.0,
-        "q05": mean - 5,
-        "q25": mean - 2,
-        "q75": mean + 2,
-        "q95": mean + 5,
-        "ci90": [mean - 5, mean + 5],
-        "ci95": [mean - 6, mean + 6],
-        "p_ef_lt_40": 0.25,
-        "p_ef_lt_50": 0.5,
-        "multimodal": False,
-    }
-
-
 def estimate_body(seq: int, latency_ms: float, infer_ms: float, running_mean: float) -> dict[str, Any]:
     t_published = 1000.0 + seq
     return {
@@ -61,8 +44,8 @@ def estimate_body(seq: int, latency_ms: float, infer_ms: float, running_mean: fl
         "t": [t_published - latency_ms / 1000.0 - 1.0, t_published - latency_ms / 1000.0],
         "t_ready": t_published - 0.1 * (seq + 1),
         "t_published": t_published,
-        "beat": summary(50.0),
-        "running": {**summary(running_mean), "n_beats": 3},
+        "beat": summary_body(50.0, p_ef_lt_40=0.25, p_ef_lt_50=0.5),
+        "running": {**summary_body(running_mean, p_ef_lt_40=0.25, p_ef_lt_50=0.5), "n_beats": 3},
         "hr_bpm": 72.0,
         "backend": "onnxruntime",
         "latency_ms": latency_ms,

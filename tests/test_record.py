@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import zmq
+from fixtures import summary_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,25 +37,6 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 # ---------------------------------------------------------------- builders
 
 
-def summary(mean: float, **extra: Any) -> dict[str, Any]:
-    return {
-        "n_samples": 40,
-        "mean": mean,
-        "median": mean,
-        "std": 3.0,
-        "q05": mean - 5,
-        "q25": mean - 2,
-        "q75": mean + 2,
-        "q95": mean + 5,
-        "ci90": [mean - 5, mean + 5],
-        "ci95": [mean - 6, mean + 6],
-        "p_ef_lt_40": 0.1,
-        "p_ef_lt_50": 0.3,
-        "multimodal": False,
-        **extra,
-    }
-
-
 def estimate(stream: str, seq: int, t_published: float, **extra: Any) -> list[bytes]:
     body = {
         "seq": seq,
@@ -62,8 +44,8 @@ def estimate(stream: str, seq: int, t_published: float, **extra: Any) -> list[by
         "t": [t_published - 1.5, t_published - 0.5],
         "t_ready": t_published - 0.3,
         "t_published": t_published,
-        "beat": summary(50.0 + seq % 7),
-        "running": {**summary(52.0), "n_beats": 1 + seq % 5},
+        "beat": summary_body(50.0 + seq % 7),
+        "running": {**summary_body(52.0), "n_beats": 1 + seq % 5},
         "hr_bpm": 70.0,
         "backend": "onnxruntime",
         "latency_ms": 500.0 + seq,
