@@ -58,7 +58,7 @@ def _config(path: str | None, overrides: list[str]) -> tuple[dict, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from edge_agent.train import parse_config, train
+    from edge_agent.ml.train import parse_config, train
 
     data, source = _config(args.config, args.set)
     path = train(parse_config(data, source), resume=not args.restart)
@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from edge_agent.simulate import write_dataset
+    from edge_agent.ml.simulate import write_dataset
 
     out = write_dataset(
         Path(args.out), n=args.n, seed=args.seed, fmt=args.format, n_beats=args.beats, workers=args.workers
@@ -77,7 +77,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from edge_agent.evaluate import EvalRequest, run_evaluation
+    from edge_agent.ml.evaluate import EvalRequest, run_evaluation
 
     req = EvalRequest(
         model=args.model,
@@ -99,14 +99,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from edge_agent.simulate import simulator_stats_table
+    from edge_agent.ml.simulate import simulator_stats_table
 
     print(simulator_stats_table(n=args.n, seed=args.seed))
     return 0
 
 
 def _agent_config(args: argparse.Namespace):
-    from edge_agent.agent import load_agent_config
+    from edge_agent.live.agent import load_agent_config
 
     path = args.config
     if path is None:
@@ -127,8 +127,8 @@ def _agent_config(args: argparse.Namespace):
 def _check_sources(cfg) -> None:
     """Every stream's source is a URI open_source understands and, for a file, exists (checked here,
     before any process starts, instead of as a capture that dies and restarts)."""
-    from edge_agent.sources import SourceError, open_source
-    from edge_agent.sources.base import FileSource
+    from edge_agent.live.sources import SourceError, open_source
+    from edge_agent.live.sources.base import FileSource
 
     for i, stream in enumerate(cfg.streams):
         try:
@@ -146,7 +146,7 @@ def _check_sources(cfg) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
-    from edge_agent.agent import Agent
+    from edge_agent.live.agent import Agent
 
     cfg = _agent_config(args)
     logging.basicConfig(
@@ -165,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
-    from edge_agent.demo import run_demo
+    from edge_agent.tools.demo import run_demo
 
     args.set = [f"transport.publish={args.publish}", f"supervisor.log_level={args.log_level}", *args.set]
     cfg = _agent_config(args)
@@ -189,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from edge_agent.monitor import run_monitor
+    from edge_agent.clients.monitor import run_monitor
 
     run_monitor(
         args.connect,
@@ -202,7 +202,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from edge_agent.monitor import subscribe_json
+    from edge_agent.clients.monitor import subscribe_json
 
     subscribe_json(
         args.connect,
@@ -215,8 +215,8 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from edge_agent.agent import remote_worker
-    from edge_agent.security import client_keys, scheme
+    from edge_agent.live.agent import remote_worker
+    from edge_agent.protocol.security import client_keys, scheme
 
     cfg = _agent_config(args)
     if scheme(args.connect) == "tcp":
@@ -226,7 +226,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from edge_agent.security import make_key_pair
+    from edge_agent.protocol.security import make_key_pair
 
     public, secret = make_key_pair(args.out, args.name, force=args.force)
     print(f"public key: {public}  (give it out)")
@@ -245,7 +245,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edge_agent.export import ExportRequest, export
+    from edge_agent.inference.export import ExportRequest, export
 
     paths = export(ExportRequest(model=args.model, out=args.out, k=args.k, opset=args.opset))
     for name, path in paths.items():
@@ -254,7 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_agent.bench import QUICK, bench_config, plot_report, report_markdown, run_bench
+    from edge_agent.tools.bench import QUICK, bench_config, plot_report, report_markdown, run_bench
 
     data, source = _config(args.config, args.set)
     cfg, agent_overrides = bench_config(data, source, quick=args.quick)
@@ -275,7 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    from edge_agent.engine_build import EngineBuildError, build_engine_cli
+    from edge_agent.inference.engine_build import EngineBuildError, build_engine_cli
 
     try:
         return build_engine_cli(
@@ -293,7 +293,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edge_agent.calibrate import CalibrationError, run_calibration
+    from edge_agent.inference.calibrate import CalibrationError, run_calibration
 
     try:
         result = run_calibration(
@@ -310,7 +310,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     import logging
     import sqlite3
 
-    from edge_agent.record import (
+    from edge_agent.clients.record import (
         DEFAULT_ENDPOINT,
         RecordConfig,
         Recorder,
@@ -351,9 +351,9 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     import logging
 
+    from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter
+    from edge_agent.clients.record import DEFAULT_ENDPOINT, run_until_stopped
     from edge_agent.config import from_mapping
-    from edge_agent.prometheus import MetricsConfig, MetricsExporter
-    from edge_agent.record import DEFAULT_ENDPOINT, run_until_stopped
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s metrics %(levelname)s %(message)s")
     cfg = from_mapping(MetricsConfig, {"port": args.port, "host": args.host}, "command line")
@@ -375,7 +375,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     import logging
 
     from edge_agent.config import from_mapping
-    from edge_agent.soak import SoakConfig, plot_soak, report_markdown, run_soak
+    from edge_agent.tools.soak import SoakConfig, plot_soak, report_markdown, run_soak
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s soak %(levelname)s %(message)s")
     keys = ("minutes", "streams", "workers", "kill_worker_every_s", "outage_every_s", "outage_s", "warmup_s")
@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        from edge_agent.agent import AgentError  # imported late: most verbs never start an agent
+        from edge_agent.live.agent import AgentError
 
         if not isinstance(e, AgentError):
             raise

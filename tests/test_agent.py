@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import zmq
 
-from edge_agent import wire
-from edge_agent.agent import Agent, AgentConfig, load_agent_config
+from edge_agent.clients.monitor import T_RECEIVED, Subscriber
 from edge_agent.config import ConfigError
-from edge_agent.hub import Hub, HubConfig
-from edge_agent.monitor import T_RECEIVED, Subscriber
-from edge_agent.ringbuffer import SHM_DIR
-from edge_agent.transport import TransportConfig
+from edge_agent.live.agent import Agent, AgentConfig, load_agent_config
+from edge_agent.live.hub import Hub, HubConfig
+from edge_agent.live.ringbuffer import SHM_DIR
+from edge_agent.protocol import wire
+from edge_agent.protocol.transport import TransportConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import export as export_mod
-from edge_agent.backends import BackendError, load_backend
-from edge_agent.bench import posterior_speed, speed_table, stats_ms, timings
-from edge_agent.datasets.synthetic import synthetic_example
-from edge_agent.export import ExportError, ExportRequest, export, file_sha256
-from edge_agent.worker import starting_noises
+from edge_agent.core.artefacts import file_sha256
+from edge_agent.inference import export as export_mod
+from edge_agent.inference.backends import BackendError, load_backend
+from edge_agent.inference.export import ExportError, ExportRequest, export
+from edge_agent.live.worker import starting_noises
+from edge_agent.sim.clips import synthetic_example
+from edge_agent.tools.bench import posterior_speed, speed_table, stats_ms, timings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "engines" / "mcsdr_default.pt"
@@ -88,9 +89,9 @@ def test_worker_on_onnxruntime_never_imports_torch(tmp_path: Path) -> None:
     script = f"""
 import sys
 import numpy as np
-from edge_agent import wire
-from edge_agent.transport import TransportConfig
-from edge_agent.worker import Worker, WorkerConfig
+from edge_agent.protocol import wire
+from edge_agent.protocol.transport import TransportConfig
+from edge_agent.live.worker import Worker, WorkerConfig
 worker = Worker(WorkerConfig(backend="onnxruntime", model={str(MODEL)!r}), TransportConfig(linger_ms=0),
                 "ipc://{tmp_path}/workers")
 worker.start()
@@ -126,7 +127,8 @@ def test_tensorrt_backend_module_does_not_import_torch() -> None:
     """The TensorRT path cannot run here (no GPU), but its modules must stay torch-free too."""
     script = (
         "import sys\n"
-        "import edge_agent.backends.tensorrt_backend, edge_agent.engine_build, edge_agent.worker\n"
+        "import edge_agent.inference.backends.tensorrt_backend, edge_agent.inference.engine_build\n"
+        "import edge_agent.live.worker\n"
         "print('torch' in sys.modules)\n"
     )
     done = subprocess.run(
@@ -137,7 +139,7 @@ def test_tensorrt_backend_module_does_not_import_torch() -> None:
 
 
 def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) -> None:
-    from edge_agent.bench import BenchConfig, plot_report, report_markdown, run_bench
+    from edge_agent.tools.bench import BenchConfig, plot_report, report_markdown, run_bench
 
     cfg = BenchConfig(min_seconds=0.0, min_samples=3, streams=(1,), stream_seconds=8.0, gating=("ecg",))
     result = run_bench(cfg)
@@ -169,8 +171,8 @@ def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) 
 
 
 def test_bench_profiles_parse_and_unknown_keys_are_errors(tmp_path: Path) -> None:
-    from edge_agent.bench import bench_config
     from edge_agent.config import ConfigError, load_yaml
+    from edge_agent.tools.bench import bench_config
 
     cfg, overrides = bench_config(load_yaml(ROOT / "configs" / "bench_jetson.yaml"), "bench_jetson.yaml")
     assert cfg.streams == (1, 4) and cfg.fps == 30.0 and cfg.tegrastats_interval_ms == 200

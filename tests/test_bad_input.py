@@ -36,12 +36,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
-from edge_agent import wire
-from edge_agent.agent import SECTIONS, AgentConfig, load_agent_config, parse_agent_config
 from edge_agent.cli import main
+from edge_agent.clients.monitor import Subscriber
 from edge_agent.config import ConfigError, load_yaml
-from edge_agent.cycles import CycleConfig
-from edge_agent.frame_checks import (
+from edge_agent.live.agent import SECTIONS, AgentConfig, load_agent_config, parse_agent_config
+from edge_agent.live.cycles import CycleConfig
+from edge_agent.live.frame_checks import (
     BLANK,
     FROZEN,
     OK,
@@ -51,13 +51,13 @@ from edge_agent.frame_checks import (
     FrameQuality,
     check_frame,
 )
-from edge_agent.hub import Hub, HubConfig
-from edge_agent.monitor import Subscriber
-from edge_agent.preprocess import Preprocessor
-from edge_agent.ringbuffer import FrameRing, segment_name
-from edge_agent.sources import SourceError, open_source
-from edge_agent.transport import READY, RESULT, TransportConfig
-from edge_agent.windower import WindowConfig, Windower
+from edge_agent.live.hub import Hub, HubConfig
+from edge_agent.live.preprocess import Preprocessor
+from edge_agent.live.ringbuffer import FrameRing, segment_name
+from edge_agent.live.sources import SourceError, open_source
+from edge_agent.live.windower import WindowConfig, Windower
+from edge_agent.protocol import wire
+from edge_agent.protocol.transport import READY, RESULT, TransportConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CINE = get_testdata_file("color3d_jpeg_baseline.dcm")
@@ -568,7 +568,10 @@ def test_video_cut_off_mid_stream_plays_the_frames_before_then_ends_with_a_warni
     assert _play(str(whole)) == 40
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="edge_agent.sources.video"), open_source(str(cut)) as src:
+    with (
+        caplog.at_level(logging.WARNING, logger="edge_agent.live.sources.video"),
+        open_source(str(cut)) as src,
+    ):
         frames = []
         while (f := src.read()) is not None:
             frames.append(f)

@@ -12,8 +12,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_agent import calibrate
-from edge_agent.calibrate import (
+from edge_agent.core.artefacts import file_sha256
+from edge_agent.inference import calibrate
+from edge_agent.inference.calibrate import (
     CPU_INT8,
     TRT_QDQ,
     CalibrationError,
@@ -22,9 +23,8 @@ from edge_agent.calibrate import (
     quantize,
     tensorrt_calibration_cache,
 )
-from edge_agent.export import file_sha256
-from edge_agent.sources import open_source
-from edge_agent.worker import starting_noises
+from edge_agent.live.sources import open_source
+from edge_agent.live.worker import starting_noises
 
 MODEL = Path(__file__).resolve().parents[1] / "engines" / "mcsdr_default.onnx"
 

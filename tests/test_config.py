@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.config import ConfigError, apply_overrides, from_mapping, load_yaml, to_mapping
+from edge_agent.ml.train import SECTIONS, TrainConfig, parse_config
 from edge_agent.model.network import ModelConfig
-from edge_agent.train import SECTIONS, TrainConfig, parse_config
 
 
 def test_shipped_training_config_parses(tmp_path):

@@ -12,16 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.cycles import (
-    SIGNAL_INPUT,
-    SIGNAL_WEIGHTS,
-    CycleConfig,
-    CycleDetector,
-    LVAreaNet,
-    estimate_period,
-    make_clip,
-)
-from edge_agent.cycles_eval import (
+from edge_agent.core.clip import estimate_period, make_clip
+from edge_agent.live.cycles import SIGNAL_INPUT, SIGNAL_WEIGHTS, CycleConfig, CycleDetector, LVAreaNet
+from edge_agent.ml.cycles_eval import (
     coverage_targets,
     detector_accuracy,
     net_weights,
@@ -29,7 +22,7 @@ from edge_agent.cycles_eval import (
     signal_net_torch,
     stream_case,
 )
-from edge_agent.phantom import EchoPhantom, draw_case
+from edge_agent.sim.phantom import EchoPhantom, draw_case
 
 FPS = 50.0
 
@@ -211,7 +204,7 @@ def test_real_dicom_cine_gives_plausible_heart_rate():
     pydicom = pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
-    from edge_agent.preprocess import Preprocessor
+    from edge_agent.live.preprocess import Preprocessor
 
     ds = pydicom.dcmread(get_testdata_file("color3d_jpeg_baseline.dcm"))
     fps = 1000.0 / float(ds.FrameTime)

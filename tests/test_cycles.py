@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.cycles import beat_bounds, beat_sample_times, estimate_period, make_clip
+from edge_agent.core.clip import beat_bounds, beat_sample_times, estimate_period, make_clip
 
 
 def _ramp(n: int, h: int = 112, w: int = 112) -> np.ndarray:

@@ -26,8 +26,8 @@ from fixtures import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.cycles import beat_bounds
-from edge_agent.datasets import (
+from edge_agent.core.clip import beat_bounds
+from edge_agent.ml.datasets import (
     Camus,
     ClipDataset,
     ClipSample,
@@ -38,7 +38,7 @@ from edge_agent.datasets import (
     read_camus_sequence,
     read_video,
 )
-from edge_agent.datasets.camus import (
+from edge_agent.ml.datasets.camus import (
     CAMUS_DEFAULT_FPS,
     mirrored_half_cycle,
     parse_cfg,
@@ -46,7 +46,7 @@ from edge_agent.datasets.camus import (
     read_metaimage,
     to_uint8,
 )
-from edge_agent.datasets.tracings import chord_area, ed_es_from_areas, load_volume_tracings, polygon_area
+from edge_agent.ml.datasets.tracings import chord_area, ed_es_from_areas, load_volume_tracings, polygon_area
 
 
 def dark_area(clip: np.ndarray) -> np.ndarray:

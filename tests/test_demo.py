@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.demo import demo_summary
-from edge_agent.monitor import T_RECEIVED
+from edge_agent.clients.monitor import T_RECEIVED
+from edge_agent.tools.demo import demo_summary
 
 
 def _estimate(seq: int, beat: int, patient: int, mean: float, truth: float, t_last: float) -> dict:

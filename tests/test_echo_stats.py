@@ -1,4 +1,4 @@
-"""Known-answer tests for the echo image statistics (edge_agent.echo_stats)."""
+"""Known-answer tests for the echo image statistics (edge_agent.sim.echo_stats)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.echo_stats import (
+from edge_agent.sim.echo_stats import (
     REAL_ECHO_STATS,
     STAT_NAMES,
     clip_stats,

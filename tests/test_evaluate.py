@@ -10,13 +10,14 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from edge_agent import metrics
-from edge_agent.datasets.synthetic import generate
-from edge_agent.evaluate import FLAT_KEYS, EvalRequest, quality_labels, run_evaluation
+from edge_agent.core import metrics
+from edge_agent.ml.evaluate import FLAT_KEYS, EvalRequest, quality_labels, run_evaluation
+from edge_agent.ml.train import DataConfig, TrainConfig, TrainState, save_artefact
+from edge_agent.model.artefact import load_model
 from edge_agent.model.ddim import DiffusionSchedule
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
-from edge_agent.posterior import recalibrate
-from edge_agent.train import DataConfig, TrainConfig, TrainState, load_model, save_artefact
+from edge_agent.model.posterior import recalibrate
+from edge_agent.sim.clips import generate
 from tests.fixtures import EchoVideo, write_echonet_dynamic
 
 SCALE = 2.0  # recalibration scale written into the sidecar, so the recalibrated posterior must differ

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from edge_agent.agent import Agent, AgentConfig, load_agent_config
-from edge_agent.monitor import MonitorState, Subscriber
-from edge_agent.sources import SourceError
-from edge_agent.sources.synthetic import parse_synthetic_uri
+from edge_agent.clients.monitor import MonitorState, Subscriber
+from edge_agent.live.agent import Agent, AgentConfig, load_agent_config
+from edge_agent.live.sources import SourceError
+from edge_agent.live.sources.synthetic import parse_synthetic_uri
 
 
 def _config(sources: list[str], *extra: str) -> AgentConfig:
@@ -167,7 +167,7 @@ def test_a_subscriber_that_stops_reading_never_slows_the_pipeline(tmp_path: Path
 def test_subscriber_counts_what_zeromq_dropped_for_it() -> None:
     """A real publisher far faster than its subscriber reads: ZeroMQ drops at the high-water mark,
     the subscriber counts the losses from pub_seq and never returns a resend twice."""
-    from edge_agent import wire
+    from edge_agent.protocol import wire
 
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)

@@ -1,4 +1,4 @@
-"""Tests for edge_agent.metrics: hand-computed values, brute-force references, known answers."""
+"""Tests for edge_agent.core.metrics: hand-computed values, brute-force references, known answers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from edge_agent import metrics
+from edge_agent.core import metrics
 
 
 def crps_brute_force(samples: np.ndarray, truth: np.ndarray, fair: bool) -> np.ndarray:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.datasets.synthetic import ClipArrays
+from edge_agent.ml.train import _batch, drop_demographics, losses, sample_arrays
 from edge_agent.model.ddim import DiffusionSchedule, ddim_sample
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
-from edge_agent.train import _batch, drop_demographics, losses, sample_arrays
+from edge_agent.sim.clips import ClipArrays
 
 TINY = ModelConfig(width=4, d_model=16, n_heads=2, n_blocks=1)
 

@@ -1,4 +1,4 @@
-"""Tests for edge_agent.monitor: state, rendering, and subscribers on real ZeroMQ sockets."""
+"""Tests for edge_agent.clients.monitor: state, rendering, and subscribers on real ZeroMQ sockets."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import pytest
 import zmq
 from rich.console import Console
 
-from edge_agent import posterior, wire
-from edge_agent.monitor import (
+from edge_agent.clients.monitor import (
     DEDUPE_CAPACITY,
     SPARK_BLOCKS,
     T_RECEIVED,
@@ -30,6 +29,8 @@ from edge_agent.monitor import (
     sparkline,
     subscribe_json,
 )
+from edge_agent.model import posterior
+from edge_agent.protocol import wire
 
 WAIT_S = 5.0  # generous bound for a message to cross a local socket
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent import echo_stats
-from edge_agent.phantom import (
+from edge_agent.sim import echo_stats
+from edge_agent.sim.phantom import (
     QUALITIES,
     Beat,
     CaseParams,

@@ -1,4 +1,4 @@
-"""Tests for edge_agent.posterior: summary, multimodality heuristic, dispersion recalibration."""
+"""Tests for edge_agent.model.posterior: summary, multimodality heuristic, dispersion recalibration."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from edge_agent import metrics, posterior
-from edge_agent.metrics import picp
-from edge_agent.posterior import RunningPosterior, fit_dispersion_scale, recalibrate
+from edge_agent.core import metrics
+from edge_agent.core.metrics import picp
+from edge_agent.model import posterior
+from edge_agent.model.posterior import RunningPosterior, fit_dispersion_scale, recalibrate
 
 
 def logit_ef(ef: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from edge_agent.preprocess import Box, Preprocessor, SectorError, crop_square, find_sector, to_gray
-from edge_agent.sources import open_source
+from edge_agent.live.preprocess import Box, Preprocessor, SectorError, crop_square, find_sector, to_gray
+from edge_agent.live.sources import open_source
 
 CINE = get_testdata_file("color3d_jpeg_baseline.dcm")
 

@@ -24,10 +24,10 @@ import zmq
 from fixtures import summary_body
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent import wire
-from edge_agent.agent import Agent, compose, load_agent_config
+from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter, connect_endpoint
 from edge_agent.config import ConfigError
-from edge_agent.prometheus import MetricsConfig, MetricsExporter, connect_endpoint
+from edge_agent.live.agent import Agent, compose, load_agent_config
+from edge_agent.protocol import wire
 
 ROOT = Path(__file__).resolve().parents[1]
 Samples = dict[tuple[str, frozenset], float]

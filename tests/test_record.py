@@ -26,9 +26,10 @@ from fixtures import summary_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import record, wire
-from edge_agent.agent import Agent, load_agent_config
-from edge_agent.monitor import T_RECEIVED
+from edge_agent.clients import record
+from edge_agent.clients.monitor import T_RECEIVED
+from edge_agent.live.agent import Agent, load_agent_config
+from edge_agent.protocol import wire
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.ringbuffer import (
+from edge_agent.live.ringbuffer import (
     FLAG_R_WAVE,
     HEADER_DTYPE,
     SHM_DIR,
@@ -329,7 +329,7 @@ def test_reader_process_exit_leaves_the_segment_intact(prefix):
     would have) attaches, reads and exits; the writer's segment must survive it."""
     name = prefix + "survive"
     code = (
-        "import sys; from edge_agent.ringbuffer import FrameRing, RingReader\n"
+        "import sys; from edge_agent.live.ringbuffer import FrameRing, RingReader\n"
         f"ring = FrameRing.attach({name!r})\n"
         "frames = RingReader(ring, 'oldest').poll()\n"
         "print([f.frame_seq for f in frames])\n"

@@ -25,12 +25,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from edge_agent import security, wire
-from edge_agent.agent import Agent, load_agent_config
+from edge_agent.clients.monitor import Subscriber
 from edge_agent.config import ConfigError
-from edge_agent.hub import Hub, HubConfig
-from edge_agent.monitor import Subscriber
-from edge_agent.transport import MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, TransportConfig, socket
+from edge_agent.live.agent import Agent, load_agent_config
+from edge_agent.live.hub import Hub, HubConfig
+from edge_agent.protocol import security, wire
+from edge_agent.protocol.transport import MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, TransportConfig, socket
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = {"age_years": 61.0, "sex_male": 1.0, "weight_kg": 80.0, "height_cm": 178.0}
@@ -321,7 +321,7 @@ def test_insecure_exposure_is_accepted_with_a_warning(
     transport = TransportConfig(publish=endpoints["publish"], allow_insecure=True, linger_ms=0)
     assert security.check_exposure(transport) == [("publish", endpoints["publish"])]
     hub = Hub(HubConfig(), transport, endpoints)
-    with caplog.at_level(logging.WARNING, logger="edge_agent.security"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.protocol.security"):
         hub.start()
         hub.stop()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -423,7 +423,7 @@ def test_remote_workers_over_curve_only_the_allowed_key_is_served(
     procs: dict[str, subprocess.Popen] = {}
     logs = {name: tmp_path / f"{name}.log" for name in ("allowed", "stranger")}
     ctx = zmq.Context()
-    with caplog.at_level(logging.WARNING, logger="edge_agent.security"):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.protocol.security"):
         hub.start()
         try:
             for name, secret in (("allowed", keys.client_secret), ("stranger", keys.stranger_secret)):

@@ -12,19 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.datasets import EchoNetDynamic, EchoNetPediatric, read_video
-from edge_agent.echo_stats import REAL_ECHO_STATS, STAT_NAMES
-from edge_agent.phantom import (
-    QUALITIES,
-    SIMPSON_DISCS,
-    LVShape,
-    SimClip,
-    draw_case,
-    lv_contour_uv,
-    simpson_volume,
-    simulate_clip,
-)
-from edge_agent.simulate import (
+from edge_agent.ml.datasets import EchoNetDynamic, EchoNetPediatric, read_video
+from edge_agent.ml.simulate import (
     ECHONET_FILELIST_COLUMNS,
     ECHONET_SPLITS,
     ECHONET_TRACING_COLUMNS,
@@ -37,6 +26,17 @@ from edge_agent.simulate import (
     simpson_chords,
     simulator_stats_table,
     write_dataset,
+)
+from edge_agent.sim.echo_stats import REAL_ECHO_STATS, STAT_NAMES
+from edge_agent.sim.phantom import (
+    QUALITIES,
+    SIMPSON_DISCS,
+    LVShape,
+    SimClip,
+    draw_case,
+    lv_contour_uv,
+    simpson_volume,
+    simulate_clip,
 )
 
 N, N_BEATS = 3, 2.0

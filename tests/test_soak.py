@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.soak import (
+from edge_agent.tools.soak import (
     SoakConfig,
     fd_growth,
     memory_growth,

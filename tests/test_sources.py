@@ -17,14 +17,14 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
-from edge_agent.datasets.base import DEMOGRAPHIC_FIELDS
-from edge_agent.phantom import QUALITIES
-from edge_agent.preprocess import to_gray
-from edge_agent.sources import SourceError, SourceFrame, open_source, synthetic
-from edge_agent.sources.device import DeviceSource, has_gstreamer, parse_device_uri
-from edge_agent.sources.dicom import DicomSource, parse_patient_age
-from edge_agent.sources.synthetic import SyntheticParams, SyntheticSource, parse_synthetic_uri
-from edge_agent.sources.video import VideoSource
+from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
+from edge_agent.live.preprocess import to_gray
+from edge_agent.live.sources import SourceError, SourceFrame, open_source, synthetic
+from edge_agent.live.sources.device import DeviceSource, has_gstreamer, parse_device_uri
+from edge_agent.live.sources.dicom import DicomSource, parse_patient_age
+from edge_agent.live.sources.synthetic import SyntheticParams, SyntheticSource, parse_synthetic_uri
+from edge_agent.live.sources.video import VideoSource
+from edge_agent.sim.phantom import QUALITIES
 
 CINE = get_testdata_file("color3d_jpeg_baseline.dcm")
 

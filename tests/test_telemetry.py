@@ -1,5 +1,5 @@
-"""edge_agent.telemetry: parsers on outputs recorded on real Jetsons (tests/data/tegrastats/, provenance in
-each file's "#@" header lines), the tegrastats sampler against a real stand-in executable, and
+"""edge_agent.tools.telemetry: parsers on outputs recorded on real Jetsons (tests/data/tegrastats/,
+provenance in each file's "#@" header lines), the tegrastats sampler against a real stand-in executable, and
 environment() on this machine."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.telemetry import (
+from edge_agent.tools.telemetry import (
     TegrastatsSampler,
     environment,
     jetson_info,

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import engine_build
-from edge_agent.backends import BackendError
-from edge_agent.backends.tensorrt_backend import TensorRTBackend, cuda_device_index, onnx_files
-from edge_agent.engine_build import (
+from edge_agent.inference import engine_build
+from edge_agent.inference.backends import BackendError
+from edge_agent.inference.backends.tensorrt_backend import TensorRTBackend, cuda_device_index, onnx_files
+from edge_agent.inference.engine_build import (
     EngineBuildError,
     EngineKey,
     cached_engine,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from edge_agent.config import apply_overrides, load_yaml, to_mapping
-from edge_agent.train import load_model, parse_config, train
+from edge_agent.ml.train import parse_config, train
+from edge_agent.model.artefact import load_model
 
 
 def _sections(tmp_path, steps: int):
@@ -91,7 +92,7 @@ def test_missing_sidecar_is_a_clear_error(tmp_path):
 
 def test_trains_from_a_dataset_folder_in_echonet_format(tmp_path):
     """`data.format: echonet` reads a folder through the EchoNet loader (here one the simulator wrote)."""
-    from edge_agent.simulate import write_dataset
+    from edge_agent.ml.simulate import write_dataset
 
     root = write_dataset(tmp_path / "echonet", n=10, seed=4, fmt="echonet", n_beats=2.2, workers=1)
     data = {k: to_mapping(v) for k, v in _sections(tmp_path, steps=2).items()}

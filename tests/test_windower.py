@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
-from edge_agent import wire
-from edge_agent.capture import AUX_KEYS
-from edge_agent.cycles import CycleConfig, make_clip
-from edge_agent.phantom import draw_case, simulate_clip
-from edge_agent.ringbuffer import FrameRing, segment_name
-from edge_agent.sources import open_source
-from edge_agent.transport import TransportConfig
-from edge_agent.windower import ViewTracker, WindowConfig, Windower, beat_signature
+from edge_agent.core.clip import make_clip
+from edge_agent.live.capture import AUX_KEYS
+from edge_agent.live.cycles import CycleConfig
+from edge_agent.live.ringbuffer import FrameRing, segment_name
+from edge_agent.live.sources import open_source
+from edge_agent.live.windower import ViewTracker, WindowConfig, Windower, beat_signature
+from edge_agent.protocol import wire
+from edge_agent.protocol.transport import TransportConfig
+from edge_agent.sim.phantom import draw_case, simulate_clip
 
 
 def _beats(seed: int) -> list[np.ndarray]:

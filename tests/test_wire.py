@@ -1,4 +1,4 @@
-"""Tests for edge_agent.wire: round trips, zero-copy decoding, every refusal, and decoder fuzzing."""
+"""Tests for edge_agent.protocol.wire: round trips, zero-copy decoding, every refusal, and decoder fuzzing."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_agent import posterior, wire
-from edge_agent.datasets.base import DEMOGRAPHIC_FIELDS, demographics_vector
-from edge_agent.wire import WireError
+from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS, demographics_vector
+from edge_agent.model import posterior
+from edge_agent.protocol import wire
+from edge_agent.protocol.wire import WireError
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -770,7 +771,7 @@ def test_readme_documents_the_schema_the_code_enforces() -> None:
     doc = wire.__doc__
     assert doc is not None
     schema = doc[doc.index("Every map starts with") :].strip()
-    assert schema in readme, "README's message schema differs from edge_agent/wire.py's docstring"
+    assert schema in readme, "README's message schema differs from edge_agent/protocol/wire.py's docstring"
 
 
 # ---------------------------------------------------------------- bad input: every float, samples, caps

@@ -1,7 +1,7 @@
 """The MCSDR network, edge-sized: video + demographics → condition tokens → noise predictor.
 
 Shapes and units used throughout:
-  video (B, 32, 112, 112) uint8 — one beat, from :func:`edge_agent.cycles.make_clip`;
+  video (B, 32, 112, 112) uint8 — one beat, from :func:`edge_agent.core.clip.make_clip`;
   demographics (B, 4) float32 [age years, sex (1 male, 0 female), weight kg, height cm];
   demo_mask (B, 4) bool, True where the value is known;
   y — the LVEF target in the bounded, standardised space of :class:`TargetTransform` (unitless).

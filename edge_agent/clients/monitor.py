@@ -1,0 +1,593 @@
+"""Subscribers of the published LVEF stream: a library :class:`Subscriber`, a JSON-lines printer
+and a live bedside terminal monitor.
+
+Messages follow ``edge_agent.protocol.wire`` (estimate on ``lvef.<stream>``, status on ``status.<stream>``,
+heartbeat on ``heartbeat``). EF is in %, times are s on the *monitor's* ``time.monotonic()``: every
+age shown (staleness, heartbeat age) is measured from when this process received a message, never
+from the publisher's clock, so it holds even when the publisher runs on another host.
+
+    with Subscriber("tcp://edge-01:5556") as sub:
+        while (msg := sub.recv(timeout=1.0)) is not None:
+            print(msg["kind"], msg.get("stream"), msg[T_RECEIVED])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import zmq
+from rich.columns import Columns
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from edge_agent.protocol import security, wire
+
+# Key the Subscriber adds to every returned message: its receive time, s (time.monotonic()). The
+# leading underscore cannot clash with the schema: wire field names are identifiers without one.
+T_RECEIVED = "_t_received"
+DEDUPE_CAPACITY = 4096  # estimates remembered for duplicate detection (~1 h of one stream at 70 bpm)
+TREND_BEATS = 30  # beat means kept for the sparkline
+STALE_BEATS = 3  # an estimate is overdue after this many beat periods (when longer than stale_after_s)
+HEARTBEAT_TIMEOUT_S = 3.0  # publisher counted gone after this long without a heartbeat
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+PANEL_WIDTH = 49  # characters: a 30-beat trend line fits, and two panels fit a 100-column terminal
+# Clinical EF bands, after the 2021 universal definition of heart failure (HFrEF / HFmrEF /
+# HFpEF: reduced ≤ 40 %, mildly reduced 41–49 %, preserved ≥ 50 %), with 40 % itself counted
+# mildly reduced so that "reduced" means exactly EF < 40 %, the event P(EF<40) measures.
+EF_NORMAL, EF_REDUCED = 50.0, 40.0
+P_REDUCED_ALARM, P_REDUCED_WARN = 0.5, 0.2  # P(EF<40) colour thresholds: red, yellow
+
+
+# ---------------------------------------------------------------- subscriber
+
+
+class Subscriber:
+    """SUB socket connected to one or more publisher endpoints (``tcp://host:port``, ``ipc://path``).
+
+    ``topics``: prefixes to subscribe to ("" = everything; ``"lvef."`` = estimates only).
+    ``rcvhwm``: messages queued before ZeroMQ drops new ones (a monitor wants the latest, not all).
+    ``context``: shared ZeroMQ context; default the process-wide ``zmq.Context.instance()``.
+    ``curve_server_key``, ``curve_client_key``: paths of the publisher's public certificate
+    (NAME.key) and this subscriber's secret certificate (NAME.key_secret, its NAME.key in the
+    publisher's ``transport.curve_allow``): both or neither; given, every link is CURVE-encrypted.
+    ``handshakes``: a :class:`~edge_agent.protocol.security.HandshakeWatch` over tcp endpoints (it logs and
+    counts failed handshakes: a refused key or a missing CURVE would otherwise just be silence).
+
+    Counters: ``received`` (messages returned by :meth:`recv`), ``duplicates`` (messages dropped
+    because already returned: the publisher's last-value cache resends its latest), ``missed``
+    (messages the publisher sent that never arrived: its per-topic ``pub_seq`` skipped — this
+    subscriber read too slowly and ZeroMQ dropped them at the high-water mark), ``invalid``
+    (messages refused by ``wire.decode_published``; the last refusal's text is in
+    ``last_error``). A bad message is counted and skipped, never raised.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        topics: Sequence[str] = ("",),
+        rcvhwm: int = 1000,
+        context: zmq.Context | None = None,
+        curve_server_key: str | None = None,
+        curve_client_key: str | None = None,
+    ) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise ValueError("endpoints: give at least one, e.g. tcp://127.0.0.1:5556")
+        if (curve_server_key is None) != (curve_client_key is None):
+            raise security.SecurityError(
+                "CURVE needs both the server's public key (--curve-server-key NAME.key) and this "
+                "client's secret key (--curve-client-key NAME.key_secret), or neither"
+            )
+        keys = None
+        if curve_server_key is not None and curve_client_key is not None:
+            keys = security.client_keys_from_files(curve_server_key, curve_client_key)
+        self.received = self.duplicates = self.missed = self.invalid = 0
+        self._last_pub: dict[tuple[str, str | None], int] = {}  # (kind, stream) → last pub_seq
+        self.last_error: str | None = None
+        # (stream, seq, t_published) of recent estimates, oldest first. The publisher's
+        # last-value cache re-sends the identical message, so all three match; a restarted
+        # publisher reuses seq numbers but not t_published, and its estimates are kept.
+        self._seen: OrderedDict[tuple[str, int, float], None] = OrderedDict()
+        self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        for topic in topics:
+            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        if keys is not None:
+            security.apply_client(self._socket, keys)
+        tcp = [e for e in self.endpoints if security.scheme(e) == "tcp"]
+        self.handshakes = (
+            security.HandshakeWatch(self._socket, ", ".join(tcp), curve=keys is not None) if tcp else None
+        )
+        try:
+            for endpoint in self.endpoints:
+                self._socket.connect(endpoint)
+        except zmq.ZMQError as e:
+            self._socket.close()
+            raise ValueError(f"endpoint {endpoint!r}: {e}; expected tcp://host:port or ipc://path") from None
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Next new, valid message as ``wire.decode_published`` returns it, plus ``T_RECEIVED``
+        (receive time, s, time.monotonic()); None when none arrives within ``timeout`` s
+        (None: wait for ever; 0: only what is already queued)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait_ms = None if deadline is None else math.ceil(max(0.0, deadline - time.monotonic()) * 1000)
+            if not self._socket.poll(wait_ms):
+                return None
+            parts = self._socket.recv_multipart(copy=False)
+            t_received = time.monotonic()
+            try:
+                msg = wire.decode_published(parts)
+            except wire.WireError as e:
+                self.invalid += 1
+                self.last_error = str(e)
+                continue
+            if self._repeated(msg):
+                self.duplicates += 1
+                continue
+            self.received += 1
+            msg[T_RECEIVED] = t_received
+            return msg
+
+    def _repeated(self, msg: dict[str, Any]) -> bool:
+        """True for a message already returned; counts the ones that went missing before it."""
+        n = msg.get("pub_seq")
+        if n is None:  # a publisher that does not number its messages
+            return msg["kind"] == "estimate" and self._already_seen(msg)
+        key = (msg["kind"], msg.get("stream"))
+        last = self._last_pub.get(key)
+        if last is not None:
+            if n == last:
+                return True  # the last-value cache's resend of what we already have
+            if n > last + 1:
+                self.missed += n - last - 1
+            # n < last: the publisher restarted and numbers from 0 again
+        self._last_pub[key] = n
+        return False
+
+    def _already_seen(self, estimate: dict[str, Any]) -> bool:
+        key = (estimate["stream"], estimate["seq"], estimate["t_published"])
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > DEDUPE_CAPACITY:
+            self._seen.popitem(last=False)
+        return False
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def subscribe_json(
+    endpoint: str | Sequence[str],
+    count: int | None = None,
+    out: TextIO | None = None,
+    timeout: float | None = None,
+    topics: Sequence[str] = ("",),
+    curve_server_key: str | None = None,
+    curve_client_key: str | None = None,
+) -> int:
+    """Write one JSON line per received message (the decoded wire map, pairs as arrays) to ``out``
+    (None: the current sys.stdout), flushed per line so a reading script sees it at once.
+
+    Stops after ``count`` messages (None: until Ctrl-C), or when none arrives for ``timeout`` s
+    (None: wait for ever). Returns the number of lines written. The receive time is not written:
+    the lines are the publisher's messages. The schema refuses NaN and inf, so every line is
+    strict JSON (``allow_nan=False`` asserts it). ``curve_*``: as for :class:`Subscriber`.
+    """
+    out = sys.stdout if out is None else out
+    written = 0
+    with Subscriber(
+        endpoint, topics=topics, curve_server_key=curve_server_key, curve_client_key=curve_client_key
+    ) as sub:
+        try:
+            while count is None or written < count:
+                msg = sub.recv(timeout)
+                if msg is None:
+                    break
+                del msg[T_RECEIVED]
+                out.write(json.dumps(msg, allow_nan=False, separators=(",", ":")) + "\n")
+                out.flush()
+                written += 1
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is the normal way to end an unbounded subscription
+    return written
+
+
+# ---------------------------------------------------------------- monitor state
+
+
+@dataclass
+class StreamView:
+    """What the monitor knows of one stream; times are receive times, s (monitor's time.monotonic()).
+
+    ``estimate``/``status``: the latest decoded bodies (None until one arrives); ``trend``: the
+    last TREND_BEATS beat means, EF %; ``hr_bpm``: latest heart rate from either message.
+    """
+
+    stream: str
+    first_seen: float
+    estimate: dict[str, Any] | None = None
+    estimate_at: float | None = None
+    status: dict[str, Any] | None = None
+    status_at: float | None = None
+    hr_bpm: float | None = None
+    trend: deque[float] = field(default_factory=lambda: deque(maxlen=TREND_BEATS))
+
+    def stale_limit_s(self, stale_after_s: float) -> float:
+        """Seconds without an estimate before the stream is stale: stale_after_s, or STALE_BEATS
+        beat periods at the current heart rate when that is longer (slow hearts beat rarely)."""
+        if self.hr_bpm is None:
+            return stale_after_s
+        return max(stale_after_s, STALE_BEATS * 60.0 / self.hr_bpm)
+
+
+@dataclass
+class MonitorState:
+    """Everything the monitor shows, built from decoded messages; pure (no sockets, no clock).
+
+    ``publishers``: host → (receive time of its latest heartbeat, s; heartbeat body).
+    ``first_message_at``: receive time of the first message, s (None before any).
+    """
+
+    streams: dict[str, StreamView] = field(default_factory=dict)
+    publishers: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    first_message_at: float | None = None
+
+    def apply(self, msg: dict[str, Any], now: float) -> None:
+        """Fold in one decoded message (estimate, status or heartbeat) received at ``now`` s."""
+        if self.first_message_at is None:
+            self.first_message_at = now
+        kind = msg.get("kind")
+        if kind == "heartbeat":
+            self.publishers[msg["host"]] = (now, msg)
+            return
+        if kind not in ("estimate", "status"):
+            raise ValueError(f"kind: expected estimate, status or heartbeat, got {kind!r}")
+        view = self.streams.setdefault(msg["stream"], StreamView(msg["stream"], first_seen=now))
+        if msg["hr_bpm"] is not None:
+            view.hr_bpm = msg["hr_bpm"]
+        if kind == "status":
+            view.status, view.status_at = msg, now
+            return
+        view.estimate, view.estimate_at = msg, now
+        view.trend.append(msg["beat"]["mean"])
+
+    def heartbeat_age(self, now: float) -> float | None:
+        """Seconds since the oldest publisher's latest heartbeat (None before any heartbeat)."""
+        if not self.publishers:
+            return None
+        return now - min(t for t, _ in self.publishers.values())
+
+    def stale_reason(self, stream: str, now: float, stale_after_s: float = 5.0) -> str | None:
+        """Why ``stream``'s numbers cannot be trusted as current at ``now`` s, or None when they can.
+
+        Stale when the stream's latest status (newer than its latest estimate) reports the signal
+        lost or stale, when no estimate arrived for longer than ``view.stale_limit_s(stale_after_s)``
+        (counted from the stream's first message until its first estimate), or when a publisher's heartbeat
+        is older than HEARTBEAT_TIMEOUT_S (counted from the first message until the first heartbeat).
+        """
+        view = self.streams[stream]
+        signal = (view.status or {}).get("signal")
+        if signal in ("lost", "stale") and (view.status_at or 0.0) >= (view.estimate_at or 0.0):
+            return f"signal {signal}"  # the publisher says so: no need to wait out the stale limit
+        since = view.first_seen if view.estimate_at is None else view.estimate_at
+        if now - since > view.stale_limit_s(stale_after_s):
+            what = "no estimate yet" if view.estimate_at is None else "no estimate"
+            return f"{what} for {now - since:.1f} s"
+        heartbeat_age = self.heartbeat_age(now)
+        if heartbeat_age is None and self.first_message_at is not None:
+            if now - self.first_message_at > HEARTBEAT_TIMEOUT_S:
+                return "no publisher heartbeat"
+        elif heartbeat_age is not None and heartbeat_age > HEARTBEAT_TIMEOUT_S:
+            return f"publisher silent for {heartbeat_age:.1f} s"
+        return None
+
+    def stale(self, stream: str, now: float, stale_after_s: float = 5.0) -> bool:
+        """True when :meth:`stale_reason` gives a reason."""
+        return self.stale_reason(stream, now, stale_after_s) is not None
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def ef_category(ef: float) -> str:
+    """EF % → clinical band: "normal" (≥ 50), "mildly reduced" (40–49), "reduced" (< 40)."""
+    if ef >= EF_NORMAL:
+        return "normal"
+    return "mildly reduced" if ef >= EF_REDUCED else "reduced"
+
+
+_CATEGORY_STYLE = {"normal": "green", "mildly reduced": "yellow", "reduced": "bold red"}
+_CATEGORY_BAND = {"normal": "≥ 50 %", "mildly reduced": "40–49 %", "reduced": "< 40 %"}
+
+
+def _p_style(p: float) -> str:
+    if p >= P_REDUCED_ALARM:
+        return "bold red"
+    return "yellow" if p >= P_REDUCED_WARN else "green"
+
+
+def sparkline(values: Sequence[float]) -> str:
+    """One character per value, ▁ (the minimum) to █ (the maximum); all ▄ when the values are equal."""
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2 - 1] * len(values)
+    top = len(SPARK_BLOCKS) - 1
+    return "".join(SPARK_BLOCKS[round((v - lo) / (hi - lo) * top)] for v in values)
+
+
+# Seven-segment digits, three rows each: a "big number" that stays legible as plain ASCII.
+_DIGITS = {
+    "0": (" _ ", "| |", "|_|"),
+    "1": ("   ", "  |", "  |"),
+    "2": (" _ ", " _|", "|_ "),
+    "3": (" _ ", " _|", " _|"),
+    "4": ("   ", "|_|", "  |"),
+    "5": (" _ ", "|_ ", " _|"),
+    "6": (" _ ", "|_ ", "|_|"),
+    "7": (" _ ", "  |", "  |"),
+    "8": (" _ ", "|_|", "|_|"),
+    "9": (" _ ", "|_|", " _|"),
+    "-": ("   ", " _ ", "   "),
+}
+
+
+def big_number(text: str) -> str:
+    """Digits (and '-') → three lines of seven-segment ASCII."""
+    return "\n".join("".join(_DIGITS[c][row] for c in text) for row in range(3))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _fmt_hr(hr: float | None) -> str:
+    return "HR — bpm" if hr is None else f"HR {hr:.0f} bpm"
+
+
+def _stream_panel(view: StreamView, state: MonitorState, now: float, stale_after_s: float) -> Panel:
+    reason = state.stale_reason(view.stream, now, stale_after_s)
+    signal = None if view.status is None else view.status["signal"]
+    lines: list[RenderableType] = []
+    if reason is not None:
+        lines.append(Text(f" STALE — {reason} ", style="bold red reverse"))
+    if signal in ("lost", "stale"):
+        what = "SIGNAL LOST — no frames" if signal == "lost" else "SIGNAL STALE — no recent window"
+        lines.append(Text(f" {what} ", style="bold red reverse"))
+    alarm = bool(lines)
+
+    est = view.estimate
+    if est is None:
+        lines.append(Text("waiting for the first estimate…", style="dim"))
+    else:
+        running, beat = est["running"], est["beat"]
+        category = ef_category(running["mean"])
+        lo, hi = running["ci90"]
+        head = Table.grid(padding=(0, 2))
+        head.add_row(
+            # Dimmed when stale: the number is the last one known, not the current one.
+            Text(big_number(f"{running['mean']:.0f}"), style="dim" if alarm else "bold"),
+            Text.assemble(
+                ("LVEF ", "bold"),
+                (f"{running['mean']:.1f} %", "dim" if alarm else "bold"),
+                f"\n90 % interval {lo:.1f}–{hi:.1f} %",
+                f"\nrunning over {_count(running['n_beats'], 'beat')}",
+            ),
+        )
+        lines.append(head)
+        lines.append(
+            Text.assemble(
+                (category, _CATEGORY_STYLE[category]),
+                f" ({_CATEGORY_BAND[category]})",
+                "   ",
+                _fmt_hr(view.hr_bpm),
+            )
+        )
+        lines.append(
+            Text.assemble(
+                "P(EF<40) ",
+                (f"{running['p_ef_lt_40']:.2f}", _p_style(running["p_ef_lt_40"])),
+                " running · ",
+                (f"{beat['p_ef_lt_40']:.2f}", _p_style(beat["p_ef_lt_40"])),
+                " beat",
+            )
+        )
+        blo, bhi = beat["ci90"]
+        beat_line = Text(f"beat #{est['seq']} {beat['mean']:.1f} % [{blo:.1f}–{bhi:.1f}]")
+        if beat["multimodal"]:
+            beat_line.append(" multimodal", style="yellow")
+        lines.append(beat_line)
+        trend = list(view.trend)
+        # Oldest beat left; the labels give the range the blocks span (▁ = min, █ = max).
+        lines.append(
+            Text.assemble("trend ", (sparkline(trend), "cyan"), f" {min(trend):.0f}–{max(trend):.0f} %")
+        )
+        lines.append(Text(f"latency {est['latency_ms']:.0f} ms · {est['backend']}", style="dim"))
+        if "ef" in est.get("truth", {}):
+            lines.append(Text(f"simulator truth EF {est['truth']['ef']:.1f} %", style="dim"))
+    if view.status is not None:
+        st = view.status
+        lines.append(
+            Text(
+                f"signal {st['signal']} · {st['fps']:.1f} fps", style="dim" if st["signal"] == "ok" else "red"
+            )
+        )
+        lines.append(
+            Text(
+                f"dropped {_count(st['windows_dropped'], 'window')}, {_count(st['frames_dropped'], 'frame')}"
+            )
+        )
+    return Panel(
+        Group(*lines),
+        title=Text(view.stream, style="bold"),
+        border_style="red" if alarm else "green",
+        width=PANEL_WIDTH,
+    )
+
+
+def _footer(state: MonitorState, now: float) -> Text:
+    parts: list[tuple[str, str] | str] = []
+    if not state.publishers:
+        parts.append(("no publisher heartbeat yet", "red"))
+    for host, (t, body) in sorted(state.publishers.items()):
+        age = now - t
+        parts.append(
+            (
+                f"{host} (pid {body['pid']}) heartbeat {age:.1f} s ago",
+                "red" if age > HEARTBEAT_TIMEOUT_S else "dim",
+            )
+        )
+    statuses = [v.status for v in state.streams.values() if v.status is not None]
+    windows = sum(s["windows_dropped"] for s in statuses)
+    frames = sum(s["frames_dropped"] for s in statuses)
+    dropped = f"dropped {_count(windows, 'window')}, {_count(frames, 'frame')}"
+    parts.append(f"{_count(len(state.streams), 'stream')} · {dropped}")
+    text = Text()
+    for i, part in enumerate(parts):
+        text.append(" · " if i else "")
+        text.append(*((part,) if isinstance(part, str) else part))
+    return text
+
+
+def render(state: MonitorState, now: float, stale_after_s: float = 5.0) -> RenderableType:
+    """The monitor screen at ``now`` s: one panel per stream (sorted by id) and a footer line."""
+    if not state.streams:
+        return Group(Text("waiting for estimates…", style="dim"), _footer(state, now))
+    panels = [_stream_panel(state.streams[s], state, now, stale_after_s) for s in sorted(state.streams)]
+    return Group(Columns(panels), _footer(state, now))
+
+
+# ---------------------------------------------------------------- live loop
+
+
+def estimate_line(msg: dict[str, Any]) -> str:
+    """One log line for an estimate: stream, seq, running LVEF with 90 % interval, beat, P(EF<40), HR."""
+    running, beat = msg["running"], msg["beat"]
+    lo, hi = running["ci90"]
+    return (
+        f"{msg['stream']} #{msg['seq']}: LVEF {running['mean']:.1f} % [90 % {lo:.1f}–{hi:.1f}] "
+        f"({_count(running['n_beats'], 'beat')}, {ef_category(running['mean'])}) · "
+        f"beat {beat['mean']:.1f} % · "
+        f"P(EF<40) {running['p_ef_lt_40']:.2f} · {_fmt_hr(msg['hr_bpm'])} · {msg['latency_ms']:.0f} ms"
+    )
+
+
+def _messages_until(sub: Subscriber, until: float) -> Iterator[dict[str, Any]]:
+    """Messages received before ``until`` s (time.monotonic())."""
+    while (timeout := until - time.monotonic()) > 0:
+        msg = sub.recv(timeout)
+        if msg is None:
+            return
+        yield msg
+
+
+def run_monitor(
+    endpoints: str | Sequence[str],
+    stale_after_s: float = 5.0,
+    refresh_hz: float = 4.0,
+    duration_s: float | None = None,
+    console: Console | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+    curve_server_key: str | None = None,
+    curve_client_key: str | None = None,
+) -> MonitorState:
+    """Show the live monitor for ``duration_s`` s (None: until Ctrl-C) and return the final state.
+
+    On a terminal: a rich Live screen redrawn ``refresh_hz`` times a second. Otherwise (output piped
+    or to a file): one line per new estimate, plus a line when a stream turns stale or recovers, its
+    signal changes, an invalid message arrives or messages went missing, so that logs stay useful.
+    ``on_message`` gets every message received, ``on_tick`` is called once per refresh (the demo
+    supervises its agent there). ``curve_*``: as for :class:`Subscriber`.
+    """
+    if refresh_hz <= 0:
+        raise ValueError(f"refresh_hz: must be > 0, got {refresh_hz}")
+    console = console or Console()
+    state = MonitorState()
+    period = 1.0 / refresh_hz
+    end = None if duration_s is None else time.monotonic() + duration_s
+    with Subscriber(endpoints, curve_server_key=curve_server_key, curve_client_key=curve_client_key) as sub:
+        try:
+            if console.is_terminal:
+                with Live(console=console, auto_refresh=False) as live:
+                    while end is None or time.monotonic() < end:
+                        tick = time.monotonic() + period
+                        for msg in _messages_until(sub, tick if end is None else min(tick, end)):
+                            state.apply(msg, msg[T_RECEIVED])
+                            if on_message is not None:
+                                on_message(msg)
+                        live.update(render(state, time.monotonic(), stale_after_s), refresh=True)
+                        if on_tick is not None:
+                            on_tick()
+            else:
+                _log_lines(sub, state, console, stale_after_s, period, end, on_message, on_tick)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how a bedside monitor is closed
+    return state
+
+
+def _log_lines(
+    sub: Subscriber,
+    state: MonitorState,
+    console: Console,
+    stale_after_s: float,
+    period: float,
+    end: float | None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+) -> None:
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    say(f"monitor: listening on {', '.join(sub.endpoints)}")
+    stale: set[str] = set()
+    invalid_seen = missed_seen = 0
+    while end is None or time.monotonic() < end:
+        tick = time.monotonic() + period
+        for msg in _messages_until(sub, tick if end is None else min(tick, end)):
+            view = state.streams.get(msg.get("stream", ""))
+            signal_before = None if view is None or view.status is None else view.status["signal"]
+            state.apply(msg, msg[T_RECEIVED])
+            if on_message is not None:
+                on_message(msg)
+            if msg["kind"] == "estimate":
+                say(estimate_line(msg))
+            elif msg["kind"] == "status" and msg["signal"] != signal_before:
+                say(f"{msg['stream']}: signal {msg['signal']}")
+        if sub.invalid > invalid_seen:
+            say(f"monitor: {sub.invalid - invalid_seen} invalid message(s), last: {sub.last_error}")
+            invalid_seen = sub.invalid
+        if sub.missed > missed_seen:  # this monitor read too slowly: ZeroMQ dropped for it alone
+            say(f"monitor: {sub.missed - missed_seen} message(s) missed (publisher's pub_seq skipped)")
+            missed_seen = sub.missed
+        if on_tick is not None:
+            on_tick()
+        now = time.monotonic()
+        for stream in sorted(state.streams):
+            reason = state.stale_reason(stream, now, stale_after_s)
+            if reason is not None and stream not in stale:
+                stale.add(stream)
+                say(f"{stream}: STALE — {reason}")
+            elif reason is None and stream in stale:
+                stale.discard(stream)
+                say(f"{stream}: recovered")

@@ -1,0 +1,95 @@
+"""Inference backends: one small interface, one module per backend, heavy imports inside ``load``.
+
+A backend turns windows into raw posterior samples; everything around it (decoding, noises,
+recalibration, summaries) is the worker's and is identical for every backend::
+
+    backend = load_backend("auto", "engines/mcsdr_default.pt")
+    samples = backend.posterior(frames, demo, mask, noise)   # (B, K) EF %
+
+``auto`` picks the first backend, in the order of ``_BACKENDS``, whose runtime is installed and which
+can load the artefact: TensorRT where it is installed and the worker's device is a GPU (it builds
+or reuses a cached engine from the exported ``.onnx``), else ONNX Runtime (needs the exported
+``.onnx`` next to the checkpoint), else torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Preference order of "auto": the fastest backend that can run here comes first.
+_BACKENDS = {
+    "tensorrt": ("edge_agent.inference.backends.tensorrt_backend", "TensorRTBackend", "tensorrt"),
+    "onnxruntime": ("edge_agent.inference.backends.onnxruntime_backend", "OnnxRuntimeBackend", "onnxruntime"),
+    "torch": ("edge_agent.inference.backends.torch_backend", "TorchBackend", "torch"),
+}
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be loaded here; the message names the backend, the artefact and the fix."""
+
+
+class Backend(ABC):
+    """A loaded model. ``sidecar`` is the artefact's JSON (schedule, target transform, recalibration)."""
+
+    name: str
+    sidecar: dict[str, Any]
+
+    @abstractmethod
+    def posterior(
+        self, frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray
+    ) -> np.ndarray:
+        """Posterior samples of a batch of windows.
+
+        frames (B, 32, 112, 112) uint8; demo (B, 4) float32 (age y, sex 1 male, weight kg, height
+        cm); mask (B, 4) bool, True where known; noise (B, K) float32 starting noises y_T.
+        Returns (B, K) float64 EF %, before the sidecar's dispersion recalibration.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the backend's resources (device memory, threads, engines)."""
+
+
+def available_backends() -> list[str]:
+    """Backends whose runtime package is installed here, in "auto"'s preference order."""
+    return [name for name, (_m, _c, package) in _BACKENDS.items() if importlib.util.find_spec(package)]
+
+
+def load_backend(
+    name: str,
+    model: str | Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    precision: str | None = None,
+) -> Backend:
+    """Load ``model`` (an artefact with its sidecar JSON) on backend ``name`` ("auto" picks).
+
+    precision: fp32 | fp16 | int8, or None for the backend's own default (TensorRT fp16, the others
+    fp32). ONNX Runtime runs int8 from the calibrated ``<model>.int8.onnx``; torch runs fp32 only.
+    """
+    if name == "auto":
+        found = available_backends()
+        if not found:
+            raise BackendError(f"no inference backend is installed; install one of {list(_BACKENDS)}")
+        errors = []
+        for candidate in found:
+            try:
+                return load_backend(candidate, model, device, threads, precision)
+            except BackendError as e:  # e.g. no exported ONNX: the next backend may still run
+                errors.append(str(e))
+        raise BackendError("no installed backend could load the model: " + "; ".join(errors))
+    if name not in _BACKENDS:
+        raise BackendError(
+            f"worker.backend: unknown backend {name!r}; choose auto or one of {list(_BACKENDS)}"
+        )
+    module, cls, _package = _BACKENDS[name]
+    backend = getattr(importlib.import_module(module), cls)
+    if precision is None:
+        return backend.load(Path(model), device=device, threads=threads)
+    return backend.load(Path(model), device=device, threads=threads, precision=precision)

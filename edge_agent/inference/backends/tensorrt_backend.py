@@ -1,0 +1,315 @@
+"""The TensorRT backend: the fused ONNX graph (encoder + 10 unrolled DDIM steps) as a TensorRT engine.
+
+``TensorRTBackend.load("engines/mcsdr_default", device="cuda:0")`` finds ``mcsdr_default.onnx`` and
+its ``.onnx.json`` sidecar, builds or reuses the cached plan for this GPU (see
+:mod:`edge_agent.inference.engine_build`), and keeps for the backend's lifetime: one execution context,
+device buffers sized for the engine's max batch, pinned host staging buffers and one CUDA stream.
+
+``posterior()`` stages the inputs (mask bool -> float32) in pinned memory, copies them to the
+device, runs the engine and copies the samples back. The first call at a batch size enqueues with
+``execute_async_v3`` (TensorRT needs one plain enqueue after a shape change before capture); the
+next call at that batch size captures the enqueue into a CUDA graph, which later calls replay. If
+capture fails (some engines, e.g. with DLA or data-dependent shapes, cannot be captured) the
+backend logs why and keeps enqueueing. A new batch size drops the graph and starts over.
+
+Everything past argument and file checks needs an NVIDIA GPU with TensorRT and cuda-python; the
+tensorrt / cuda imports happen inside ``load`` so that importing this module never fails.
+Not thread-safe: one worker thread per backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.inference import engine_build
+from edge_agent.inference.backends import Backend, BackendError
+from edge_agent.inference.engine_build import CudaError, EngineBuildError, cuda_call
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("video", "demo", "demo_mask", "noise")
+OUTPUT = "samples"
+
+
+def cuda_device_index(device: str) -> int:
+    """CUDA device index of "cuda" (0) or "cuda:N" (N); anything else is a BackendError."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device.strip())
+    if not match:
+        raise BackendError(
+            f"worker.device: {device!r} cannot run the tensorrt backend; use cuda or cuda:N "
+            "(or the torch / onnxruntime backends on cpu)"
+        )
+    return int(match.group(1) or 0)
+
+
+def onnx_files(path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(onnx path, ONNX sidecar, backend sidecar) of artefact ``path`` (with or without suffix).
+
+    The backend sidecar is the artefact's ``<stem>.json`` (recalibration, target transform) when it
+    exists, else the ONNX sidecar; when both name the weights' hash they must agree, so the
+    recalibration applied to the samples belongs to the weights inside the ONNX.
+    """
+    onnx = Path(path).with_suffix(".onnx")
+    side_path = onnx.with_name(onnx.name + ".json")
+    if not onnx.is_file():
+        raise BackendError(f"worker.model: {onnx} is missing; export the model to ONNX first")
+    if not side_path.is_file():
+        raise BackendError(
+            f"worker.model: {side_path.name} (the ONNX sidecar) is missing; re-export the ONNX"
+        )
+    onnx_side = json.loads(side_path.read_text())
+    artefact_path = onnx.with_suffix(".json")
+    if not artefact_path.is_file():
+        return onnx, onnx_side, onnx_side
+    artefact = json.loads(artefact_path.read_text())
+    weights, exported = artefact.get("sha256"), onnx_side.get("model_sha256")
+    if weights and exported and weights != exported:
+        raise BackendError(
+            f"worker.model: {onnx.name} was exported from weights {exported[:12]} but {artefact_path.name} "
+            f"describes weights {weights[:12]}; re-export the ONNX"
+        )
+    return onnx, onnx_side, artefact
+
+
+class _Pinned:
+    """Page-locked host memory viewed as a flat numpy array of ``dtype`` (async copies need it)."""
+
+    def __init__(self, cudart: Any, count: int, dtype: np.dtype) -> None:
+        self.nbytes = count * dtype.itemsize
+        self.ptr = cuda_call(cudart, cudart.cudaMallocHost(self.nbytes), "cudaMallocHost")
+        raw = (ctypes.c_uint8 * self.nbytes).from_address(self.ptr)
+        self.array = np.frombuffer(raw, dtype=dtype, count=count)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        trt: Any,
+        cudart: Any,
+        runtime: Any,
+        engine: Any,
+        sidecar: dict[str, Any],
+        plan: Path,
+        cuda_graph: bool,
+    ) -> None:
+        """Create the context, buffers and stream for ``engine``. Needs a GPU."""
+        self.sidecar = sidecar
+        self.plan = plan
+        self._trt, self._cudart, self._runtime, self._engine = trt, cudart, runtime, engine
+        self._use_graph = cuda_graph
+        self._graph_exec: Any = None
+        self._batch = 0  # batch size the context's input shapes are set to (0: none yet)
+        self._calls_at_batch = 0
+        self._device: dict[str, int] = {}
+        self._host: dict[str, _Pinned] = {}
+        self._stream: Any = None
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise BackendError(f"worker.model: TensorRT could not create an execution context for {plan}")
+        try:
+            self._allocate()
+        except Exception:
+            self.close()
+            raise
+
+    def _allocate(self) -> None:
+        trt, cudart, engine = self._trt, self._cudart, self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if sorted(inputs) != sorted(INPUTS) or outputs != [OUTPUT]:
+            raise BackendError(
+                f"worker.model: {self.plan.name} has inputs {inputs} and outputs {outputs}; "
+                f"expected {list(INPUTS)} and [{OUTPUT!r}]"
+            )
+        self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        # Profile 0's max shapes size every buffer; the output's follows from the inputs' shapes.
+        self.max_shapes = {n: tuple(engine.get_tensor_profile_shape(n, 0)[2]) for n in inputs}
+        for n in inputs:
+            self._context.set_input_shape(n, self.max_shapes[n])
+        self.max_shapes[OUTPUT] = tuple(self._context.get_tensor_shape(OUTPUT))
+        self.max_batch, self.k = self.max_shapes[OUTPUT]
+        self._stream = cuda_call(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        for n in names:
+            count = int(np.prod(self.max_shapes[n]))
+            self._device[n] = cuda_call(
+                cudart, cudart.cudaMalloc(count * self.dtypes[n].itemsize), "cudaMalloc"
+            )
+            self._host[n] = _Pinned(cudart, count, self.dtypes[n])
+            # Fixed addresses for the backend's lifetime: a captured graph bakes them in.
+            self._context.set_tensor_address(n, self._device[n])
+        self._batch = self.max_batch  # the shapes just set
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        device: str = "cuda:0",
+        threads: int | None = None,
+        precision: str = "fp16",
+        max_batch: int | None = None,
+        dla_core: int | None = None,
+        cuda_graph: bool = True,
+    ) -> TensorRTBackend:
+        """Load artefact ``path`` on GPU ``device`` ("cuda" / "cuda:N"), building its engine if needed.
+
+        threads: unused (the GPU does the work; kept for the common ``load`` signature); precision:
+        fp32 | fp16 | int8 (int8 needs a Q/DQ ONNX or a calibration cache built beforehand with
+        ``edge-agent build-engine``); max_batch: the engine's largest batch (default: the ONNX
+        sidecar's ``max_batch``, else 8); dla_core: run on that DLA core (Jetson) with GPU
+        fallback; cuda_graph: replay repeated same-batch enqueues as a CUDA graph.
+        """
+        index = cuda_device_index(device)
+        try:
+            trt = engine_build.import_tensorrt()
+            cudart = engine_build.import_cudart()
+        except EngineBuildError as e:
+            raise BackendError(f"worker.backend: tensorrt: {e}") from None
+        onnx, onnx_side, sidecar = onnx_files(path)
+        batch = max_batch if max_batch is not None else int(onnx_side.get("max_batch", 8))
+        try:
+            cuda_call(cudart, cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
+            plan = engine_build.build_engine(
+                onnx, precision=precision, max_batch=batch, dla_core=dla_core, device=index
+            )
+            runtime = trt.Runtime(engine_build.trt_logger(trt))
+            engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+            if engine is None:
+                # A plan TensorRT refuses (corrupt, or built by an incompatible patch release): rebuild once.
+                log.warning("TensorRT could not deserialize %s; rebuilding it", plan)
+                plan = engine_build.build_engine(
+                    onnx, precision=precision, max_batch=batch, dla_core=dla_core, device=index, force=True
+                )
+                engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+            if engine is None:
+                raise BackendError(f"worker.model: TensorRT cannot deserialize {plan}")
+        except (EngineBuildError, CudaError) as e:
+            raise BackendError(f"worker.model: {e}") from None
+        log.info("tensorrt: %s on cuda:%d (%s)", plan.name, index, precision)
+        return cls(trt, cudart, runtime, engine, sidecar, plan, cuda_graph)
+
+    @property
+    def graph_active(self) -> bool:
+        """Whether the next call at the current batch size replays a captured CUDA graph."""
+        return self._graph_exec is not None
+
+    def posterior(
+        self, frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray
+    ) -> np.ndarray:
+        """frames (B, 32, 112, 112) uint8, demo (B, 4) float32, mask (B, 4) bool, noise (B, K) float32
+        -> (B, K) float64 EF %, before recalibration. Batches over the engine's max batch are split."""
+        frames, demo, mask, noise = (np.asarray(a) for a in (frames, demo, mask, noise))
+        b = frames.shape[0]
+        expected = {
+            "video": (b, *self.max_shapes["video"][1:]),
+            "demo": (b, *self.max_shapes["demo"][1:]),
+            "demo_mask": (b, *self.max_shapes["demo_mask"][1:]),
+            "noise": (b, self.k),
+        }
+        arrays = {"video": frames, "demo": demo, "demo_mask": mask, "noise": noise}
+        for name, array in arrays.items():
+            if array.shape != expected[name]:
+                raise ValueError(f"{name}: shape {array.shape}, expected {expected[name]}")
+        if b == 0:
+            return np.empty((0, self.k))
+        chunks = [
+            self._run({n: a[i : i + self.max_batch] for n, a in arrays.items()})
+            for i in range(0, b, self.max_batch)
+        ]
+        return np.concatenate(chunks).astype(np.float64)
+
+    def _run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """One engine execution on at most max_batch windows; returns (b, K) in the output dtype."""
+        cudart, stream = self._cudart, self._stream
+        b = arrays["video"].shape[0]
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        for name, array in arrays.items():
+            host = self._host[name]
+            host.array[: array.size].reshape(array.shape)[...] = array  # casts, e.g. the bool mask
+            nbytes = array.size * self.dtypes[name].itemsize
+            cuda_call(
+                cudart, cudart.cudaMemcpyAsync(self._device[name], host.ptr, nbytes, h2d, stream), "H2D"
+            )
+        if b != self._batch:
+            self._drop_graph()
+            for name in INPUTS:
+                self._context.set_input_shape(name, (b, *self.max_shapes[name][1:]))
+            self._batch, self._calls_at_batch = b, 0
+        self._calls_at_batch += 1
+        if self._graph_exec is None and self._use_graph and self._calls_at_batch >= 2:
+            self._capture()
+        if self._graph_exec is not None:
+            cuda_call(cudart, cudart.cudaGraphLaunch(self._graph_exec, stream), "cudaGraphLaunch")
+        elif not self._context.execute_async_v3(int(stream)):
+            raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.plan.name}; see its log")
+        out = self._host[OUTPUT]
+        count = b * self.k
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        nbytes = count * self.dtypes[OUTPUT].itemsize
+        cuda_call(cudart, cudart.cudaMemcpyAsync(out.ptr, self._device[OUTPUT], nbytes, d2h, stream), "D2H")
+        cuda_call(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        return out.array[:count].reshape(b, self.k).copy()
+
+    def _capture(self) -> None:
+        """Capture one enqueue into a CUDA graph; on failure log why and stop trying."""
+        cudart, stream = self._cudart, self._stream
+        # Thread-local mode: only this thread's unsafe calls (e.g. cudaMalloc) invalidate the capture.
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        graph = None
+        try:
+            cuda_call(cudart, cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+            try:
+                enqueued = self._context.execute_async_v3(int(stream))
+            finally:
+                graph = cuda_call(cudart, cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+            if not enqueued:
+                raise CudaError("execute_async_v3 failed while capturing")
+            self._graph_exec = cuda_call(
+                cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"
+            )
+        except CudaError as e:
+            cudart.cudaGetLastError()  # clear the (non-sticky) capture error before plain enqueues
+            self._use_graph = False
+            log.warning("tensorrt: CUDA graph capture failed (%s); enqueueing without graphs", e)
+        finally:
+            if graph is not None:
+                cuda_call(cudart, cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+    def _drop_graph(self) -> None:
+        if self._graph_exec is not None:
+            cuda_call(
+                self._cudart, self._cudart.cudaGraphExecDestroy(self._graph_exec), "cudaGraphExecDestroy"
+            )
+            self._graph_exec = None
+
+    def close(self) -> None:
+        """Free the graph, buffers, stream, context and engine; safe to call twice."""
+        if self._cudart is None:
+            return
+        cudart = self._cudart
+        if self._stream is not None:
+            cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        self._drop_graph()
+        for ptr in self._device.values():
+            cuda_call(cudart, cudart.cudaFree(ptr), "cudaFree")
+        for pinned in self._host.values():
+            cuda_call(cudart, cudart.cudaFreeHost(pinned.ptr), "cudaFreeHost")
+        self._device.clear()
+        self._host.clear()
+        if self._stream is not None:
+            cuda_call(cudart, cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+            self._stream = None
+        # Context before engine before runtime: TensorRT objects must die in reverse creation order.
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        self._cudart = None

@@ -1,0 +1,406 @@
+"""The online, causal cycle detector: frames in, one beat (ED→ED) at a time out.
+
+The beat's frames become the model's clip through :func:`edge_agent.core.clip.make_clip`, the one
+clip function training, evaluation, calibration and the live agent share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.core.clip import FALLBACK_BEAT_S, HR_MAX_BPM, HR_MIN_BPM
+
+# --------------------------------------------------------------------------------------------------
+# The online, causal cycle detector
+# --------------------------------------------------------------------------------------------------
+#
+# Signal: the LV cavity area, predicted from each frame by a small convolutional segmentation head
+# (weights trained on the simulator's LV masks, see :func:`edge_agent.ml.cycles_eval.train_signal_net`)
+# run in numpy: the frame area-resized to 56×56 → LV coverage of each cell of a 28×28 grid, whose sum
+# is the area. Only changes of it over time are used, so gain and the case's absolute LV size do not
+# matter. Each beat's maximum of the smoothed signal is found by a hysteresis peak detector: confirmed
+# once the signal has fallen by ``hysteresis`` × its recent peak-to-peak amplitude (early ejection, a
+# fraction of a beat later). ED is timed from the sharp start of that fall, not the flat maximum.
+
+SIGNAL_WEIGHTS = Path(__file__).resolve().parents[2] / "engines" / "cycle_signal.npz"
+SIGNAL_INPUT = 56  # the signal net's input: frames area-resized to 56×56, values / 255, ...
+SIGNAL_GRID = SIGNAL_INPUT // 2  # ... as 2×2 pixel blocks → 4 channels on a 28×28 grid (pixel unshuffle)
+# The signal net: (in channels, out channels, kernel, dilation) per conv layer, stride 1, "same" padding,
+# ReLU after every layer but the last, whose sigmoid is the LV coverage (0–1) of each 28×28 cell.
+# Dilations 1, 2, 4 see 17 cells (68 px at 112×112) around each cell: wall, valve and cavity together.
+SIGNAL_LAYERS = ((4, 16, 3, 1), (16, 16, 3, 2), (16, 16, 3, 4), (16, 16, 3, 1), (16, 1, 1, 1))
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    """Online cycle detection (YAML section ``cycles``). Times in s, heart rates in bpm."""
+
+    hr_min_bpm: float = HR_MIN_BPM  # slowest plausible heart rate: longer beats are rejected
+    hr_max_bpm: float = HR_MAX_BPM  # fastest plausible heart rate: shorter beats are rejected
+    refractory_s: float = 0.25  # no second ED within this time after one
+    fallback_s: float = FALLBACK_BEAT_S  # length of the fixed windows used without periodicity
+    fallback_after_s: float = 3.0  # time without an emitted beat before fixed windows start
+    use_r_wave: bool = True  # trust R-wave markers (r_wave=True frames are EDs) when supplied
+    smooth_s: float = 0.045  # Gaussian smoothing σ of the area signal; sets the confirmation delay
+    hysteresis: float = (
+        0.35  # fall/rise, as a fraction of the recent peak-to-peak, that confirms a peak/trough
+    )
+    amplitude_s: float = 2.5  # span of the recent signal whose peak-to-peak and noise are measured
+    min_snr: float = 4.0  # peak-to-peak / high-frequency noise σ below which there is no usable beat
+    period_tolerance: float = 0.3  # once locked, a beat must last within ±this of the recent period
+    knee: float = 0.15  # the fall into ejection is timed where it crosses max − knee × peak-to-peak ...
+    # ... and ED is placed this long × √(beat length / 1 s) before it (bias ≈ 0 on training seeds 100, 101)
+    ed_lead_s: float = 0.09
+    weights: str | None = None  # signal net (.npz); None: the shipped engines/cycle_signal.npz
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hr_min_bpm < self.hr_max_bpm:
+            raise ValueError(f"need 0 < hr_min_bpm < hr_max_bpm, got {self.hr_min_bpm}, {self.hr_max_bpm}")
+        if self.fallback_s <= 0 or self.fallback_after_s < self.fallback_s:
+            raise ValueError("need fallback_s > 0 and fallback_after_s >= fallback_s")
+        if not 0 < self.hysteresis < 1:
+            raise ValueError(f"hysteresis must be in (0, 1), got {self.hysteresis}")
+
+
+@dataclass(frozen=True)
+class BeatWindow:
+    """One beat (or fixed window) cut from the stream, ready for :func:`make_clip`.
+
+    frames: (F, H, W) uint8 native-rate frames from the start ED frame to the next ED frame inclusive.
+    start, end: fractional indices into ``frames`` of this ED and the next one:
+        ``make_clip(frames, start, end)`` is the model's clip.
+    frame_seq: source sequence numbers of the first and last frame of ``frames``.
+    t: capture times (s) of those two frames.
+    hr_bpm: 60 / beat duration, None for a fixed window.
+    how: ``"r_wave"`` (ECG R waves), ``"ed_ed"`` (image-detected EDs) or ``"fixed"`` (fallback).
+    """
+
+    frames: np.ndarray
+    start: float
+    end: float
+    frame_seq: tuple[int, int]
+    t: tuple[float, float]
+    hr_bpm: float | None
+    how: str
+
+
+@dataclass
+class DetectorCounters:
+    """Running totals since construction (not cleared by :meth:`CycleDetector.reset`)."""
+
+    frames_seen: int = 0
+    beats_emitted: int = 0  # r_wave + ed_ed windows
+    fallback_windows: int = 0  # fixed windows
+    rejected_candidates: int = (
+        0  # EDs giving an implausible beat (HR bounds, refractory, off the locked period)
+    )
+    resets: int = 0  # history dropped: sequence gap, time going backwards, frame shape change, reset()
+
+
+def signal_net_input(frame: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 frame → the signal net's input (28, 28, 4) float32: 56×56 in 2×2 blocks, 0–1.
+
+    Channel 2i + j holds pixel (2y + i, 2x + j), torch's ``PixelUnshuffle(2)`` order.
+    """
+    x = cv2.resize(frame, (SIGNAL_INPUT, SIGNAL_INPUT), interpolation=cv2.INTER_AREA)
+    g = SIGNAL_GRID
+    return (x.astype(np.float32) / 255.0).reshape(g, 2, g, 2).transpose(0, 2, 1, 3).reshape(g, g, 4)
+
+
+class LVAreaNet:
+    """The LV-area signal net (:data:`SIGNAL_LAYERS`), forward pass in numpy: no torch at run time.
+
+    Each convolution is a sum over its kernel taps of (shifted channel-last map) @ (C_in, C_out):
+    small matmuls on views, no im2col copy; ≈ 0.35 ms per 112×112 frame on one core.
+    """
+
+    def __init__(self, weights: list[tuple[np.ndarray, np.ndarray]]):
+        """weights: per layer, torch's (kernel (C_out, C_in, k, k), bias (C_out,))."""
+        if len(weights) != len(SIGNAL_LAYERS):
+            raise ValueError(f"expected {len(SIGNAL_LAYERS)} layers, got {len(weights)}")
+        self._layers = []
+        for (cin, cout, k, dil), (w, b) in zip(SIGNAL_LAYERS, weights, strict=True):
+            if w.shape != (cout, cin, k, k) or b.shape != (cout,):
+                raise ValueError(f"layer weights {w.shape}, {b.shape} do not match {(cout, cin, k, k)}")
+            taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32)  # (ky, kx, C_in, C_out)
+            self._layers.append((k, dil, taps, b.astype(np.float32)))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> LVAreaNet:
+        """From an .npz with ``w0, b0, w1, b1, …``; None: the shipped engines/cycle_signal.npz."""
+        with np.load(SIGNAL_WEIGHTS if path is None else Path(path)) as z:
+            return cls([(z[f"w{i}"], z[f"b{i}"]) for i in range(len(SIGNAL_LAYERS))])
+
+    def coverage(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 frame → (28, 28) float32 LV coverage (0–1) of each cell of the image."""
+        x = signal_net_input(frame)
+        g = SIGNAL_GRID
+        last = len(self._layers) - 1
+        for i, (k, dil, taps, b) in enumerate(self._layers):
+            pad = dil * (k - 1) // 2
+            xp = np.zeros((g + 2 * pad, g + 2 * pad, x.shape[2]), np.float32)
+            xp[pad : pad + g, pad : pad + g] = x
+            y = np.broadcast_to(b, (g * g, b.size)).copy()
+            for ky in range(k):
+                for kx in range(k):
+                    y += (
+                        xp[ky * dil : ky * dil + g, kx * dil : kx * dil + g].reshape(g * g, -1) @ taps[ky, kx]
+                    )
+            x = (np.maximum(y, 0.0) if i < last else y).reshape(g, g, -1)
+        # Clipped logits: exp overflows float32 beyond ±88 (saturated frames), the sigmoid is 0/1 there.
+        return 1.0 / (1.0 + np.exp(-np.clip(x[:, :, 0], -60.0, 60.0)))
+
+
+def lv_area_signal(frame: np.ndarray, net: LVAreaNet) -> float:
+    """LV cavity area of one (H, W) uint8 frame, in cells of the 28×28 grid (16 px² each at 112×112).
+
+    Larger = fuller LV; absolute, but only its changes over time are used.
+    """
+    return float(net.coverage(frame).sum())
+
+
+class CycleDetector:
+    """Causal ED→ED beat windows from a live frame stream.
+
+    ``push`` one frame at a time; it returns the beats that frame completes. A beat is emitted
+    when its closing ED is confirmed: at once for an R wave, about ``hysteresis`` of the way into
+    ejection (≈ 0.1–0.2 s) plus the smoothing delay (≈ 2.5 ``smooth_s``) for an image-detected ED.
+
+    ED source: R-wave markers while the source supplies them (one seen within the last
+    ``60 / hr_min_bpm × 1.5`` s and ``use_r_wave``), otherwise the LV-area image signal.
+    Plausibility: a beat must last between 60/hr_max and 60/hr_min s and at least ``refractory_s``;
+    once the last beats agree (≥ 2 intervals), within ±``period_tolerance`` of their median. A too
+    short beat is an extra peak: dropped, the earlier ED kept. A too long one is a missed ED: not
+    emitted, the new ED starts the next beat.
+    Fallback: when no beat has been emitted for ``fallback_after_s`` (static image, noise, no
+    sector, signal below ``min_snr``), consecutive fixed windows of ``fallback_s`` are emitted
+    (``how="fixed"``) until beats are found again.
+    Gaps: a frame whose sequence number is not the previous one + 1, whose time does not advance,
+    or whose shape differs drops all history (counted in ``counters.resets``), then starts afresh.
+    Memory: the last ``60 / hr_min_bpm + 1.5`` s of frames (3.2 s at 35 bpm; 2.4 MB at 50 fps for
+    112×112) and a few seconds of the scalar signal.
+    """
+
+    def __init__(self, cfg: CycleConfig, fps: float):
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.cfg = cfg
+        self.fps = float(fps)
+        self.counters = DetectorCounters()
+        self._net = LVAreaNet.load(cfg.weights)
+        sigma = max(cfg.smooth_s * fps, 0.5)
+        self._delay = int(np.ceil(2.5 * sigma))  # smoothing is centred: samples wait this many frames
+        k = np.arange(-self._delay, self._delay + 1)
+        g = np.exp(-0.5 * (k / sigma) ** 2)
+        self._kernel = (g / g.sum()).astype(np.float64)
+        self._fixed_len = max(1, round(cfg.fallback_s * fps))
+        self._cap = max(
+            int(np.ceil((60.0 / cfg.hr_min_bpm + 1.5) * fps)) + 2 * self._delay, self._fixed_len + 1
+        )
+        self._n_stats = max(8, round(cfg.amplitude_s * fps))
+        self._r_memory_s = 60.0 / cfg.hr_min_bpm * 1.5
+        self.reset()
+        self.counters.resets = 0
+
+    # ----- public ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Drop all history (after a frame-sequence gap or a view change); counters are kept."""
+        self.counters.resets += 1
+        self._frames: np.ndarray | None = None  # (cap, H, W) ring, allocated on the first frame
+        self._seq = np.zeros(self._cap, np.int64)
+        self._times = np.zeros(self._cap, np.float64)
+        self._n = 0  # frames pushed since reset; frame i (from 0) sits in slot i % cap
+        self._seq0 = 0  # frame_seq of frame 0 after reset
+        self._raw = np.zeros(self._cap, np.float64)  # signal, same slots as the frames
+        self._sm = np.zeros(self._cap)  # smoothed signal, same slots as the frames
+        self._smooth = np.zeros(self._n_stats)  # recent smoothed samples (ring; order unused)
+        self._resid = np.zeros(self._n_stats)  # recent raw − smoothed
+        self._n_smooth = 0
+        self._rising = False  # hysteresis state: seek a trough first, so a stream starting in
+        self._ext_val = np.inf  # ejection does not make its first frame an ED
+        self._ext_idx = 0
+        self._img_ed: float | None = None  # last accepted ED (frame index since reset, fractional)
+        self._r_ed: float | None = None
+        self._r_last_t = -np.inf
+        self._intervals: list[float] = []  # recent beat lengths (frames), for the locked period
+        self._last_emit_t: float | None = None  # time of the last beat / fixed window end
+        self._fixed_next = 0  # frame index where the next fixed window ends
+        self._hr: float | None = None
+
+    @property
+    def hr_bpm(self) -> float | None:
+        """Latest heart-rate estimate (bpm): median of the recent beats; None in fallback."""
+        return self._hr
+
+    def push(self, frame_seq: int, t: float, pixels: np.ndarray, r_wave: bool = False) -> list[BeatWindow]:
+        """Feed one frame ((H, W) uint8, normally 112×112; capture time t in s).
+
+        Returns the windows completed by it: usually none, sometimes one (rarely a beat and a fixed
+        window at the switch between them).
+        """
+        if pixels.ndim != 2:
+            raise ValueError(f"pixels must be one (H, W) grayscale frame, got shape {pixels.shape}")
+        self.counters.frames_seen += 1
+        if self._n and (
+            frame_seq != self._seq0 + self._n
+            or t <= self._times[(self._n - 1) % self._cap]
+            or pixels.shape != self._frames.shape[1:]
+        ):
+            self.reset()
+        if self._frames is None:
+            self._frames = np.empty((self._cap, *pixels.shape), np.uint8)
+            self._seq0 = frame_seq
+            self._last_emit_t = t
+            self._fixed_next = self._fixed_len
+        i = self._n
+        slot = i % self._cap
+        self._frames[slot] = pixels
+        self._seq[slot], self._times[slot] = frame_seq, t
+        self._raw[slot] = lv_area_signal(pixels, self._net)
+        self._n += 1
+        out: list[BeatWindow] = []
+        if self.cfg.use_r_wave and r_wave:
+            self._r_last_t = t
+            beat = self._on_r_wave(float(i))
+            if beat is not None:
+                out.append(beat)
+        m = i - self._delay  # the sample whose smoothing window is now complete
+        if m >= self._delay:
+            bounds = self._on_smoothed(m)
+            if bounds is not None and i - int(np.floor(bounds[0])) >= self._cap:
+                # Confirmed so late (a frozen feed held the signal flat) that the beat's first
+                # frames have left the ring: it cannot be cut; the new ED starts the next beat.
+                self.counters.rejected_candidates += 1
+            elif bounds is not None and t - self._r_last_t > self._r_memory_s:
+                out.append(self._window(*bounds, "ed_ed"))
+        if out:
+            self._last_emit_t = t
+            self._fixed_next = i + self._fixed_len
+        else:
+            fixed = self._fallback(i, t)
+            if fixed is not None:
+                out.append(fixed)
+        return out
+
+    # ----- internals ---------------------------------------------------------------------------
+    def _on_smoothed(self, m: int) -> tuple[float, float] | None:
+        """Advance the hysteresis peak detector by smoothed sample m; a confirmed ED may close a beat."""
+        idx = np.arange(m - self._delay, m + self._delay + 1) % self._cap
+        s = float(np.dot(self._raw[idx], self._kernel))
+        self._sm[m % self._cap] = s
+        k = self._n_smooth % self._n_stats
+        self._smooth[k], self._resid[k] = s, self._raw[m % self._cap] - s
+        self._n_smooth += 1
+        n_stats = min(self._n_smooth, self._n_stats)
+        if n_stats < self._n_stats // 2:  # amplitude not yet measurable
+            return None
+        recent = self._smooth[:n_stats]
+        p2p = float(recent.max() - recent.min())
+        noise = float(np.sqrt(np.mean(self._resid[:n_stats] ** 2)))
+        if p2p <= 0 or p2p < self.cfg.min_snr * noise:
+            self._rising, self._ext_val, self._img_ed = False, np.inf, None  # no usable beat
+            return None
+        thr = self.cfg.hysteresis * p2p
+        if not self._rising:
+            if s < self._ext_val:
+                self._ext_val = s
+            elif s > self._ext_val + thr:
+                self._rising, self._ext_val, self._ext_idx = True, s, m
+            return None
+        if s > self._ext_val:
+            self._ext_val, self._ext_idx = s, m
+            return None
+        if s >= self._ext_val - thr:
+            return None
+        # Confirmed: the maximum is the diastolic plateau, whose argmax noise moves around; its end,
+        # the onset of ejection, is sharp. ED = where the fall crosses max − knee·p2p, less the lead.
+        level = self._ext_val - self.cfg.knee * p2p
+        j = m - 1
+        while j > self._ext_idx and self._sm[j % self._cap] < level:
+            j -= 1
+        y0, y1 = self._sm[j % self._cap], self._sm[(j + 1) % self._cap]
+        crossing = j + float(y0 - level) / float(y0 - y1) if y0 > y1 else float(j)
+        self._rising, self._ext_val = False, s
+        # Ejection lasts ∝ √(beat length) (Weissler; the phantom likewise): so does the lead.
+        beat_s = float(np.median(self._intervals)) / self.fps if self._intervals else 1.0
+        return self._on_ed(float(crossing - self.cfg.ed_lead_s * np.sqrt(beat_s) * self.fps))
+
+    def _on_ed(self, ed: float) -> tuple[float, float] | None:
+        """An image-detected ED (fractional frame index since reset): the beat it closes, if plausible."""
+        prev = self._img_ed
+        if prev is None:
+            self._img_ed = ed
+            return None
+        length = ed - prev
+        dur = length / self.fps
+        if dur < max(self.cfg.refractory_s, 60.0 / self.cfg.hr_max_bpm):
+            self.counters.rejected_candidates += 1  # extra peak: keep the earlier ED
+            return None
+        if dur > 60.0 / self.cfg.hr_min_bpm:
+            self.counters.rejected_candidates += 1  # missed EDs or a pause: restart from this one
+            self._img_ed = ed
+            return None
+        locked = self._locked_period()
+        self._intervals = [*self._intervals, length][-5:]
+        if locked is not None and abs(length / locked - 1) > self.cfg.period_tolerance:
+            self.counters.rejected_candidates += 1
+            if length > locked:  # missed ED: the new one starts the next beat
+                self._img_ed = ed
+            return None
+        self._img_ed = ed
+        return prev, ed
+
+    def _on_r_wave(self, i: float) -> BeatWindow | None:
+        """An R-wave frame i is an ED; it closes a beat when its length is plausible."""
+        prev, self._r_ed = self._r_ed, i
+        if prev is None:
+            return None
+        dur = (i - prev) / self.fps
+        if not 60.0 / self.cfg.hr_max_bpm <= dur <= 60.0 / self.cfg.hr_min_bpm:
+            self.counters.rejected_candidates += 1
+            return None
+        self._intervals = [*self._intervals, i - prev][-5:]
+        return self._window(prev, i, "r_wave")
+
+    def _locked_period(self) -> float | None:
+        """Median of the recent beat lengths (frames) once two of them agree, else None."""
+        iv = self._intervals[-3:]
+        if len(iv) < 2 or (len(iv) == 2 and abs(iv[1] / iv[0] - 1) > self.cfg.period_tolerance):
+            return None
+        return float(np.median(iv))
+
+    def _window(self, start: float, end: float, how: str) -> BeatWindow:
+        """Cut frames [floor(start), ceil(end)] out of the ring as a beat window."""
+        # The ring holds 60/hr_min + 1.5 s: a plausible beat plus the confirmation delay always fits.
+        first, last = max(int(np.floor(start)), 0), min(int(np.ceil(end)), self._n - 1)
+        self._hr = 60.0 * self.fps / float(np.median(self._intervals))
+        self.counters.beats_emitted += 1
+        return self._cut(first, last, start - first, end - first, 60.0 * self.fps / (end - start), how)
+
+    def _fallback(self, i: int, t: float) -> BeatWindow | None:
+        """A fixed window ending at frame i, when no beat has come for fallback_after_s."""
+        if self._last_emit_t is None or t - self._last_emit_t < self.cfg.fallback_after_s:
+            return None
+        if i < self._fixed_next:
+            return None
+        self._hr, self._intervals = None, []
+        self._fixed_next = i + self._fixed_len
+        self.counters.fallback_windows += 1
+        first = i - self._fixed_len
+        return self._cut(first, i, 0.0, float(self._fixed_len), None, "fixed")
+
+    def _cut(self, first: int, last: int, start: float, end: float, hr: float | None, how: str) -> BeatWindow:
+        slots = np.arange(first, last + 1) % self._cap
+        return BeatWindow(
+            frames=self._frames[slots],
+            start=start,
+            end=end,
+            frame_seq=(int(self._seq[slots[0]]), int(self._seq[slots[-1]])),
+            t=(float(self._times[slots[0]]), float(self._times[slots[-1]])),
+            hr_bpm=hr,
+            how=how,
+        )

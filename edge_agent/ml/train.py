@@ -1,0 +1,348 @@
+"""Training: DDPM ε-prediction for MCSDR plus the two baseline heads, on any dataset format.
+
+Loss (summed, one encoder pass per clip):
+  * auxiliary (simulated data only): the LV cavity area over the beat relative to ED, predicted per
+    encoder time step — a dense, easy signal that teaches the encoder where the cavity is long
+    before the scalar EF alone would;
+  * diffusion, Ho et al. 2020 eq. 14 (L_simple): ||ε − ε_θ(√ᾱ_t y₀ + √(1−ᾱ_t) ε, t, c)||², with
+    ``noise_draws`` (t, ε) pairs per clip — the head is cheap next to the encoder, so several
+    draws per encoder pass cut the variance of the diffusion loss at almost no cost;
+  * regression baseline: MSE on y₀;
+  * Gaussian baseline: NLL ½(log σ² + (y₀ − μ)²/σ²).
+Modality dropout hides demographic fields at random so any subset may be missing at inference.
+An EMA of the weights is what gets saved and evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edge_agent.config import from_mapping, load_sections, to_mapping
+from edge_agent.core.artefacts import file_sha256
+from edge_agent.model.ddim import DiffusionSchedule
+from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
+from edge_agent.sim.clips import ClipArrays, generate
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training clips come from. ``format: synthetic`` simulates them (seeded, cached in ``cache``)."""
+
+    format: Literal["synthetic", "echonet", "pediatric", "camus"] = "synthetic"
+    root: str | None = None  # dataset folder for the real formats
+    n_train: int = 6000  # synthetic only
+    n_val: int = 400  # synthetic only
+    train_seed: int = 1
+    val_seed: int = 2
+    pediatric: bool = False  # synthetic only: children's demographics and sizes
+    cache: str | None = "data/synthetic"  # folder for simulated arrays (reused when present)
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. Steps are counted in batches of ``batch_size`` clips."""
+
+    steps: int = 4500
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup: int = 200
+    noise_draws: int = 8
+    ema: float = 0.998
+    baseline_weight: float = 1.0
+    recal_min_picp90: float = 0.85  # recalibration: CRPS-optimal among scales covering ≥ this on val
+    area_weight: float = 1.0  # auxiliary LV-area curve loss (simulated data; 0 contribution without it)
+    seed: int = 0
+    threads: int = 2
+    eval_every: int = 500
+    checkpoint_every: int = 250
+    out: str = "runs/default"
+    artefact: str = "engines/mcsdr_default"  # final weights: <artefact>.pt + <artefact>.json
+    device: str = "cpu"
+    amp: bool = True  # mixed precision (bf16 autocast) on CUDA only
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionSchedule, "train": TrainConfig}
+
+
+def load_data(cfg: DataConfig) -> tuple[ClipArrays, ClipArrays]:
+    """Training and validation arrays for the configured source."""
+    if cfg.format == "synthetic":
+        sets = []
+        for name, n, seed in (("train", cfg.n_train, cfg.train_seed), ("val", cfg.n_val, cfg.val_seed)):
+            path = Path(cfg.cache or ".") / f"{name}_n{n}_seed{seed}{'_ped' if cfg.pediatric else ''}.npz"
+            if cfg.cache and path.exists():
+                sets.append(ClipArrays.load(str(path)))
+                continue
+            arr = generate(n, seed, pediatric=cfg.pediatric, workers=cfg.workers, desc=f"simulating {name}")
+            if cfg.cache:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                arr.save(str(path))
+            sets.append(arr)
+        return sets[0], sets[1]
+    from edge_agent.ml.datasets import open_dataset
+
+    if cfg.root is None:
+        raise ValueError(f"data.root: format {cfg.format!r} needs the dataset folder; set data.root")
+    return (
+        ClipArrays.from_dataset(open_dataset(cfg.root, cfg.format, "TRAIN"), "reading train"),
+        ClipArrays.from_dataset(open_dataset(cfg.root, cfg.format, "VAL"), "reading val"),
+    )
+
+
+def drop_demographics(mask: torch.Tensor, cfg: ModelConfig, gen: torch.Generator) -> torch.Tensor:
+    """Modality dropout: hide each field with p = demo_dropout, all fields with p = demo_drop_all."""
+    keep = torch.rand(mask.shape, generator=gen) >= cfg.demo_dropout
+    keep &= torch.rand(mask.shape[0], 1, generator=gen) >= cfg.demo_drop_all
+    return mask & keep
+
+
+def losses(model: MCSDR, batch: dict[str, torch.Tensor], draws: int, gen: torch.Generator) -> dict:
+    """The three training losses on one batch (see module docstring)."""
+    y0 = model.transform.forward(batch["ef"])
+    f = model.features(batch["clips"])
+    tok = model.tokens_from(f, batch["demo"], batch["mask"])
+    kv = [x for blk in model.blocks for x in blk.keys_values(tok)]
+    b = y0.shape[0]
+    # Noise comes from a CPU generator (reproducible on any device), then moves to the model.
+    t = torch.randint(0, model.schedule.num_train_timesteps, (b, draws), generator=gen).to(y0.device)
+    eps = torch.randn(b, draws, generator=gen).to(y0.device)
+    y_t = model.schedule.add_noise(y0[:, None].expand(b, draws), eps, t)
+    eps_loss = (model.eps(y_t, t, kv).float() - eps).pow(2).mean()
+    reg, mu, logvar = (x.float() for x in model.baselines(tok))
+    s = model.cfg.target_scale  # baseline losses at unit scale, comparable across target scales
+    reg_loss = ((reg - y0) / s).pow(2).mean()
+    nll = 0.5 * (logvar - 2 * math.log(s) + (y0 - mu).pow(2) / logvar.exp()).mean()
+    out = {"eps": eps_loss, "reg": reg_loss, "nll": nll}
+    if "lv_area" in batch:  # auxiliary: LV area curve, where the data knows it (the simulator)
+        pred = model.area(f).float()
+        target = (1 - batch["lv_area"]) / 0.2
+        target = target.reshape(len(target), pred.shape[1], -1).mean(-1)  # pool to T' steps
+        known = torch.isfinite(target)
+        out["area"] = (pred - target.nan_to_num()).pow(2)[known].mean() if known.any() else pred.sum() * 0
+    return out
+
+
+def _batch(
+    arr: ClipArrays, idx: np.ndarray, gen: torch.Generator, augment: bool, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    clips = torch.from_numpy(arr.clips[idx])
+    if augment:  # overall gain ±20 %: scanners differ in gain, EF does not
+        g = 0.8 + 0.4 * torch.rand(len(idx), 1, 1, 1, generator=gen)
+        clips = (clips.float() * g).clamp(0, 255).to(torch.uint8)
+    batch = {
+        "clips": clips,
+        "ef": torch.from_numpy(arr.ef[idx]).float(),
+        "demo": torch.from_numpy(arr.demo[idx]),
+        "mask": torch.from_numpy(arr.mask[idx]),
+        "lv_area": torch.from_numpy(arr.lv_area[idx]),
+    }
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def sample_arrays(
+    model: MCSDR, arr: ClipArrays, k: int = 40, batch: int = 16, seed: int = 0, desc: str | None = None
+) -> dict[str, np.ndarray]:
+    """Posterior samples (N, K) EF % for every clip, plus the two baselines' predictions.
+
+    Noises are drawn from ``seed`` per clip so results do not depend on the batch size.
+    Returns keys ``samples``, ``reg`` (N,), ``gauss_mu`` (N,), ``gauss_sigma`` (N,) — the last three
+    in the standardised target space y — and ``gauss_samples`` (N, K) EF % from the Gaussian head.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    n = len(arr)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, k, generator=gen)
+    ys, regs, mus, sds = [], [], [], []
+    rng = range(0, n, batch)
+    for s in tqdm(rng, desc=desc, unit="batch", disable=desc is None):
+        sl = np.arange(s, min(n, s + batch))
+        b = _batch(arr, sl, gen, augment=False, device=str(device))
+        ys.append(model.sample(b["clips"], b["demo"], b["mask"], noise[sl].to(device)).cpu().numpy())
+        reg, mu, logvar = model.baselines(model.tokens(b["clips"], b["demo"], b["mask"]))
+        regs.append(reg.cpu().numpy())
+        mus.append(mu.cpu().numpy())
+        sds.append(np.exp(0.5 * logvar.cpu().numpy()))
+    y = np.concatenate(ys)
+    mu, sd = np.concatenate(mus), np.concatenate(sds)
+    tr = model.transform
+    return {
+        "samples": tr.inverse_np(y),
+        "reg": np.concatenate(regs),
+        "gauss_mu": mu,
+        "gauss_sigma": sd,
+        "gauss_samples": tr.inverse_np(mu[:, None] + sd[:, None] * noise.numpy()),
+    }
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+@dataclass
+class TrainState:
+    model: MCSDR
+    ema: MCSDR
+    opt: torch.optim.Optimizer
+    step: int = 0
+    history: list = field(default_factory=list)
+
+
+def save_checkpoint(state: TrainState, path: Path, sections: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": state.model.state_dict(),
+            "ema": state.ema.state_dict(),
+            "opt": state.opt.state_dict(),
+            "step": state.step,
+            "history": state.history,
+            "config": {k: to_mapping(v) for k, v in sections.items()},
+            "transform": to_mapping(state.model.transform),
+        },
+        tmp,
+    )
+    tmp.replace(path)  # atomic: a crash mid-save never leaves a torn checkpoint
+
+
+def train(sections: dict, resume: bool = True) -> Path:
+    """Train from parsed config sections; returns the path of the saved artefact (.pt)."""
+    dcfg: DataConfig = sections["data"]
+    mcfg: ModelConfig = sections["model"]
+    sched: DiffusionSchedule = sections["diffusion"]
+    tcfg: TrainConfig = sections["train"]
+    torch.set_num_threads(tcfg.threads)
+    torch.manual_seed(tcfg.seed)
+    t_start = time.time()
+    train_arr, val_arr = load_data(dcfg)
+    out = Path(tcfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = (
+        torch.load(ckpt_path, weights_only=False, map_location="cpu")
+        if resume and ckpt_path.exists()
+        else None
+    )
+    transform = (
+        from_mapping(TargetTransform, ckpt["transform"])
+        if ckpt
+        else TargetTransform.fit(train_arr.ef, mcfg.target_scale)
+    )
+    device = torch.device(tcfg.device)
+    model = MCSDR(mcfg, transform, sched).to(device)
+    ema = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    state = TrainState(model, ema, opt)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        state.step, state.history = ckpt["step"], ckpt["history"]
+    gen = torch.Generator().manual_seed(tcfg.seed * 1000 + state.step)
+    rng = np.random.default_rng([tcfg.seed, state.step])
+    n = len(train_arr)
+    bar = tqdm(total=tcfg.steps, initial=state.step, desc="training", unit="step")
+    running: dict[str, float] = {}
+    while state.step < tcfg.steps:
+        model.train()
+        idx = rng.choice(n, tcfg.batch_size, replace=False)
+        batch = _batch(train_arr, idx, gen, augment=True)
+        batch["mask"] = drop_demographics(batch["mask"], mcfg, gen)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        for g in opt.param_groups:
+            g["lr"] = _lr(state.step, tcfg)
+        # Mixed precision on CUDA only (bf16 needs no loss scaling); the CPU trains in fp32.
+        with torch.autocast("cuda", torch.bfloat16, enabled=tcfg.amp and device.type == "cuda"):
+            parts = losses(model, batch, tcfg.noise_draws, gen)
+        loss = parts["eps"] + tcfg.baseline_weight * (parts["reg"] + parts["nll"])
+        loss = loss + tcfg.area_weight * parts.get("area", 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
+                pe.lerp_(pm, 1 - tcfg.ema)
+            for be, bm in zip(ema.buffers(), model.buffers(), strict=False):
+                be.copy_(bm)
+        state.step += 1
+        for k, v in parts.items():
+            running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
+        if state.step % tcfg.eval_every == 0 or state.step == tcfg.steps:
+            res = sample_arrays(ema, val_arr, k=20, seed=1)
+            mae = float(np.abs(res["samples"].mean(1) - val_arr.ef).mean())
+            state.history.append({"step": state.step, "val_mae": mae, **running})
+            bar.write(f"step {state.step}: val MAE {mae:.2f} EF points (EMA, K=20)")
+        if state.step % tcfg.checkpoint_every == 0 or state.step == tcfg.steps:
+            save_checkpoint(state, ckpt_path, sections)
+    bar.close()
+    return save_artefact(state, sections, val_arr, time.time() - t_start)
+
+
+def save_artefact(state: TrainState, sections: dict, val_arr: ClipArrays, seconds: float) -> Path:
+    """Write <artefact>.pt (EMA weights) and its sidecar JSON, with the dispersion recalibration fitted
+    on the validation set (posterior.fit_dispersion_scale)."""
+    from edge_agent.model.posterior import fit_dispersion_scale
+
+    tcfg: TrainConfig = sections["train"]
+    res = sample_arrays(state.ema, val_arr, k=40, seed=2, desc="validation posterior")
+    scale = fit_dispersion_scale(res["samples"], val_arr.ef, min_picp90=tcfg.recal_min_picp90)
+    path = Path(tcfg.artefact).with_suffix(".pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ema": state.ema.state_dict()}, path)
+    sidecar = {
+        "artefact": "mcsdr-checkpoint",
+        "format_version": 1,
+        "weights": path.name,
+        "sha256": file_sha256(path),
+        "model": to_mapping(sections["model"]),
+        "diffusion": to_mapping(sections["diffusion"]),
+        "target_transform": {"kind": "standardised_logit", **to_mapping(state.ema.transform)},
+        "recalibration": {
+            "kind": "logit_dispersion_scale",
+            "scale": scale,
+            "fit_on": "validation set",
+            "rule": f"min CRPS subject to PICP90 >= {tcfg.recal_min_picp90}",
+        },
+        "input": {
+            "video": "uint8 (B, 32, 112, 112), one beat ED→ED via cycles.make_clip",
+            "demographics": "float32 (B, 4) [age y, sex 1=M, weight kg, height cm]",
+            "demo_mask": "bool (B, 4)",
+        },
+        "parameters": {
+            "diffusion_path": state.ema.diffusion_parameters(),
+            "total_with_baselines": sum(p.numel() for p in state.ema.parameters()),
+        },
+        "training": {
+            "data": to_mapping(sections["data"]),
+            "train": to_mapping(tcfg),
+            "steps": state.step,
+            "wall_seconds": round(seconds, 1),
+            "history": state.history,
+        },
+        "metrics": {},
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def parse_config(data: dict, source: str) -> dict:
+    return load_sections(data, SECTIONS, source)

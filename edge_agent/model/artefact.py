@@ -1,0 +1,37 @@
+"""The trained model artefact: ``<name>.pt`` (EMA weights) with its sidecar ``<name>.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from edge_agent.config import from_mapping
+from edge_agent.core.artefacts import file_sha256
+from edge_agent.model.ddim import DiffusionSchedule
+from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
+
+
+def load_model(path: str | Path) -> tuple[MCSDR, dict]:
+    """Load <artefact>.pt with its sidecar JSON; checks the content hash."""
+    path = Path(path).with_suffix(".pt")
+    side_path = path.with_suffix(".json")
+    if not side_path.exists():
+        raise FileNotFoundError(
+            f"{path}: sidecar {side_path.name} is missing; re-export with `edge-agent train`"
+        )
+    side = json.loads(side_path.read_text())
+    digest = file_sha256(path)
+    if digest != side["sha256"]:
+        raise ValueError(
+            f"{path}: content hash {digest[:12]} does not match its sidecar ({side['sha256'][:12]})"
+        )
+    model = MCSDR(
+        from_mapping(ModelConfig, side["model"]),
+        TargetTransform(mu=side["target_transform"]["mu"], sigma=side["target_transform"]["sigma"]),
+        DiffusionSchedule.from_dict(side["diffusion"]),
+    )
+    model.load_state_dict(torch.load(path, weights_only=True)["ema"])
+    model.eval()
+    return model, side
