@@ -64,7 +64,9 @@ def import_graph() -> dict[str, set[str]]:
     """module → the edge_agent modules it imports, for every module of the package."""
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(p) for p in paths}
-    return {module_name(p): _imports(ast.parse(p.read_text(), str(p)), modules) - {module_name(p)} for p in paths}
+    return {
+        module_name(p): _imports(ast.parse(p.read_text(), str(p)), modules) - {module_name(p)} for p in paths
+    }
 
 
 def _inside(module: str, package: str) -> bool:
@@ -111,11 +113,7 @@ def test_no_import_circles() -> None:
 @pytest.mark.parametrize("side", BEDSIDE)
 def test_bedside_never_imports_the_training_side(side: str) -> None:
     bad = {
-        (m, d)
-        for m, deps in import_graph().items()
-        if _inside(m, side)
-        for d in deps
-        if _inside(d, TRAINING)
+        (m, d) for m, deps in import_graph().items() if _inside(m, side) for d in deps if _inside(d, TRAINING)
     }
     assert not bad, f"{side} imports the training side: {sorted(bad)}"
 
@@ -138,5 +136,7 @@ def test_the_checks_catch_what_they_guard() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    tree = ast.parse("def f():\n    from edge_agent.ml import train\nif TYPE_CHECKING:\n    import edge_agent.x\n")
+    tree = ast.parse(
+        "def f():\n    from edge_agent.ml import train\nif TYPE_CHECKING:\n    import edge_agent.x\n"
+    )
     assert _imports(tree, {"edge_agent.ml.train"}) == {"edge_agent.ml.train"}

@@ -8,7 +8,8 @@
    :class:`edge_agent.live.cycles.CycleDetector` and :func:`edge_agent.core.clip.make_clip` — from
    the simulator (random patients, every quality level, seeds far from the training seeds 1, 2 and
    the test seed 3) and from any recordings (video files, DICOM cines) given; stores them as
-   ``<out>/windows.npz`` (video uint8 (N, 32, 112, 112), demo float32 (N, 4), demo_mask float32 (N, 4), 1 known / 0 missing) with
+   ``<out>/windows.npz`` (video uint8 (N, 32, 112, 112), demo float32 (N, 4), demo_mask float32
+   (N, 4), 1 known / 0 missing) with
    ``<out>/manifest.json`` (sources, seeds, beat rule per window, counts, the npz's sha256, date,
    code version). A manifest whose request hash matches is reused without drawing again;
 2. quantises the fused posterior graph with ONNX Runtime's static quantiser, fed the stored

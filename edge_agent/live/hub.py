@@ -361,7 +361,7 @@ class Hub:
             "frames_dropped": int(report.get("frames_dropped", 0)),
             "seq_gaps": int(report.get("seq_gaps", 0)),
             "queue": len(st.queue),  # windows waiting here for a worker (metrics exporter's queue depth)
-            # Bad input: the windower's frame checks (edge_agent/live/frame_checks.py), failed posteriors here.
+            # Bad input: the windower's frame checks (live/frame_checks.py), failed posteriors here.
             **{k: int(report.get(k, 0)) for k in FRAME_COUNTERS},
             "windows_failed": st.failed,
             "windows_missing": st.missing,

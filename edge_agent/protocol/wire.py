@@ -100,7 +100,7 @@ Status body (topic ``status.<stream>``):
 | `hr_bpm`           | float > 0 or nil | latest heart rate, beats/min                                 |
 | `signal`           | str              | `"ok"`, `"lost"` (no frames) or `"stale"` (no recent window) |
 |                    |                  | or, when half the last second's frames are bad, `"blank"`,   |
-|                    |                  | `"frozen"` or `"saturated"` (see `edge_agent/live/frame_checks.py`) |
+|                    |                  | `"frozen"` or `"saturated"` (`edge_agent/live/frame_checks.py`) |
 | `windows_dropped`  | int ≥ 0          | windows dropped since start                                  |
 | `frames_dropped`   | int ≥ 0          | frames dropped since start (ring overwritten, reader lapped) |
 | `seq_gaps`         | int ≥ 0          | gaps seen in frame sequence numbers since start              |
@@ -163,7 +163,7 @@ MAX_TOPIC_BYTES = 128
 MAX_CONTAINER_LEN = 64
 MAX_TRUTH_KEYS = 16
 MAX_INT = 2**63 - 1  # int64: every consumer language can hold it
-# "blank", "frozen", "saturated": most of the last second's frames were (edge_agent/live/frame_checks.py).
+# "blank", "frozen", "saturated": most of the last second's frames were (live/frame_checks.py).
 SIGNAL_STATES = ("ok", "lost", "stale", "blank", "frozen", "saturated")
 ESTIMATE_PREFIX, STATUS_PREFIX, HEARTBEAT_TOPIC = "lvef.", "status.", "heartbeat"
 NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"

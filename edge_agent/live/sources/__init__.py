@@ -5,6 +5,7 @@ with open_source("synthetic://?ef=35&hr=72&quality=poor", fps=None) as src:
         ...  # frame.pixels, frame.t (s), frame.r_wave, frame.truth
 """
 
-from edge_agent.live.sources.base import FrameSource, SourceError, SourceFrame, open_source
+from edge_agent.live.sources.base import FrameSource, SourceError, SourceFrame
+from edge_agent.live.sources.registry import open_source
 
 __all__ = ["FrameSource", "SourceError", "SourceFrame", "open_source"]

@@ -26,7 +26,7 @@ from edge_agent.live.ringbuffer import SHM_DIR
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import TransportConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path: Path, sources: list[str], *extra: str) -> AgentConfig:

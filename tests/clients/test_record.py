@@ -31,7 +31,7 @@ from edge_agent.clients.monitor import T_RECEIVED
 from edge_agent.live.agent import Agent, load_agent_config
 from edge_agent.protocol import wire
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -26,7 +26,7 @@ from edge_agent.tools.telemetry import (
     summarize_tegrastats,
 )
 
-DATA = Path(__file__).parent / "data" / "tegrastats"
+DATA = Path(__file__).resolve().parents[1] / "data" / "tegrastats"
 TEGRASTATS_FIXTURES = sorted(
     p.name for p in DATA.glob("*.txt") if not p.name.startswith(("nvpmodel", "jetson_clocks", "nv_tegra"))
 )

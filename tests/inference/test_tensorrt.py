@@ -28,7 +28,7 @@ from edge_agent.inference.engine_build import (
 )
 
 K = 40
-REAL_ONNX = Path(__file__).resolve().parents[1] / "engines" / "mcsdr_default.onnx"
+REAL_ONNX = Path(__file__).resolve().parents[2] / "engines" / "mcsdr_default.onnx"
 
 
 def _gpu_reason() -> str | None:

@@ -26,7 +26,7 @@ from edge_agent.inference.calibrate import (
 from edge_agent.live.sources import open_source
 from edge_agent.live.worker import starting_noises
 
-MODEL = Path(__file__).resolve().parents[1] / "engines" / "mcsdr_default.onnx"
+MODEL = Path(__file__).resolve().parents[2] / "engines" / "mcsdr_default.onnx"
 
 
 def _recording(path: Path, seconds: float = 6.0, fps: float = 50.0) -> Path:

@@ -32,7 +32,7 @@ from edge_agent.live.hub import Hub, HubConfig
 from edge_agent.protocol import security, wire
 from edge_agent.protocol.transport import MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, TransportConfig, socket
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = {"age_years": 61.0, "sex_male": 1.0, "weight_kg": 80.0, "height_cm": 178.0}
 
 

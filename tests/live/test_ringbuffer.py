@@ -37,7 +37,7 @@ from edge_agent.live.ringbuffer import (
 CTX = mp.get_context("spawn")  # children start fresh: nothing shared but the segment itself
 SHAPE = (112, 112)
 PATTERN_PERIOD = 251  # prime: frames i and i + n_slots differ unless n_slots is a multiple of it
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ from edge_agent.live.windower import WindowConfig, Windower
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import READY, RESULT, TransportConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CINE = get_testdata_file("color3d_jpeg_baseline.dcm")
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 

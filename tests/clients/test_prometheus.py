@@ -29,7 +29,7 @@ from edge_agent.config import ConfigError
 from edge_agent.live.agent import Agent, compose, load_agent_config
 from edge_agent.protocol import wire
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, frozenset], float]
 
 
