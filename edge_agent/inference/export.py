@@ -34,6 +34,7 @@ from torch import nn
 
 from edge_agent.core.artefacts import write_sidecar
 from edge_agent.model.artefact import load_model
+from edge_agent.model.ddim import ddim_sample
 from edge_agent.model.network import MCSDR
 
 log = logging.getLogger(__name__)
@@ -55,18 +56,11 @@ class FusedPosterior(nn.Module):
     def __init__(self, model: MCSDR) -> None:
         super().__init__()
         self.model = model
-        steps = model.schedule.timesteps()
-        coef = model.schedule.step_coefficients()
-        # Constants baked into the graph: the deterministic DDIM grid and its coefficients.
-        self.steps = [int(t) for t in steps.tolist()]
-        self.coef = [(float(a), float(b)) for a, b in coef.tolist()]
 
     def forward(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor, noise: torch.Tensor):
+        # Traced: the sampler's loop unrolls into the graph, its grid and coefficients become constants.
         kv = self.model.condition(video, demo, demo_mask > 0.5)
-        y = noise
-        for (a, b), t in zip(self.coef, self.steps, strict=True):
-            tt = torch.full_like(y, t, dtype=torch.int64)
-            y = a * y + b * self.model.eps(y, tt, kv)
+        y = ddim_sample(self.model.denoiser(kv), noise, self.model.schedule)
         return self.model.transform.inverse(y)
 
 
@@ -208,7 +202,7 @@ def export(req: ExportRequest) -> dict[str, Path]:
         fused, enc, step = FusedPosterior(model), Encoder(model), Step(model)
         samples = fused(*args).numpy()
         kv = enc(*args[:3])
-        t = torch.full((2, req.k), int(fused.steps[0]), dtype=torch.int64)
+        t = torch.full((2, req.k), int(model.schedule.timesteps()[0]), dtype=torch.int64)
         eps = step(args[3], t, *kv).numpy()
     tmp = {name: p.with_name(p.name + ".tmp") for name, p in paths.items()}
     try:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_agent.model.ddim import DiffusionSchedule
+from edge_agent.model.ddim import DiffusionSchedule, EpsFn, ddim_sample
 
 N_DEMO = 4
 # Fixed demographic scaling (adult ranges); the model sees (value − centre) / scale.
@@ -279,6 +279,13 @@ class MCSDR(nn.Module):
             h = blk(h, temb, kv[2 * i], kv[2 * i + 1])
         return self.eps_out(h)[..., 0]
 
+    def denoiser(self, kv: list[torch.Tensor]) -> EpsFn:
+        """ε_θ closed over one batch's condition, for :func:`ddim_sample`: (y_t (B, K), t (B,)) → ε (B, K).
+
+        The sampler passes one timestep per row; every trajectory of a window shares it.
+        """
+        return lambda y, t: self.eps(y, t[:, None].expand_as(y), kv)
+
     def sample(
         self,
         video: torch.Tensor,
@@ -289,17 +296,11 @@ class MCSDR(nn.Module):
     ) -> torch.Tensor:
         """Deterministic DDIM (eta = 0) from starting noises y_T = noise (B, K) → samples y_0 (B, K).
 
-        The condition is encoded once; the K trajectories run as the batch; each step is
-        y ← a_i·y + b_i·ε_θ(y, t_i) with the schedule's precomputed coefficients (DDIM eq. 12).
+        The condition is encoded once; the K trajectories run as the batch; the sampler owns the
+        update y ← a_i·y + b_i·ε_θ(y, t_i) (DDIM eq. 12, :func:`ddim_sample`).
         """
         kv = self.condition(video, demo, demo_mask)
-        steps = self.schedule.timesteps(num_inference_steps)
-        coef = self.schedule.step_coefficients(num_inference_steps)
-        y = noise
-        for (a, b), t in zip(coef.tolist(), steps.tolist(), strict=False):
-            tt = torch.full_like(y, t, dtype=torch.int64)
-            y = a * y + b * self.eps(y, tt, kv)
-        return y
+        return ddim_sample(self.denoiser(kv), noise, self.schedule, num_inference_steps)
 
     # ----- baselines -----------------------------------------------------------------------------
     def baselines(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -167,17 +167,17 @@ def _naive_loop(net: Any) -> Callable[..., np.ndarray]:
     every DDIM step; ``fn(frames, demo, mask, noise) -> (B, K) EF %``."""
     import torch
 
-    steps = net.schedule.timesteps().tolist()
-    coef = net.schedule.step_coefficients().tolist()
+    from edge_agent.model.ddim import ddim_sample
 
     @torch.inference_mode()
     def run(frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray) -> np.ndarray:
         video, d = torch.from_numpy(np.array(frames)), torch.from_numpy(np.asarray(demo, np.float32))
         known, y = torch.from_numpy(np.asarray(mask, bool)), torch.from_numpy(np.asarray(noise, np.float32))
-        for (a, b), t in zip(coef, steps, strict=True):
-            kv = net.condition(video, d, known)  # the whole model at every step
-            y = a * y + b * net.eps(y, torch.full_like(y, t, dtype=torch.int64), kv)
-        return net.transform.inverse_np(y.numpy())
+
+        def eps_fn(y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return net.denoiser(net.condition(video, d, known))(y_t, t)  # the whole model at every step
+
+        return net.transform.inverse_np(ddim_sample(eps_fn, y, net.schedule).numpy())
 
     return run
 
