@@ -74,16 +74,24 @@ def _element(ds: Dataset, keyword: str, where: str) -> Any:
         ) from None
 
 
-def _integer(ds: Dataset, keyword: str, where: str, lo: int, hi: int, fix: str) -> int | None:
-    """An integer element in [lo, hi]; None when absent or empty; else a SourceError naming the tag."""
+def _number(ds: Dataset, keyword: str, where: str) -> tuple[object, float | None] | None:
+    """A numeric element as (its raw value, its float or None when it is not a number); None when
+    the element is absent or empty."""
     value = _element(ds, keyword, where)
     if value is None or value == "":
         return None
     try:
-        number = float(value)
+        return value, float(value)
     except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not (math.isfinite(number) and number.is_integer() and lo <= number <= hi):
+        return value, None
+
+
+def _integer(ds: Dataset, keyword: str, where: str, lo: int, hi: int, fix: str) -> int | None:
+    """An integer element in [lo, hi]; None when absent or empty; else a SourceError naming the tag."""
+    if (found := _number(ds, keyword, where)) is None:
+        return None
+    value, number = found
+    if number is None or not (math.isfinite(number) and number.is_integer() and lo <= number <= hi):
         raise SourceError(f"{where}: {tag_name(keyword)} is {value!r}, not an integer in [{lo}, {hi}]; {fix}")
     return int(number)
 
@@ -112,15 +120,11 @@ def parse_patient_age(value: str) -> float | None:
 
 def _positive(ds: Dataset, keyword: str, where: str = "DICOM") -> float | None:
     """A numeric element's value when present, non-empty and > 0 (a non-number: SourceError)."""
-    value = _element(ds, keyword, where)
-    if value is None or value == "":
+    if (found := _number(ds, keyword, where)) is None:
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise SourceError(
-            f"{where}: {tag_name(keyword)} is {value!r}, not a number; fix or remove the tag"
-        ) from None
+    value, number = found
+    if number is None:
+        raise SourceError(f"{where}: {tag_name(keyword)} is {value!r}, not a number; fix or remove the tag")
     return number if math.isfinite(number) and number > 0 else None
 
 

@@ -43,14 +43,17 @@ SPLITS = ("TRAIN", "VAL", "TEST")
 FILELIST_COLUMNS = ("FileName", "EF", "ESV", "EDV", "FPS", "Split")
 
 
-def load_ed_es(tracings_csv: Path) -> dict[str, tuple[int, int]]:
-    """{video stem: (ED frame, ES frame)} from a VolumeTracings.csv; {} when the file is absent.
+def load_ed_es(root: Path, names: list[str]) -> dict[str, tuple[int, int]]:
+    """{video stem: (ED frame, ES frame)} for the ``names`` traced in ``root/VolumeTracings.csv``;
+    {} when the file is absent.
 
     Videos traced on fewer than two frames are left out (their beat falls back to periodicity).
     """
+    tracings_csv = root / "VolumeTracings.csv"
     if not tracings_csv.is_file():
         return {}
-    pairs = {stem: ed_es_from_areas(areas) for stem, areas in load_volume_tracings(tracings_csv).items()}
+    traced = load_volume_tracings(tracings_csv)
+    pairs = {stem: ed_es_from_areas(traced[stem]) for stem in names if stem in traced}
     return {stem: pair for stem, pair in pairs.items() if pair is not None}
 
 
@@ -121,8 +124,7 @@ class EchoNetDynamic:
         self.edv = np.asarray(edv, dtype=np.float64)
         self.fps = np.asarray(fps, dtype=np.float64)
         self.quality: list[str | None] = [None] * len(self.names)
-        traced = load_ed_es(self.root / "VolumeTracings.csv")
-        self.ed_es_frames = {stem: traced[stem] for stem in self.names if stem in traced}
+        self.ed_es_frames = load_ed_es(self.root, self.names)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -118,8 +118,7 @@ class EchoNetPediatric:
         self.efs = np.asarray(efs, dtype=np.float64)
         self.folds = np.asarray(folds, dtype=np.int64)
         self.quality: list[str | None] = [None] * len(self.names)
-        traced = load_ed_es(self.root / "VolumeTracings.csv")
-        self.ed_es_frames = {stem: traced[stem] for stem in self.names if stem in traced}
+        self.ed_es_frames = load_ed_es(self.root, self.names)
 
     def __len__(self) -> int:
         return len(self.names)
