@@ -1,0 +1,313 @@
+"""Robustness of a model artefact to what live windows and real views do (issue 12's acceptance table).
+
+For ``n`` fresh simulated cines (a seed never used in training, equal parts good/medium/poor) every
+cine is cut and transformed the ways the live agent and real acquisitions differ from the training
+windows, and each variant is scored with the same posterior sampler:
+
+- ``aligned``: the first complete beat, exact ED→ED (what the model was trained on);
+- ``perturbed``: the same beat as a live windower may cut it: both ends jittered by up to
+  ``jitter_frames``, the period off by up to ±``period_error``, and now and then a double or a half
+  beat (:func:`perturbed_bounds`);
+- ``phase_j``: a one-period window starting j/``phases`` of a period after ED (j = 1 … phases − 1):
+  the spread of the posterior mean over phases measures dependence on where a window starts;
+- view transforms of the aligned clip about the sector apex (top centre): zoom, aspect, rotation,
+  gain (:func:`view_transform`).
+
+Reported (``robustness.json``, ``report.md``, two plots): MAE, PICP90, CRPS against the regression and
+Gaussian baselines and AUROC(EF < 40 %) for aligned and perturbed windows; the median over cines of
+the phase spread; the median |Δ posterior mean| of every view transform. The targets are those of
+issue 12 (:data:`TARGETS`). EF in %, frames (F, H, W) uint8.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from edge_agent.core import metrics
+from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE, make_clip
+from edge_agent.ml.train import sample_arrays
+from edge_agent.model.artefact import load_model
+from edge_agent.model.posterior import recalibrate
+from edge_agent.sim.clips import ClipArrays, case_demographics
+from edge_agent.sim.phantom import QUALITIES, draw_case, simulate_clip
+
+# View transforms: name → (kind, amount). Zoom and aspect are scale factors about the apex (aspect
+# stretches x only), rotation is in degrees about the apex, gain in dB of the displayed image.
+VIEW_TRANSFORMS: dict[str, tuple[str, float]] = {
+    "zoom_0.75": ("zoom", 0.75),
+    "zoom_1.25": ("zoom", 1.25),
+    "aspect_0.9": ("aspect", 0.9),
+    "aspect_1.1": ("aspect", 1.1),
+    "rotate_-10": ("rotate", -10.0),
+    "rotate_+10": ("rotate", 10.0),
+    "gain_-6dB": ("gain", -6.0),
+    "gain_+6dB": ("gain", 6.0),
+}
+# The display maps this many dB of echo amplitude onto 0–255 (the simulator's default dynamic range).
+DISPLAY_DYNAMIC_RANGE_DB = 55.0
+# Issue 12's targets: (metric key in the summary, comparison, bound).
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("aligned.mae", "<=", 3.0),
+    ("perturbed.mae", "<=", 3.5),
+    ("phase_spread_median", "<=", 2.0),
+    ("view_shift_median_max", "<=", 2.0),
+    ("aligned.picp90", ">=", 0.85),
+    ("aligned.picp90", "<=", 0.95),
+    ("perturbed.picp90", ">=", 0.85),
+    ("perturbed.picp90", "<=", 0.95),
+    ("aligned.auroc_ef40", ">=", 0.97),
+)
+
+
+@dataclass(frozen=True)
+class RobustnessRequest:
+    """model: artefact (.pt + .json); n: cines; seed: simulator seed (never a training seed);
+    k: posterior samples per window; phases: start phases per beat; out: report folder.
+    Window perturbation: jitter_frames, period_error (relative), p_double, p_half (probabilities)."""
+
+    model: str = "engines/mcsdr_default.pt"
+    n: int = 500
+    seed: int = 4242
+    k: int = 40
+    phases: int = 8
+    out: str = "runs/robustness"
+    jitter_frames: int = 3
+    period_error: float = 0.2
+    p_double: float = 0.1
+    p_half: float = 0.05
+    transforms: tuple[str, ...] = field(default_factory=lambda: tuple(VIEW_TRANSFORMS))
+
+
+def perturbed_bounds(
+    start: float, end: float, rng: np.random.Generator, req: RobustnessRequest
+) -> tuple[float, float, str]:
+    """A live windower's cut of the beat [start, end) (frame indices): (start', end', kind).
+
+    Both ends move by a whole number of frames in [−jitter, +jitter]; the period is scaled by a
+    factor in [1 − period_error, 1 + period_error]; with probability p_double the window spans two
+    periods, with p_half half of one. ``start'`` is never below 0.
+    """
+    period = end - start
+    kind = "jitter"
+    u = rng.random()
+    if u < req.p_double:
+        period, kind = 2 * period, "double"
+    elif u < req.p_double + req.p_half:
+        period, kind = period / 2, "half"
+    period *= 1 + rng.uniform(-req.period_error, req.period_error)
+    s = max(0.0, start + int(rng.integers(-req.jitter_frames, req.jitter_frames + 1)))
+    e = s + period + int(rng.integers(-req.jitter_frames, req.jitter_frames + 1))
+    return s, max(e, s + 2.0), kind
+
+
+def view_transform(clip: np.ndarray, kind: str, amount: float) -> np.ndarray:
+    """Clip (F, H, W) uint8 → the same view zoomed / stretched / rotated about the sector apex (top
+    centre) or with the display gain changed by ``amount`` dB; (F, H, W) uint8."""
+    _f, h, w = clip.shape
+    if kind == "gain":
+        # Gain shifts the log-compressed display by amount/dynamic range of full scale; the black
+        # outside the sector stays black.
+        shift = 255.0 * amount / DISPLAY_DYNAMIC_RANGE_DB
+        out = np.clip(clip.astype(np.float32) + shift, 0, 255)
+        return np.where(clip > 0, out, 0).astype(np.uint8)
+    apex = ((w - 1) / 2.0, 0.0)
+    if kind == "zoom":
+        m = cv2.getRotationMatrix2D(apex, 0.0, amount)
+    elif kind == "rotate":
+        m = cv2.getRotationMatrix2D(apex, amount, 1.0)
+    elif kind == "aspect":
+        m = np.array([[amount, 0.0, apex[0] * (1 - amount)], [0.0, 1.0, 0.0]])
+    else:
+        raise ValueError(f"view transform kind {kind!r} is not one of zoom, aspect, rotate, gain")
+    return np.stack([cv2.warpAffine(fr, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0) for fr in clip])
+
+
+@dataclass
+class _Windows:
+    """Every variant's clips for the n cines: name → (n, 32, 112, 112) uint8; truth (n,) EF %."""
+
+    clips: dict[str, np.ndarray]
+    truth: np.ndarray
+    demo: np.ndarray
+    mask: np.ndarray
+    quality: np.ndarray
+    perturbation: list[str]
+
+
+def _variant_names(req: RobustnessRequest) -> list[str]:
+    return ["aligned", "perturbed", *(f"phase_{j}" for j in range(1, req.phases)), *req.transforms]
+
+
+def simulate_windows(req: RobustnessRequest) -> _Windows:
+    """Render the n cines (cine i from ``SeedSequence([seed, i])``, quality i mod 3) and cut every variant."""
+    names = _variant_names(req)
+    shape = (req.n, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE)
+    clips = {name: np.empty(shape, np.uint8) for name in names}
+    truth, quality = np.empty(req.n), np.empty(req.n, np.int8)
+    demo, mask = np.empty((req.n, 4), np.float32), np.empty((req.n, 4), bool)
+    kinds = []
+    for i in tqdm(range(req.n), desc="simulating cines", unit="cine"):
+        rng = np.random.default_rng(np.random.SeedSequence([req.seed, i]))
+        case = draw_case(rng, quality=QUALITIES[i % len(QUALITIES)])
+        # Start just before an ED; 3.5 beats leave room for late phases and double beats.
+        sim = simulate_clip(case, rng, n_beats=3.5, start_phase=0.95)
+        start, end = float(sim.ed_frames[0]), float(sim.ed_frames[1])
+        period, last = end - start, len(sim.frames)
+        truth[i], quality[i] = sim.beat_ef[0], i % len(QUALITIES)
+        demo[i], mask[i] = case_demographics(case.demographics)
+        clips["aligned"][i] = make_clip(sim.frames, start, end)
+        s, e, kind = perturbed_bounds(start, end, rng, req)
+        clips["perturbed"][i] = make_clip(sim.frames, s, min(e, last))
+        kinds.append(kind)
+        for j in range(1, req.phases):
+            s = start + j * period / req.phases
+            clips[f"phase_{j}"][i] = make_clip(sim.frames, s, min(s + period, last))
+        for name in req.transforms:
+            clips[name][i] = view_transform(clips["aligned"][i], *VIEW_TRANSFORMS[name])
+    return _Windows(clips, truth, demo, mask, quality, kinds)
+
+
+def _as_arrays(w: _Windows, name: str) -> ClipArrays:
+    n = len(w.truth)
+    return ClipArrays(
+        w.clips[name],
+        w.truth.astype(np.float32),
+        w.demo,
+        w.mask,
+        w.quality,
+        np.full((n, 32), np.nan, np.float32),
+    )
+
+
+def _scores(samples: np.ndarray, reg: np.ndarray, gauss: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Headline metrics of the published posterior and the two baselines' CRPS, for one variant."""
+    s = metrics.evaluate_samples(samples, truth)
+    return {
+        "mae": s["mae"],
+        "picp90": s["picp90"],
+        "crps": s["crps"],
+        "crps_regression": float(np.abs(reg - truth).mean()),  # CRPS of a point prediction
+        "crps_gaussian": float(metrics.crps(gauss, truth).mean()),
+        "auroc_ef40": s["auroc_ef40"],
+        "mean_std": s["mean_std"],
+    }
+
+
+def summarize(means: dict[str, np.ndarray], scores: dict[str, dict[str, Any]], phases: int) -> dict[str, Any]:
+    """Issue 12's table from per-variant posterior means (n,) and per-variant scores (pure)."""
+    phase_means = np.stack([means["aligned"], *(means[f"phase_{j}"] for j in range(1, phases))])
+    spread = phase_means.max(axis=0) - phase_means.min(axis=0)
+    views = {
+        name: float(np.median(np.abs(m - means["aligned"])))
+        for name, m in means.items()
+        if name != "aligned" and name != "perturbed" and not name.startswith("phase_")
+    }
+    out: dict[str, Any] = {
+        "aligned": scores["aligned"],
+        "perturbed": scores["perturbed"],
+        "phase_spread_median": float(np.median(spread)),
+        "phase_spread_p90": float(np.quantile(spread, 0.9)),
+        "view_shift_median": views,
+        "view_shift_median_max": max(views.values()) if views else None,
+    }
+    out["targets"] = [_check_target(out, *t) for t in TARGETS]
+    return out
+
+
+def _check_target(summary: dict[str, Any], key: str, op: str, bound: float) -> dict[str, Any]:
+    value: Any = summary
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+    return {"metric": key, "target": f"{op} {bound}", "value": value, "met": met}
+
+
+def run_robustness(req: RobustnessRequest, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole check (module docstring); writes robustness.json, report.md and plots to req.out."""
+    model, sidecar = load_model(req.model)
+    scale = (sidecar.get("recalibration") or {}).get("scale")
+    w = simulate_windows(req)
+    means, scores = {}, {}
+    for name in _variant_names(req):
+        pred = sample_arrays(model, _as_arrays(w, name), k=req.k, seed=req.seed, desc=f"posterior: {name}")
+        published = recalibrate(pred["samples"], float(scale)) if scale else pred["samples"]
+        means[name] = published.mean(axis=1)
+        reg = model.transform.inverse_np(pred["reg"])
+        scores[name] = _scores(published, reg, pred["gauss_samples"], w.truth)
+    result = summarize(means, scores, req.phases)
+    result.update(
+        request={k: v for k, v in req.__dict__.items()},
+        model={"path": req.model, "sha256": sidecar["sha256"], "recalibration_scale": scale},
+        perturbation_kinds={k: w.perturbation.count(k) for k in sorted(set(w.perturbation))},
+        by_variant=scores,
+    )
+    out = Path(req.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(json.dumps(result, indent=2, default=list))
+    (out / "report.md").write_text(render_report(result))
+    _plot(out / "robustness.png", means, w.truth, result)
+    progress(f"robustness: report in {out / 'report.md'}")
+    return result
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def render_report(result: dict[str, Any]) -> str:
+    """Markdown: the targets table, then every variant's scores."""
+    lines = [
+        f"# Robustness of `{result['model']['path']}`",
+        "",
+        f"{result['request']['n']} simulated cines, seed {result['request']['seed']}, "
+        f"K = {result['request']['k']}; published posterior (recalibration scale "
+        f"{_fmt(result['model']['recalibration_scale'])}). Perturbed windows: "
+        + ", ".join(f"{k} {v}" for k, v in result["perturbation_kinds"].items()),
+        "",
+        "| metric | target | measured | met |",
+        "|---|---|---:|---|",
+    ]
+    for t in result["targets"]:
+        met = "–" if t["met"] is None else "yes" if t["met"] else "**no**"
+        lines.append(f"| {t['metric']} | {t['target']} | {_fmt(t['value'])} | {met} |")
+    lines += ["", "| variant | MAE | PICP90 | CRPS | CRPS regression | CRPS Gaussian | AUROC<40 | mean std |"]
+    lines.append("|---|" + "---:|" * 7)
+    for name, s in result["by_variant"].items():
+        cells = [s[k] for k in ("mae", "picp90", "crps", "crps_regression", "crps_gaussian", "auroc_ef40")]
+        lines.append(f"| {name} | " + " | ".join(_fmt(c) for c in [*cells, s["mean_std"]]) + " |")
+    lines += [
+        "",
+        f"Phase spread of the posterior mean over {result['request']['phases']} start phases: "
+        f"median {_fmt(result['phase_spread_median'])}, p90 {_fmt(result['phase_spread_p90'])} EF points.",
+    ]
+    lines += ["", "| view transform | median |Δ mean| (EF points) |", "|---|---:|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in result["view_shift_median"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(path: Path, means: dict[str, np.ndarray], truth: np.ndarray, result: dict[str, Any]) -> None:
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    for name, marker in (("aligned", "o"), ("perturbed", "x")):
+        ax1.scatter(truth, means[name], s=10, marker=marker, label=name, alpha=0.7)
+    ax1.plot([0, 100], [0, 100], "k--", lw=0.8)
+    ax1.set(xlabel="true EF (%)", ylabel="posterior mean (%)", title="aligned vs perturbed windows")
+    ax1.legend()
+    names = ["phase spread", *result["view_shift_median"]]
+    values = [result["phase_spread_median"], *result["view_shift_median"].values()]
+    ax2.barh(names, values, color=["tab:red" if v > 2 else "tab:green" for v in values])
+    ax2.axvline(2.0, color="k", ls="--", lw=0.8)
+    ax2.set(xlabel="median EF points (target ≤ 2)", title="sensitivity to phase and view")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
