@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from edge_agent.core import metrics
 from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE, make_clip
+from edge_agent.ml.augment import views_about_apex
 from edge_agent.ml.train import sample_arrays
 from edge_agent.model.artefact import load_model
 from edge_agent.model.posterior import recalibrate
@@ -53,8 +54,6 @@ VIEW_TRANSFORMS: dict[str, tuple[str, float]] = {
     "gain_-6dB": ("gain", -6.0),
     "gain_+6dB": ("gain", 6.0),
 }
-# The display maps this many dB of echo amplitude onto 0–255 (the simulator's default dynamic range).
-DISPLAY_DYNAMIC_RANGE_DB = 55.0
 # Issue 12's targets: (metric key in the summary, comparison, bound).
 TARGETS: tuple[tuple[str, str, float], ...] = (
     ("aligned.mae", "<=", 3.0),
@@ -111,25 +110,14 @@ def perturbed_bounds(
 
 
 def view_transform(clip: np.ndarray, kind: str, amount: float) -> np.ndarray:
-    """Clip (F, H, W) uint8 → the same view zoomed / stretched / rotated about the sector apex (top
-    centre) or with the display gain changed by ``amount`` dB; (F, H, W) uint8."""
-    _f, h, w = clip.shape
-    if kind == "gain":
-        # Gain shifts the log-compressed display by amount/dynamic range of full scale; the black
-        # outside the sector stays black.
-        shift = 255.0 * amount / DISPLAY_DYNAMIC_RANGE_DB
-        out = np.clip(clip.astype(np.float32) + shift, 0, 255)
-        return np.where(clip > 0, out, 0).astype(np.uint8)
-    apex = ((w - 1) / 2.0, 0.0)
-    if kind == "zoom":
-        m = cv2.getRotationMatrix2D(apex, 0.0, amount)
-    elif kind == "rotate":
-        m = cv2.getRotationMatrix2D(apex, amount, 1.0)
-    elif kind == "aspect":
-        m = np.array([[amount, 0.0, apex[0] * (1 - amount)], [0.0, 1.0, 0.0]])
-    else:
+    """Clip (F, H, W) uint8 → the same view zoomed / stretched / rotated (degrees) about the sector
+    apex, or with the display gain changed by ``amount`` dB (:func:`.augment.views_about_apex`)."""
+    params = {"zoom": 1.0, "aspect": 1.0, "rotate": 0.0, "gain": 0.0}
+    if kind not in params:
         raise ValueError(f"view transform kind {kind!r} is not one of zoom, aspect, rotate, gain")
-    return np.stack([cv2.warpAffine(fr, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0) for fr in clip])
+    params[kind] = amount
+    args = (torch.tensor([params[name]]) for name in ("zoom", "aspect", "rotate", "gain"))
+    return views_about_apex(torch.from_numpy(np.ascontiguousarray(clip))[None], *args)[0].numpy()
 
 
 @dataclass

@@ -16,6 +16,7 @@ An EMA of the weights is what gets saved and evaluated.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from edge_agent.config import from_mapping, load_sections, to_mapping
 from edge_agent.core.artefacts import file_sha256
+from edge_agent.ml.augment import ViewRanges, random_views
 from edge_agent.model.ddim import DiffusionSchedule
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
 from edge_agent.sim.clips import ClipArrays, generate
@@ -63,6 +65,11 @@ class TrainConfig:
     baseline_weight: float = 1.0
     recal_min_picp90: float = 0.85  # recalibration: CRPS-optimal among scales covering ≥ this on val
     area_weight: float = 1.0  # auxiliary LV-area curve loss (simulated data; 0 contribution without it)
+    # Random views per training clip (ml/augment.py ViewRanges half-widths; all 0: gain ±20 % only).
+    view_zoom: float = 0.0
+    view_aspect: float = 0.0
+    view_rotate_deg: float = 0.0
+    view_gain_db: float = 0.0
     seed: int = 0
     threads: int = 2
     eval_every: int = 500
@@ -134,11 +141,24 @@ def losses(model: MCSDR, batch: dict[str, torch.Tensor], draws: int, gen: torch.
     return out
 
 
+def view_ranges(cfg: TrainConfig) -> ViewRanges | None:
+    """The random views training draws from, or None when the config asks for none."""
+    ranges = ViewRanges(cfg.view_zoom, cfg.view_aspect, cfg.view_rotate_deg, cfg.view_gain_db)
+    return ranges if any(dataclasses.astuple(ranges)) else None
+
+
 def _batch(
-    arr: ClipArrays, idx: np.ndarray, gen: torch.Generator, augment: bool, device: str = "cpu"
+    arr: ClipArrays,
+    idx: np.ndarray,
+    gen: torch.Generator,
+    augment: bool,
+    device: str = "cpu",
+    views: ViewRanges | None = None,
 ) -> dict[str, torch.Tensor]:
     clips = torch.from_numpy(arr.clips[idx])
-    if augment:  # overall gain ±20 %: scanners differ in gain, EF does not
+    if augment and views is not None:  # depth, zoom, angle and gain differ between scanners, EF does not
+        clips = random_views(clips, gen, views)
+    elif augment:  # overall gain ±20 %: scanners differ in gain, EF does not
         g = 0.8 + 0.4 * torch.rand(len(idx), 1, 1, 1, generator=gen)
         clips = (clips.float() * g).clamp(0, 255).to(torch.uint8)
     batch = {
@@ -249,6 +269,7 @@ def train(sections: dict, resume: bool = True) -> Path:
     ema = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     state = TrainState(model, ema, opt)
+    views = view_ranges(tcfg)
     if ckpt:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -262,7 +283,7 @@ def train(sections: dict, resume: bool = True) -> Path:
     while state.step < tcfg.steps:
         model.train()
         idx = rng.choice(n, tcfg.batch_size, replace=False)
-        batch = _batch(train_arr, idx, gen, augment=True)
+        batch = _batch(train_arr, idx, gen, augment=True, views=views)
         batch["mask"] = drop_demographics(batch["mask"], mcfg, gen)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         for g in opt.param_groups:
