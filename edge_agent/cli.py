@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import logging
 import math
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,12 +19,60 @@ from edge_agent.config import ConfigError, apply_overrides, load_yaml
 DEFAULT_MODEL = "engines/mcsdr_default"
 DEFAULT_AGENT_CONFIG = "configs/default.yaml"
 
+Command = Callable[[argparse.Namespace], int]
+AddArguments = Callable[[argparse.ArgumentParser], None]
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (no usage block) and exit with status 2."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows an option's default where it says something. Unlike
+    ArgumentDefaultsHelpFormatter it also shows it for options without help text, and leaves out
+    None, an empty list, a flag's True/False and defaults the help text already explains."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if _shows_default(action):
+            action = copy.copy(action)  # the parser's own action keeps its help
+            action.help = " ".join(filter(None, (action.help, "(default: %(default)s)")))
+        return super()._format_action(action)
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    return (
+        bool(action.option_strings)
+        and action.nargs != 0  # a flag: its presence is the setting
+        and action.default not in (None, argparse.SUPPRESS, [])
+        and "default" not in (action.help or "")
+    )
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One ``edge-agent NAME``: its line in the top-level help, its options and the command run."""
+
+    name: str
+    summary: str
+    add_arguments: AddArguments
+    run: Command
+
+
+# In registration order, which is the order of the top-level help.
+VERBS: list[Verb] = []
+
+
+def verb(name: str, summary: str, add_arguments: AddArguments) -> Callable[[Command], Command]:
+    """Register the decorated command as ``edge-agent NAME`` with the options add_arguments adds."""
+
+    def register(run: Command) -> Command:
+        VERBS.append(Verb(name, summary, add_arguments, run))
+        return run
+
+    return register
 
 
 def _number(kind: type, lo: float, what: str, strict: bool = False) -> Callable[[str], float]:
@@ -52,11 +103,57 @@ def endpoint_arg(text: str) -> str:
     return text
 
 
+# Options several verbs share.
+
+
+def _set_option(p: argparse.ArgumentParser, what: str = "a key") -> None:
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=f"override {what}")
+
+
+def _agent_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help=f"agent YAML (default: {DEFAULT_AGENT_CONFIG}, else built-in defaults)")
+    _set_option(p)
+
+
+def _source_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source", action="append", metavar="URI", help="replace the configured streams (repeatable)"
+    )
+
+
+def _curve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--curve-server-key", metavar="PATH", help="the agent's public key (NAME.key)")
+    p.add_argument("--curve-client-key", metavar="PATH", help="this client's secret key (NAME.key_secret)")
+
+
+def _publish_endpoints(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--connect",
+        action="append",
+        metavar="ENDPOINT",
+        help="publish endpoint (repeatable; default tcp://127.0.0.1:5556, the agent's default)",
+    )
+
+
 def _config(path: str | None, overrides: list[str]) -> tuple[dict, str]:
     data = load_yaml(path) if path else {}
     return apply_overrides(data, overrides), path or "defaults"
 
 
+def _log_to_stderr(level: str, who: str) -> None:
+    logging.basicConfig(level=level, format=f"%(asctime)s {who} %(levelname)s %(message)s")
+
+
+# The verbs: each one's options, then its command.
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/train_synthetic.yaml")
+    _set_option(p)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in train.out")
+
+
+@verb("train", "train MCSDR (and the two baselines) from a YAML config", _train_arguments)
 def cmd_train(args: argparse.Namespace) -> int:
     from edge_agent.ml.train import parse_config, train
 
@@ -66,6 +163,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=COUNT, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["echonet", "pediatric"], default="echonet")
+    p.add_argument("--beats", type=SECONDS, default=3.0, help="beats per clip (random start phase)")
+    p.add_argument("--workers", type=int, default=2)
+
+
+@verb("simulate", "write a simulated dataset in EchoNet-Dynamic or -Pediatric format", _simulate_arguments)
 def cmd_simulate(args: argparse.Namespace) -> int:
     from edge_agent.ml.simulate import write_dataset
 
@@ -76,6 +183,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", help="dataset folder (with --format)")
+    p.add_argument("--format", choices=["echonet", "pediatric", "camus"], default="echonet")
+    p.add_argument("--split", default="TEST")
+    p.add_argument("--synthetic", action="store_true", help="fresh simulator clips instead of a dataset")
+    p.add_argument("--n", type=COUNT, default=500, help="number of simulated clips (--synthetic)")
+    p.add_argument("--seed", type=int, default=3, help="simulator seed (--synthetic); training uses 1 and 2")
+    p.add_argument("--k", type=COUNT, default=40, help="posterior samples per clip")
+    p.add_argument("--baselines", action="store_true", help="also evaluate the regression and Gaussian heads")
+    p.add_argument("--out", default="runs/eval", help="folder for report.md, metrics.json and plots")
+    p.add_argument("--json", help="also write the metrics JSON here")
+    p.add_argument("--record", action="store_true", help="store the figures in the model's sidecar JSON")
+
+
+@verb("evaluate", "evaluate a model: Markdown table, JSON and plots", _evaluate_arguments)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge_agent.ml.evaluate import EvalRequest, run_evaluation
 
@@ -98,6 +221,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=24)
+    p.add_argument("--seed", type=int, default=11)
+
+
+@verb("sim-stats", "image statistics of simulated clips next to real EchoNet clips", _stats_arguments)
 def cmd_stats(args: argparse.Namespace) -> int:
     from edge_agent.ml.simulate import simulator_stats_table
 
@@ -143,15 +272,20 @@ def _check_sources(cfg) -> None:
             )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import logging
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    _agent_options(p)
+    _source_option(p)
+    p.add_argument(
+        "--seconds", type=SECONDS, help="stop after this many seconds (default: run until stopped)"
+    )
 
+
+@verb("run", "run the live agent: captures, windowers, workers, hub (Ctrl-C stops)", _run_arguments)
+def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.live.agent import Agent
 
     cfg = _agent_config(args)
-    logging.basicConfig(
-        level=cfg.supervisor.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s"
-    )
+    _log_to_stderr(cfg.supervisor.log_level, "supervisor")
     agent = Agent(cfg)
     print(f"edge-agent: publishing on {agent.endpoints['publish']} (Ctrl-C stops)", file=sys.stderr)
     agent.run(duration_s=args.seconds)
@@ -162,16 +296,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import logging
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    _agent_options(p)
+    p.add_argument("--seconds", type=SECONDS, default=30.0)
+    _source_option(p)
+    p.add_argument("--json", help="write the summary JSON here")
+    p.add_argument(
+        "--publish",
+        type=endpoint_arg,
+        default="ipc://{run}/publish",
+        help="publish endpoint (default: private ipc)",
+    )
+    p.add_argument("--log-level", default="WARNING", help="agent log level (the monitor owns the terminal)")
 
+
+@verb("demo", "run the agent and the bedside monitor together, then print a summary", _demo_arguments)
+def cmd_demo(args: argparse.Namespace) -> int:
     from edge_agent.tools.demo import run_demo
 
     args.set = [f"transport.publish={args.publish}", f"supervisor.log_level={args.log_level}", *args.set]
     cfg = _agent_config(args)
-    logging.basicConfig(
-        level=cfg.supervisor.log_level, format="%(asctime)s supervisor %(levelname)s %(message)s"
-    )
+    _log_to_stderr(cfg.supervisor.log_level, "supervisor")
     summary = run_demo(cfg, args.seconds, json_path=args.json)
     keys = (
         "n_estimates",
@@ -188,6 +333,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if not (summary["leftovers"]["processes"] or summary["leftovers"]["rings"]) else 1
 
 
+def _monitor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--connect",
+        action="append",
+        required=True,
+        type=endpoint_arg,
+        metavar="ENDPOINT",
+        help="e.g. tcp://127.0.0.1:5556",
+    )
+    p.add_argument("--stale-after", type=SECONDS, default=5.0, help="s without an estimate before STALE")
+    p.add_argument("--seconds", type=SECONDS, help="exit after this many seconds")
+    _curve_options(p)
+
+
+@verb("monitor", "live bedside view of a running agent", _monitor_arguments)
 def cmd_monitor(args: argparse.Namespace) -> int:
     from edge_agent.clients.monitor import run_monitor
 
@@ -201,6 +361,17 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subscribe_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", action="append", required=True, type=endpoint_arg, metavar="ENDPOINT")
+    p.add_argument(
+        "--json", action="store_true", default=True, help="one JSON object per line (the only format)"
+    )
+    p.add_argument("--count", type=COUNT, help="exit after this many messages")
+    p.add_argument("--timeout", type=SECONDS, help="exit when nothing arrives for this many seconds")
+    _curve_options(p)
+
+
+@verb("subscribe", "print every published message as one JSON line", _subscribe_arguments)
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from edge_agent.clients.monitor import subscribe_json
 
@@ -214,17 +385,13 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from edge_agent.live.agent import remote_worker
-    from edge_agent.protocol.security import client_keys, scheme
-
-    cfg = _agent_config(args)
-    if scheme(args.connect) == "tcp":
-        client_keys(cfg.transport)  # key errors now, not after the model has loaded
-    remote_worker(cfg, args.connect)
-    return 0
+def _keys_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the two files (made 0700)")
+    p.add_argument("--name", required=True, help="file stem: the host or client it is for")
+    p.add_argument("--force", action="store_true", help="replace an existing pair of that name")
 
 
+@verb("keys", "make a CURVE key pair (NAME.key public, NAME.key_secret secret)", _keys_arguments)
 def cmd_keys(args: argparse.Namespace) -> int:
     from edge_agent.protocol.security import make_key_pair
 
@@ -244,6 +411,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL + ".pt", help="checkpoint with its sidecar JSON")
+    p.add_argument("--out", help="output path stem (default: next to the model)")
+    p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window (static in the graph)")
+    p.add_argument("--opset", type=int, default=17)
+
+
+@verb("export", "export the model to ONNX: the fused posterior graph and its parts", _export_arguments)
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_agent.inference.export import ExportRequest, export
 
@@ -253,6 +428,73 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx", default=DEFAULT_MODEL + ".onnx")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch of windows per call")
+    p.add_argument("--dla-core", type=int, help="Jetson Orin: build for this DLA core, with GPU fallback")
+    p.add_argument("--calibration-cache", help="TensorRT 10.x INT8 calibration cache")
+    p.add_argument("--workspace-mb", type=int, default=1024)
+    p.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
+
+
+@verb(
+    "build-engine",
+    "build (or reuse) a TensorRT engine from the exported ONNX, on the target",
+    _build_engine_arguments,
+)
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from edge_agent.inference.engine_build import EngineBuildError, build_engine_cli
+
+    try:
+        return build_engine_cli(
+            args.onnx,
+            precision=args.precision,
+            max_batch=args.max_batch,
+            dla_core=args.dla_core,
+            calibration_cache=args.calibration_cache,
+            workspace_mb=args.workspace_mb,
+            force=args.force,
+        )
+    except EngineBuildError as e:
+        print(f"edge-agent: engine build failed: {e}", file=sys.stderr)
+        return 1
+
+
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=12, help="windows to draw from the simulator")
+    p.add_argument("--recordings", nargs="*", default=[], metavar="PATH", help="videos or DICOM cines too")
+    p.add_argument("--out", default="calibration", help="folder for the windows and their manifest")
+    p.add_argument("--model", default=DEFAULT_MODEL + ".onnx", help="the fp32 fused graph")
+    p.add_argument("--force", action="store_true", help="redraw and requantise even when cached")
+
+
+@verb("calibrate", "INT8: calibration windows, quantised ONNX models, their evaluation", _calibrate_arguments)
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge_agent.inference.calibrate import CalibrationError, run_calibration
+
+    try:
+        result = run_calibration(
+            n=args.n, recordings=args.recordings, out=args.out, model=args.model, force=args.force
+        )
+    except CalibrationError as e:
+        print(f"edge-agent: calibration failed: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", help="YAML with sections bench, worker, telemetry (e.g. configs/bench_jetson.yaml)"
+    )
+    _set_option(p)
+    p.add_argument("--quick", action="store_true", help="a smoke run: short durations, few samples")
+    p.add_argument("--out", default="runs/bench", help="folder for report.md, bench.json and the plots")
+    p.add_argument("--json", help="write the JSON here instead of OUT/bench.json")
+
+
+@verb("bench", "latency benchmark: scenarios, backends side by side, live agent, telemetry", _bench_arguments)
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.tools.bench import QUICK, bench_config, plot_report, report_markdown, run_bench
 
@@ -274,40 +516,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build_engine(args: argparse.Namespace) -> int:
-    from edge_agent.inference.engine_build import EngineBuildError, build_engine_cli
-
-    try:
-        return build_engine_cli(
-            args.onnx,
-            precision=args.precision,
-            max_batch=args.max_batch,
-            dla_core=args.dla_core,
-            calibration_cache=args.calibration_cache,
-            workspace_mb=args.workspace_mb,
-            force=args.force,
-        )
-    except EngineBuildError as e:
-        print(f"edge-agent: engine build failed: {e}", file=sys.stderr)
-        return 1
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    _agent_options(p)
+    p.add_argument(
+        "--connect",
+        required=True,
+        type=endpoint_arg,
+        metavar="ENDPOINT",
+        help="the hub's workers endpoint, tcp://host:port",
+    )
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edge_agent.inference.calibrate import CalibrationError, run_calibration
+@verb("worker", "run one inference worker against a hub on another host", _worker_arguments)
+def cmd_worker(args: argparse.Namespace) -> int:
+    from edge_agent.live.agent import remote_worker
+    from edge_agent.protocol.security import client_keys, scheme
 
-    try:
-        result = run_calibration(
-            n=args.n, recordings=args.recordings, out=args.out, model=args.model, force=args.force
-        )
-    except CalibrationError as e:
-        print(f"edge-agent: calibration failed: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, default=str))
+    cfg = _agent_config(args)
+    if scheme(args.connect) == "tcp":
+        client_keys(cfg.transport)  # key errors now, not after the model has loaded
+    remote_worker(cfg, args.connect)
     return 0
 
 
+def _record_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, metavar="PATH", help="the SQLite recording (made when absent)")
+    _publish_endpoints(p)
+    p.add_argument(
+        "--topic",
+        action="append",
+        metavar="PREFIX",
+        help="topic prefix, e.g. lvef.bed1 (repeatable; default all)",
+    )
+    p.add_argument(
+        "--synchronous",
+        type=str.upper,
+        choices=["NORMAL", "FULL"],
+        default="NORMAL",
+        help="NORMAL: commits survive a crash of the recorder; FULL: also a power cut (fsync per record)",
+    )
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until stopped)")
+    p.add_argument("--count", type=int, help="stop after this many records")
+    p.add_argument(
+        "--progress", type=float, default=60.0, metavar="S", help="s between progress lines (0: none)"
+    )
+    p.add_argument(
+        "--export-csv",
+        metavar="OUT",
+        help="export instead: estimates to OUT, status and gaps beside it (OUT.status.csv, OUT.gaps.csv)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    _curve_options(p)
+
+
+@verb(
+    "record",
+    "record estimates, status and heartbeats into SQLite; or export a recording as CSV",
+    _record_arguments,
+)
 def cmd_record(args: argparse.Namespace) -> int:
-    import logging
     import sqlite3
 
     from edge_agent.clients.record import (
@@ -319,7 +586,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         run_until_stopped,
     )
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s record %(levelname)s %(message)s")
+    _log_to_stderr(args.log_level, "record")
     try:
         if args.export_csv:
             live = [f for f in ("connect", "topic", "seconds", "count") if getattr(args, f) is not None]
@@ -348,14 +615,24 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_metrics(args: argparse.Namespace) -> int:
-    import logging
+def _metrics_arguments(p: argparse.ArgumentParser) -> None:
+    _publish_endpoints(p)
+    p.add_argument("--port", type=int, required=True, help="HTTP port of /metrics (0: any free port, logged)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (default loopback only; no authentication)"
+    )
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until stopped)")
+    p.add_argument("--log-level", default="INFO")
+    _curve_options(p)
 
+
+@verb("metrics", "Prometheus exporter for a running agent (http://HOST:PORT/metrics)", _metrics_arguments)
+def cmd_metrics(args: argparse.Namespace) -> int:
     from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter
     from edge_agent.clients.record import DEFAULT_ENDPOINT, run_until_stopped
     from edge_agent.config import from_mapping
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s metrics %(levelname)s %(message)s")
+    _log_to_stderr(args.log_level, "metrics")
     cfg = from_mapping(MetricsConfig, {"port": args.port, "host": args.host}, "command line")
     exporter = MetricsExporter(
         cfg,
@@ -371,13 +648,30 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_soak(args: argparse.Namespace) -> int:
-    import logging
+def _soak_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=float, help="run length (default 10)")
+    p.add_argument("--streams", type=int, help="simulated streams (default 3)")
+    p.add_argument("--workers", type=int, help="local workers (default 2)")
+    p.add_argument("--kill-worker-every-s", type=float, help="s between worker kills (default 45; 0: none)")
+    p.add_argument("--outage-every-s", type=float, help="s between a source's signal losses (default 60)")
+    p.add_argument("--outage-s", type=float, help="length of each signal loss, s (default 5)")
+    p.add_argument("--warmup-s", type=float, help="s before the memory baseline (default 60)")
+    _set_option(p, "an agent key")
+    p.add_argument("--out", default="runs/soak", help="folder for report.md, soak.json and soak.png")
+    p.add_argument("--log-level", default="WARNING")
 
+
+@verb(
+    "soak",
+    "run the agent for minutes under injected faults; check memory, leaks and accounting",
+    _soak_arguments,
+)
+def cmd_soak(args: argparse.Namespace) -> int:
     from edge_agent.config import from_mapping
     from edge_agent.tools.soak import SoakConfig, plot_soak, report_markdown, run_soak
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s soak %(levelname)s %(message)s")
+    _log_to_stderr(args.log_level, "soak")
+    # Options left None keep SoakConfig's defaults (the ones their help names).
     keys = ("minutes", "streams", "workers", "kill_worker_every_s", "outage_every_s", "outage_s", "warmup_s")
     cfg = from_mapping(SoakConfig, {k: getattr(args, k) for k in keys if getattr(args, k) is not None})
     result = run_soak(cfg, args.set)
@@ -395,235 +689,10 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-agent", description=__doc__)
     sub = p.add_subparsers(dest="verb", required=True)
-
-    t = sub.add_parser("train", help="train MCSDR (and the two baselines) from a YAML config")
-    t.add_argument("--config", default="configs/train_synthetic.yaml")
-    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key")
-    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in train.out")
-    t.set_defaults(func=cmd_train)
-
-    s = sub.add_parser("simulate", help="write a simulated dataset in EchoNet-Dynamic or -Pediatric format")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n", type=COUNT, default=100)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--format", choices=["echonet", "pediatric"], default="echonet")
-    s.add_argument("--beats", type=SECONDS, default=3.0, help="beats per clip (random start phase)")
-    s.add_argument("--workers", type=int, default=2)
-    s.set_defaults(func=cmd_simulate)
-
-    e = sub.add_parser("evaluate", help="evaluate a model: Markdown table, JSON and plots")
-    e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--data", help="dataset folder (with --format)")
-    e.add_argument("--format", choices=["echonet", "pediatric", "camus"], default="echonet")
-    e.add_argument("--split", default="TEST")
-    e.add_argument("--synthetic", action="store_true", help="fresh simulator clips instead of a dataset")
-    e.add_argument("--n", type=COUNT, default=500, help="number of simulated clips (--synthetic)")
-    e.add_argument("--seed", type=int, default=3, help="simulator seed (--synthetic); training uses 1 and 2")
-    e.add_argument("--k", type=COUNT, default=40, help="posterior samples per clip")
-    e.add_argument("--baselines", action="store_true", help="also evaluate the regression and Gaussian heads")
-    e.add_argument("--out", default="runs/eval", help="folder for report.md, metrics.json and plots")
-    e.add_argument("--json", help="also write the metrics JSON here")
-    e.add_argument("--record", action="store_true", help="store the figures in the model's sidecar JSON")
-    e.set_defaults(func=cmd_evaluate)
-
-    st = sub.add_parser("sim-stats", help="image statistics of simulated clips next to real EchoNet clips")
-    st.add_argument("--n", type=int, default=24)
-    st.add_argument("--seed", type=int, default=11)
-    st.set_defaults(func=cmd_stats)
-
-    def agent_options(a: argparse.ArgumentParser) -> None:
-        a.add_argument(
-            "--config", help=f"agent YAML (default: {DEFAULT_AGENT_CONFIG}, else built-in defaults)"
-        )
-        a.add_argument(
-            "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key"
-        )
-
-    r = sub.add_parser("run", help="run the live agent: captures, windowers, workers, hub (Ctrl-C stops)")
-    agent_options(r)
-    r.add_argument(
-        "--source", action="append", metavar="URI", help="replace the configured streams (repeatable)"
-    )
-    r.add_argument(
-        "--seconds", type=SECONDS, help="stop after this many seconds (default: run until stopped)"
-    )
-    r.set_defaults(func=cmd_run)
-
-    d = sub.add_parser("demo", help="run the agent and the bedside monitor together, then print a summary")
-    agent_options(d)
-    d.add_argument("--seconds", type=SECONDS, default=30.0)
-    d.add_argument(
-        "--source", action="append", metavar="URI", help="replace the configured streams (repeatable)"
-    )
-    d.add_argument("--json", help="write the summary JSON here")
-    d.add_argument(
-        "--publish",
-        type=endpoint_arg,
-        default="ipc://{run}/publish",
-        help="publish endpoint (default: private ipc)",
-    )
-    d.add_argument("--log-level", default="WARNING", help="agent log level (the monitor owns the terminal)")
-    d.set_defaults(func=cmd_demo)
-
-    def curve_options(a: argparse.ArgumentParser) -> None:
-        a.add_argument("--curve-server-key", metavar="PATH", help="the agent's public key (NAME.key)")
-        a.add_argument(
-            "--curve-client-key", metavar="PATH", help="this client's secret key (NAME.key_secret)"
-        )
-
-    m = sub.add_parser("monitor", help="live bedside view of a running agent")
-    m.add_argument(
-        "--connect",
-        action="append",
-        required=True,
-        type=endpoint_arg,
-        metavar="ENDPOINT",
-        help="e.g. tcp://127.0.0.1:5556",
-    )
-    m.add_argument("--stale-after", type=SECONDS, default=5.0, help="s without an estimate before STALE")
-    m.add_argument("--seconds", type=SECONDS, help="exit after this many seconds")
-    curve_options(m)
-    m.set_defaults(func=cmd_monitor)
-
-    b = sub.add_parser("subscribe", help="print every published message as one JSON line")
-    b.add_argument("--connect", action="append", required=True, type=endpoint_arg, metavar="ENDPOINT")
-    b.add_argument(
-        "--json", action="store_true", default=True, help="one JSON object per line (the only format)"
-    )
-    b.add_argument("--count", type=COUNT, help="exit after this many messages")
-    b.add_argument("--timeout", type=SECONDS, help="exit when nothing arrives for this many seconds")
-    curve_options(b)
-    b.set_defaults(func=cmd_subscribe)
-
-    k = sub.add_parser("keys", help="make a CURVE key pair (NAME.key public, NAME.key_secret secret)")
-    k.add_argument("--out", required=True, metavar="DIR", help="directory for the two files (made 0700)")
-    k.add_argument("--name", required=True, help="file stem: the host or client it is for")
-    k.add_argument("--force", action="store_true", help="replace an existing pair of that name")
-    k.set_defaults(func=cmd_keys)
-
-    x = sub.add_parser("export", help="export the model to ONNX: the fused posterior graph and its parts")
-    x.add_argument("--model", default=DEFAULT_MODEL + ".pt", help="checkpoint with its sidecar JSON")
-    x.add_argument("--out", help="output path stem (default: next to the model)")
-    x.add_argument("--k", type=COUNT, default=40, help="posterior samples per window (static in the graph)")
-    x.add_argument("--opset", type=int, default=17)
-    x.set_defaults(func=cmd_export)
-
-    eb = sub.add_parser(
-        "build-engine", help="build (or reuse) a TensorRT engine from the exported ONNX, on the target"
-    )
-    eb.add_argument("--onnx", default=DEFAULT_MODEL + ".onnx")
-    eb.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
-    eb.add_argument("--max-batch", type=int, default=8, help="largest batch of windows per call")
-    eb.add_argument("--dla-core", type=int, help="Jetson Orin: build for this DLA core, with GPU fallback")
-    eb.add_argument("--calibration-cache", help="TensorRT 10.x INT8 calibration cache")
-    eb.add_argument("--workspace-mb", type=int, default=1024)
-    eb.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
-    eb.set_defaults(func=cmd_build_engine)
-
-    cb = sub.add_parser(
-        "calibrate", help="INT8: calibration windows, quantised ONNX models, their evaluation"
-    )
-    cb.add_argument("--n", type=int, default=12, help="windows to draw from the simulator")
-    cb.add_argument("--recordings", nargs="*", default=[], metavar="PATH", help="videos or DICOM cines too")
-    cb.add_argument("--out", default="calibration", help="folder for the windows and their manifest")
-    cb.add_argument("--model", default=DEFAULT_MODEL + ".onnx", help="the fp32 fused graph")
-    cb.add_argument("--force", action="store_true", help="redraw and requantise even when cached")
-    cb.set_defaults(func=cmd_calibrate)
-
-    bn = sub.add_parser(
-        "bench", help="latency benchmark: scenarios, backends side by side, live agent, telemetry"
-    )
-    bn.add_argument(
-        "--config", help="YAML with sections bench, worker, telemetry (e.g. configs/bench_jetson.yaml)"
-    )
-    bn.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a key")
-    bn.add_argument("--quick", action="store_true", help="a smoke run: short durations, few samples")
-    bn.add_argument("--out", default="runs/bench", help="folder for report.md, bench.json and the plots")
-    bn.add_argument("--json", help="write the JSON here instead of OUT/bench.json")
-    bn.set_defaults(func=cmd_bench)
-
-    w = sub.add_parser("worker", help="run one inference worker against a hub on another host")
-    agent_options(w)
-    w.add_argument(
-        "--connect",
-        required=True,
-        type=endpoint_arg,
-        metavar="ENDPOINT",
-        help="the hub's workers endpoint, tcp://host:port",
-    )
-    w.set_defaults(func=cmd_worker)
-
-    rec = sub.add_parser(
-        "record", help="record estimates, status and heartbeats into SQLite; or export a recording as CSV"
-    )
-    rec.add_argument("--db", required=True, metavar="PATH", help="the SQLite recording (made when absent)")
-    rec.add_argument(
-        "--connect",
-        action="append",
-        metavar="ENDPOINT",
-        help="publish endpoint (repeatable; default tcp://127.0.0.1:5556, the agent's default)",
-    )
-    rec.add_argument(
-        "--topic",
-        action="append",
-        metavar="PREFIX",
-        help="topic prefix, e.g. lvef.bed1 (repeatable; default all)",
-    )
-    rec.add_argument(
-        "--synchronous",
-        type=str.upper,
-        choices=["NORMAL", "FULL"],
-        default="NORMAL",
-        help="NORMAL: commits survive a crash of the recorder; FULL: also a power cut (fsync per record)",
-    )
-    rec.add_argument("--seconds", type=float, help="stop after this many seconds (default: until stopped)")
-    rec.add_argument("--count", type=int, help="stop after this many records")
-    rec.add_argument(
-        "--progress", type=float, default=60.0, metavar="S", help="s between progress lines (0: none)"
-    )
-    rec.add_argument(
-        "--export-csv",
-        metavar="OUT",
-        help="export instead: estimates to OUT, status and gaps beside it (OUT.status.csv, OUT.gaps.csv)",
-    )
-    rec.add_argument("--log-level", default="INFO")
-    curve_options(rec)
-    rec.set_defaults(func=cmd_record)
-
-    me = sub.add_parser("metrics", help="Prometheus exporter for a running agent (http://HOST:PORT/metrics)")
-    me.add_argument(
-        "--connect",
-        action="append",
-        metavar="ENDPOINT",
-        help="publish endpoint (repeatable; default tcp://127.0.0.1:5556, the agent's default)",
-    )
-    me.add_argument(
-        "--port", type=int, required=True, help="HTTP port of /metrics (0: any free port, logged)"
-    )
-    me.add_argument(
-        "--host", default="127.0.0.1", help="address to serve on (default loopback only; no authentication)"
-    )
-    me.add_argument("--seconds", type=float, help="stop after this many seconds (default: until stopped)")
-    me.add_argument("--log-level", default="INFO")
-    curve_options(me)
-    me.set_defaults(func=cmd_metrics)
-
-    so = sub.add_parser(
-        "soak", help="run the agent for minutes under injected faults; check memory, leaks and accounting"
-    )
-    so.add_argument("--minutes", type=float, help="run length (default 10)")
-    so.add_argument("--streams", type=int, help="simulated streams (default 3)")
-    so.add_argument("--workers", type=int, help="local workers (default 2)")
-    so.add_argument("--kill-worker-every-s", type=float, help="s between worker kills (default 45; 0: none)")
-    so.add_argument("--outage-every-s", type=float, help="s between a source's signal losses (default 60)")
-    so.add_argument("--outage-s", type=float, help="length of each signal loss, s (default 5)")
-    so.add_argument("--warmup-s", type=float, help="s before the memory baseline (default 60)")
-    so.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override an agent key"
-    )
-    so.add_argument("--out", default="runs/soak", help="folder for report.md, soak.json and soak.png")
-    so.add_argument("--log-level", default="WARNING")
-    so.set_defaults(func=cmd_soak)
+    for v in VERBS:
+        verb_parser = sub.add_parser(v.name, help=v.summary, formatter_class=_HelpFormatter)
+        v.add_arguments(verb_parser)
+        verb_parser.set_defaults(func=v.run)
     return p
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
+
+from edge_agent.cli import build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -27,6 +34,23 @@ def test_help_lists_every_verb():
     assert out.returncode == 0
     for verb in ("train", "simulate", "evaluate", "sim-stats"):
         assert verb in out.stdout
+
+
+def test_every_verb_is_documented_and_its_help_shows_its_defaults(monkeypatch):
+    """README has a `### edge-agent VERB` section per verb and no other; a verb's help shows each
+    default that is a value (not a flag's, not one its help text already explains)."""
+    monkeypatch.setenv("COLUMNS", "200")  # no option's help wraps in the middle of a default
+    documented = set(re.findall(r"^### `edge-agent ([a-z-]+)", README.read_text(), re.MULTILINE))
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(verbs) == documented
+    for name, verb_parser in verbs.items():
+        text = " ".join(verb_parser.format_help().split())
+        for action in verb_parser._actions:
+            value = action.default
+            is_value = action.nargs != 0 and isinstance(value, (str, int, float))  # nargs 0: a flag
+            if is_value and "default" not in (action.help or ""):
+                assert f"(default: {value})" in text, (name, action.dest)
 
 
 def test_bad_config_is_a_clear_error_with_exit_code_2(tmp_path):

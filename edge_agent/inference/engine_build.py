@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -296,6 +296,44 @@ def _batch_profile(builder: Any, inputs: list[Any], low: int, opt: int, high: in
     return profile
 
 
+def _calibration_stream(
+    batches: Iterable[Mapping[str, np.ndarray]] | None, inputs: list[Any], dtypes: Mapping[str, np.dtype]
+) -> tuple[Iterator[Mapping[str, np.ndarray]], int | None]:
+    """The batches (the first one checked for every input) and their B_cal, None without batches."""
+    stream = iter(batches) if batches is not None else iter(())
+    first = next(stream, None)
+    stream = itertools.chain([first], stream) if first is not None else stream
+    batch_size = None
+    if first is not None:
+        missing = sorted(set(dtypes) - set(first))
+        if missing:
+            raise EngineBuildError(f"calibration batches lack inputs {missing}; they need {sorted(dtypes)}")
+        batch_size = int(np.shape(first[inputs[0].name])[0])
+    return stream, batch_size
+
+
+def _copy_to_device(
+    cudart: Any,
+    batch: Mapping[str, np.ndarray],
+    names: list[str],
+    dtypes: Mapping[str, np.dtype],
+    device: Mapping[str, int],
+    batch_size: int,
+) -> list[int]:
+    """``batch``'s arrays cast to the input dtypes and copied into the ``device`` buffers; returns
+    the buffers' pointers in ``names`` order."""
+    pointers = []
+    for name in names:
+        array = np.ascontiguousarray(batch[name], dtype=dtypes[name])
+        if array.shape[0] != batch_size:
+            raise ValueError(f"batch of {array.shape[0]} for {name!r}, expected {batch_size}")
+        kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        ptr = device[name]
+        cuda_call(cudart, cudart.cudaMemcpy(ptr, array.ctypes.data, array.nbytes, kind), "memcpy")
+        pointers.append(ptr)
+    return pointers
+
+
 def _entropy_calibrator(
     trt: Any,
     cudart: Any,
@@ -309,16 +347,8 @@ def _entropy_calibrator(
     the network's input dtypes (e.g. a bool mask to float32) and copied into device buffers. The
     calibrator's ``batch_size`` is B_cal (None when calibrating from the cache alone).
     """
-    stream = iter(batches) if batches is not None else iter(())
-    first = next(stream, None)
-    stream = itertools.chain([first], stream) if first is not None else stream
     dtypes = {t.name: np.dtype(trt.nptype(t.dtype)) for t in inputs}
-    batch_size = None
-    if first is not None:
-        missing = sorted(set(dtypes) - set(first))
-        if missing:
-            raise EngineBuildError(f"calibration batches lack inputs {missing}; they need {sorted(dtypes)}")
-        batch_size = int(np.shape(first[inputs[0].name])[0])
+    stream, batch_size = _calibration_stream(batches, inputs, dtypes)
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -341,21 +371,11 @@ def _entropy_calibrator(
                 return None
             try:
                 batch = next(stream)
-                pointers = []
-                for name in names:
-                    array = np.ascontiguousarray(batch[name], dtype=dtypes[name])
-                    if array.shape[0] != self.batch_size:
-                        raise ValueError(
-                            f"batch of {array.shape[0]} for {name!r}, expected {self.batch_size}"
-                        )
-                    kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-                    ptr = self._device[name]
-                    cuda_call(cudart, cudart.cudaMemcpy(ptr, array.ctypes.data, array.nbytes, kind), "memcpy")
-                    pointers.append(ptr)
+                pointers = _copy_to_device(cudart, batch, names, dtypes, self._device, self.batch_size)
             except StopIteration:
                 log.info("calibration: %d batches done", self.count)
                 return None
-            except Exception as e:  # reported after the build, see build_engine
+            except Exception as e:  # reported after the build, see _serialize
                 self.error = f"calibration batch {self.count}: {e}"
                 return None
             self.count += 1
@@ -488,46 +508,33 @@ def build_engine(
             return hit
     timing_path = Path(timing_cache) if timing_cache is not None else plan.parent / key.timing_cache_name()
     calibration_path = Path(calibration_cache) if calibration_cache is not None else None
-
-    started = time.monotonic()
-    log.info(
-        "building %s engine from %s for %s (TensorRT %s)", precision, onnx_path, key.gpu, key.trt_version
+    _build_plan(
+        trt,
+        cudart,
+        onnx_path,
+        key,
+        plan,
+        timing_path,
+        workspace_mb=workspace_mb,
+        calibration_cache=calibration_path,
+        calibration_data=calibration_data,
     )
-    logger = trt_logger(trt)
-    builder = trt.Builder(logger)
-    # TensorRT 10: explicit batch is the default; TensorRT >= 11: networks are always strongly typed.
-    network = builder.create_network()
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "\n  ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  {errors}")
+    return plan
+
+
+def _network_io(network: Any) -> tuple[list[Any], dict[str, list[dict[str, Any]]]]:
+    """The parsed network's input tensors, and its inputs and outputs described (logged here)."""
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
     io = {"inputs": _describe(inputs), "outputs": _describe(outputs)}
     for kind in ("inputs", "outputs"):
         for t in io[kind]:
             log.info("%s %s shape %s %s", kind[:-1], t["name"], t["shape"], t["dtype"])
+    return inputs, io
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    config.add_optimization_profile(_batch_profile(builder, inputs, 1, 1, max_batch))
-    calibrator = _configure_precision(
-        trt,
-        cudart,
-        builder,
-        config,
-        network,
-        inputs,
-        onnx_path,
-        precision,
-        calibration_path,
-        calibration_data,
-    )
-    if dla_core is not None:
-        _configure_dla(trt, builder, config, dla_core)
-    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
 
+def _serialize(builder: Any, network: Any, config: Any, calibrator: Any, onnx_path: Path) -> Any:
+    """The built, serialised plan; frees the calibrator's device buffers and raises its error."""
     log.info("optimising (tactic timing can take minutes, longer on a Jetson)...")
     try:
         serialized = builder.build_serialized_network(network, config)
@@ -538,12 +545,63 @@ def build_engine(
         raise EngineBuildError(f"{onnx_path}: {calibrator.error}")
     if serialized is None:
         raise EngineBuildError(f"{onnx_path}: TensorRT could not build the engine; see its log above")
+    return serialized
+
+
+def _build_plan(
+    trt: Any,
+    cudart: Any,
+    onnx_path: Path,
+    key: EngineKey,
+    plan: Path,
+    timing_path: Path,
+    *,
+    workspace_mb: int,
+    calibration_cache: Path | None,
+    calibration_data: Iterable[Mapping[str, np.ndarray]] | None,
+) -> None:
+    """Parse ``onnx_path``, build it for ``key`` (precision, max_batch, dla_core) and write ``plan``,
+    its sidecar and the timing cache."""
+    started = time.monotonic()
+    log.info(
+        "building %s engine from %s for %s (TensorRT %s)", key.precision, onnx_path, key.gpu, key.trt_version
+    )
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    # TensorRT 10: explicit batch is the default; TensorRT >= 11: networks are always strongly typed.
+    network = builder.create_network()
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n  ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser failed:\n  {errors}")
+    inputs, io = _network_io(network)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.add_optimization_profile(_batch_profile(builder, inputs, 1, 1, key.max_batch))
+    calibrator = _configure_precision(
+        trt,
+        cudart,
+        builder,
+        config,
+        network,
+        inputs,
+        onnx_path,
+        key.precision,
+        calibration_cache,
+        calibration_data,
+    )
+    if key.dla_core is not None:
+        _configure_dla(trt, builder, config, key.dla_core)
+    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+    config.set_timing_cache(timing, ignore_mismatch=False)
+
+    serialized = _serialize(builder, network, config, calibrator, onnx_path)
     _atomic_write(timing_path, config.get_timing_cache().serialize())
     _atomic_write(plan, serialized)
     seconds = time.monotonic() - started
     write_engine_sidecar(plan, key, onnx_path, io, seconds)
     log.info("built %s in %.0f s (timing cache %s)", plan, seconds, timing_path)
-    return plan
 
 
 def build_engine_cli(

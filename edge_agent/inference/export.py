@@ -170,6 +170,97 @@ def _check(
     return worst
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One graph to export: its module and example inputs, and torch's outputs on them (the reference)."""
+
+    name: str  # its key in export()'s result
+    kind: str  # the sidecar's "kind"
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
+    inputs: dict[str, np.ndarray]  # graph input name → the args as numpy
+    outputs: dict[str, np.ndarray]  # graph output name → torch's result
+    tolerance: float
+    what: str  # what the check compares, for its error
+    checked_key: str = "checked_max_abs_diff"
+
+    def sidecar(self, worst: float) -> dict[str, Any]:
+        dynamic = {*self.inputs, *self.outputs}  # every input and output has the batch axis
+        return {
+            "kind": self.kind,
+            "inputs": _io(list(self.inputs), list(self.inputs.values()), dynamic),
+            "outputs": _io(list(self.outputs), list(self.outputs.values()), dynamic),
+            self.checked_key: worst,
+        }
+
+
+def _parts(model: MCSDR, k: int, seed: int) -> list[_Part]:
+    """The fused graph, the encoder and the step, with torch's outputs on random inputs."""
+    kv_names = [f"{kind}{i}" for i in range(model.cfg.n_blocks) for kind in ("k", "v")]
+    feeds = random_inputs(2, k, seed)
+    args = _torch_inputs(feeds)
+    with torch.no_grad():  # not inference_mode: the tracer re-uses these tensors as example inputs
+        fused, enc, step = FusedPosterior(model), Encoder(model), Step(model)
+        samples = fused(*args).numpy()
+        kv = enc(*args[:3])
+        t = torch.full((2, k), int(model.schedule.timesteps()[0]), dtype=torch.int64)
+        eps = step(args[3], t, *kv).numpy()
+    kv_np = dict(zip(kv_names, (x.numpy() for x in kv), strict=True))  # strict: one k and v per block
+    return [
+        _Part(
+            "fused",
+            "fused posterior",
+            fused,
+            args,
+            {n: feeds[n] for n in INPUTS_FUSED},
+            {"samples": samples},
+            TOLERANCE_EF,
+            "the posterior samples (EF %)",
+            checked_key="checked_max_abs_diff_ef",
+        ),
+        _Part(
+            "encoder",
+            "encoder",
+            enc,
+            args[:3],
+            {n: feeds[n] for n in INPUTS_FUSED[:3]},
+            kv_np,
+            TOLERANCE_RAW,
+            "the keys and values",
+        ),
+        _Part(
+            "step",
+            "denoiser step",
+            step,
+            (args[3], t, *kv),
+            {"y": feeds["noise"], "t": t.numpy(), **kv_np},
+            {"eps": eps},
+            TOLERANCE_RAW,
+            "the noise prediction",
+        ),
+    ]
+
+
+def _export_checked(parts: list[_Part], paths: dict[str, Path], opset: int) -> dict[str, float]:
+    """Export each part and check it with ONNX Runtime, then move all into place together; on any
+    failure none is written. Returns each part's largest difference from torch."""
+    tmp = {name: p.with_name(p.name + ".tmp") for name, p in paths.items()}
+    worst: dict[str, float] = {}
+    try:
+        for part in parts:
+            path = tmp[part.name]
+            _export(part.module, part.args, path, list(part.inputs), list(part.outputs), opset)
+            expected = list(part.outputs.values())
+            worst[part.name] = _check(path, part.inputs, expected, part.tolerance, part.what)
+    except BaseException:
+        for p in tmp.values():
+            p.unlink(missing_ok=True)
+        raise
+    for name, p in tmp.items():
+        p.replace(paths[name])
+    return worst
+
+
 def export(req: ExportRequest) -> dict[str, Path]:
     """Export the fused graph and the two parts, check each against torch, write the sidecars.
 
@@ -194,75 +285,10 @@ def export(req: ExportRequest) -> dict[str, Path]:
         "recalibration": side.get("recalibration"),
         "max_batch": req.max_batch,
     }
-    n_kv = 2 * model.cfg.n_blocks
-    kv_names = [f"{kind}{i}" for i in range(model.cfg.n_blocks) for kind in ("k", "v")]
-    feeds = random_inputs(2, req.k, req.seed)
-    args = _torch_inputs(feeds)
-    with torch.no_grad():  # not inference_mode: the tracer re-uses these tensors as example inputs
-        fused, enc, step = FusedPosterior(model), Encoder(model), Step(model)
-        samples = fused(*args).numpy()
-        kv = enc(*args[:3])
-        t = torch.full((2, req.k), int(model.schedule.timesteps()[0]), dtype=torch.int64)
-        eps = step(args[3], t, *kv).numpy()
-    tmp = {name: p.with_name(p.name + ".tmp") for name, p in paths.items()}
-    try:
-        _export(fused, args, tmp["fused"], list(INPUTS_FUSED), ["samples"], req.opset)
-        worst_fused = _check(tmp["fused"], feeds, [samples], TOLERANCE_EF, "the posterior samples (EF %)")
-        _export(enc, args[:3], tmp["encoder"], list(INPUTS_FUSED[:3]), kv_names, req.opset)
-        worst_enc = _check(
-            tmp["encoder"],
-            {n: feeds[n] for n in INPUTS_FUSED[:3]},
-            [k.numpy() for k in kv],
-            TOLERANCE_RAW,
-            "the keys and values",
-        )
-        step_feeds = {
-            "y": feeds["noise"],
-            "t": t.numpy(),
-            **{n: k.numpy() for n, k in zip(kv_names, kv, strict=True)},
-        }
-        _export(step, (args[3], t, *kv), tmp["step"], ["y", "t", *kv_names], ["eps"], req.opset)
-        worst_step = _check(tmp["step"], step_feeds, [eps], TOLERANCE_RAW, "the noise prediction")
-    except BaseException:
-        for p in tmp.values():
-            p.unlink(missing_ok=True)
-        raise
-    assert len(kv) == n_kv
-    for name, p in tmp.items():
-        p.replace(paths[name])
-    dyn_fused = set(INPUTS_FUSED) | {"samples"}
-    write_sidecar(
-        paths["fused"],
-        {
-            **common,
-            "kind": "fused posterior",
-            "inputs": _io(list(INPUTS_FUSED), [feeds[n] for n in INPUTS_FUSED], dyn_fused),
-            "outputs": _io(["samples"], [samples], dyn_fused),
-            "checked_max_abs_diff_ef": worst_fused,
-        },
-    )
-    kv_np = [k.numpy() for k in kv]
-    write_sidecar(
-        paths["encoder"],
-        {
-            **common,
-            "kind": "encoder",
-            "inputs": _io(list(INPUTS_FUSED[:3]), [feeds[n] for n in INPUTS_FUSED[:3]], set(INPUTS_FUSED)),
-            "outputs": _io(kv_names, kv_np, set(kv_names)),
-            "checked_max_abs_diff": worst_enc,
-        },
-    )
-    step_names = ["y", "t", *kv_names]
-    write_sidecar(
-        paths["step"],
-        {
-            **common,
-            "kind": "denoiser step",
-            "inputs": _io(step_names, [step_feeds[n] for n in step_names], set(step_names)),
-            "outputs": _io(["eps"], [eps], {"eps"}),
-            "checked_max_abs_diff": worst_step,
-        },
-    )
+    parts = _parts(model, req.k, req.seed)
+    worst = _export_checked(parts, paths, req.opset)
+    for part in parts:
+        write_sidecar(paths[part.name], {**common, **part.sidecar(worst[part.name])})
     for name, p in paths.items():
         log.info("export: %s → %s", name, p)
     return paths

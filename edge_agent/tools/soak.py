@@ -289,79 +289,123 @@ def _agent_config(cfg: SoakConfig, overrides: Sequence[str]) -> AgentConfig:
     )
 
 
-def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.0) -> dict[str, Any]:
-    """Run the soak (see the module docstring); returns every figure, the events and the checks."""
-    agent_cfg = _agent_config(cfg, overrides)
-    rng = random.Random(cfg.seed)
-    my_pid = os.getpid()
+@dataclass
+class _Heard:
+    """What the soak's subscriber heard, per stream."""
+
+    seqs: dict[str, set[int]] = dataclasses.field(default_factory=dict)
+    # Windower restarts seen (seq numbering began again).
+    epochs: dict[str, int] = dataclasses.field(default_factory=dict)
+    last_seq: dict[str, int] = dataclasses.field(default_factory=dict)  # seq of its latest estimate
+    status: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Signal → status messages saying so.
+    signals: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    estimates: int = 0
+
+    def add(self, msg: Mapping[str, Any] | None) -> None:
+        if msg is not None and msg["kind"] == "estimate":
+            name = msg["stream"]
+            if msg["seq"] < self.last_seq.get(name, -1):  # numbering began again: a new windower
+                self.epochs[name] = self.epochs.get(name, 0) + 1
+            self.last_seq[name] = msg["seq"]
+            self.seqs.setdefault(name, set()).add(msg["seq"])
+            self.estimates += 1
+        elif msg is not None and msg["kind"] == "status":
+            self.status[msg["stream"]] = msg
+            counts = self.signals.setdefault(msg["stream"], {})
+            counts[msg["signal"]] = counts.get(msg["signal"], 0) + 1
+
+
+def _baseline(my_pid: int) -> tuple[list[str], set[str]]:
+    """This process's open file descriptors and the rings on the host, before the agent starts."""
     # Process-lifetime singletons this process would start anyway (ZeroMQ's shared context and its
     # I/O thread, multiprocessing's resource tracker) exist before the baseline: not leaks.
     zmq.Context.instance().socket(zmq.SUB).close()  # its I/O and reaper threads start with a socket
     resource_tracker.ensure_running()
-    fds_before = _fd_targets(my_pid)
-    rings_before = {p.name for p in SHM_DIR.glob(DEFAULT_PREFIX + "*")}
-    agent = Agent(agent_cfg)
-    seqs: dict[str, set[int]] = {}
-    epochs: dict[str, int] = {}  # windower restarts seen (seq numbering began again)
-    last_seq: dict[str, int] = {}  # stream → seq of its latest estimate
-    status: dict[str, dict[str, Any]] = {}
-    signals: dict[str, dict[str, int]] = {}  # stream → signal → status messages saying so
+    return _fd_targets(my_pid), {p.name for p in SHM_DIR.glob(DEFAULT_PREFIX + "*")}
+
+
+def _kill_a_worker(agent: Agent, rng: random.Random, now: float, events: list[dict[str, Any]]) -> None:
+    victim = rng.choice([p for p in agent.procs if p.name.startswith("worker:")])
+    if victim.process is not None and victim.process.is_alive():
+        os.kill(victim.process.pid, signal.SIGKILL)
+        events.append({"t": now, "event": "kill", "process": victim.name, "pid": victim.process.pid})
+        log.info("soak: SIGKILL %s at %.0f s", victim.name, now)
+
+
+def _note_restarts(agent: Agent, events: list[dict[str, Any]], t0: float) -> None:
+    """When did the supervisor bring each victim back?"""
+    for ev in events:
+        if "restarted_after_s" not in ev:
+            proc = next(p.process for p in agent.procs if p.name == ev["process"])
+            if proc is not None and proc.pid != ev["pid"] and proc.is_alive():
+                # Now, not the loop's start: the loop's agent.check() waited out the restart delay.
+                ev["restarted_after_s"] = time.monotonic() - t0 - ev["t"]
+
+
+def _run_with_faults(
+    agent: Agent, sub: Subscriber, cfg: SoakConfig, drain_s: float
+) -> tuple[_Heard, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Start the agent, kill workers and sample its processes for cfg.minutes, then stop the sources
+    and listen drain_s more; returns what was heard, the kills and the samples."""
+    rng = random.Random(cfg.seed)
+    heard = _Heard()
     events: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
-    estimates = 0
     duration = 60.0 * cfg.minutes
+    agent.start()
+    t0 = time.monotonic()
+    next_kill = cfg.kill_worker_every_s or float("inf")
+    next_sample = 0.0
+    bar = tqdm(total=int(duration), desc="soak", unit="s")
+    stopping_at: float | None = None
+    while True:
+        now = time.monotonic() - t0
+        if stopping_at is None and now >= duration:
+            agent.stop_sources()  # the workers finish what is in flight
+            stopping_at = now
+        if stopping_at is not None and now >= stopping_at + drain_s:
+            break
+        agent.check()
+        heard.add(sub.recv(0.05))
+        _note_restarts(agent, events, t0)
+        if stopping_at is None and now >= next_kill:
+            next_kill += cfg.kill_worker_every_s
+            _kill_a_worker(agent, rng, now, events)
+        if stopping_at is None and now >= next_sample:
+            next_sample += cfg.sample_every_s
+            samples.append({"t": now, "estimates": heard.estimates, "procs": sample_processes(agent)})
+            bar.n = min(int(now), int(duration))
+            bar.set_postfix(estimates=heard.estimates, kills=len(events))
+    bar.close()
+    return heard, events, samples
+
+
+def _leftovers(agent: Agent, my_pid: int, fds_before: list[str], rings_before: set[str]) -> dict[str, Any]:
+    """What the stopped agent left: its own report, plus new rings, children and descriptors here."""
+    leftovers = agent.leftovers()
+    # Rings are named after their supervisor's pid: others' (another agent on the host) are not ours.
+    mine = {p.name for p in SHM_DIR.glob(f"{DEFAULT_PREFIX}*_{my_pid}")}
+    return {
+        **leftovers,
+        "rings": sorted(set(leftovers["rings"]) | (mine - rings_before)),
+        "children": [c for c in children_of(my_pid) if "resource_tracker" not in _cmdline(c)],
+        "fds_added": sorted((Counter(_fd_targets(my_pid)) - Counter(fds_before)).elements()),
+    }
+
+
+def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.0) -> dict[str, Any]:
+    """Run the soak (see the module docstring); returns every figure, the events and the checks."""
+    agent_cfg = _agent_config(cfg, overrides)
+    my_pid = os.getpid()
+    fds_before, rings_before = _baseline(my_pid)
+    agent = Agent(agent_cfg)
     # Subscribed before anything runs (ZeroMQ connects once the hub binds): the first windows of a
     # stream whose capture is ready early must not slip past the accounting.
     sub = Subscriber(agent.endpoints["publish"])
     try:
         with sub:
-            agent.start()
-            t0 = time.monotonic()
-            next_kill = cfg.kill_worker_every_s or float("inf")
-            next_sample = 0.0
-            bar = tqdm(total=int(duration), desc="soak", unit="s")
-            stopping_at: float | None = None
-            while True:
-                now = time.monotonic() - t0
-                if stopping_at is None and now >= duration:
-                    agent.stop_sources()  # the workers finish what is in flight
-                    stopping_at = now
-                if stopping_at is not None and now >= stopping_at + drain_s:
-                    break
-                agent.check()
-                msg = sub.recv(0.05)
-                if msg is not None and msg["kind"] == "estimate":
-                    name = msg["stream"]
-                    if msg["seq"] < last_seq.get(name, -1):  # numbering began again: a new windower
-                        epochs[name] = epochs.get(name, 0) + 1
-                    last_seq[name] = msg["seq"]
-                    seqs.setdefault(name, set()).add(msg["seq"])
-                    estimates += 1
-                elif msg is not None and msg["kind"] == "status":
-                    status[msg["stream"]] = msg
-                    counts = signals.setdefault(msg["stream"], {})
-                    counts[msg["signal"]] = counts.get(msg["signal"], 0) + 1
-                for ev in events:  # when did the supervisor bring each victim back?
-                    if "restarted_after_s" not in ev:
-                        proc = next(p.process for p in agent.procs if p.name == ev["process"])
-                        if proc is not None and proc.pid != ev["pid"] and proc.is_alive():
-                            # Now, not the loop's start: agent.check() above waited out the restart delay.
-                            ev["restarted_after_s"] = time.monotonic() - t0 - ev["t"]
-                if stopping_at is None and now >= next_kill:
-                    next_kill += cfg.kill_worker_every_s
-                    victim = rng.choice([p for p in agent.procs if p.name.startswith("worker:")])
-                    if victim.process is not None and victim.process.is_alive():
-                        os.kill(victim.process.pid, signal.SIGKILL)
-                        events.append(
-                            {"t": now, "event": "kill", "process": victim.name, "pid": victim.process.pid}
-                        )
-                        log.info("soak: SIGKILL %s at %.0f s", victim.name, now)
-                if stopping_at is None and now >= next_sample:
-                    next_sample += cfg.sample_every_s
-                    samples.append({"t": now, "estimates": estimates, "procs": sample_processes(agent)})
-                    bar.n = min(int(now), int(duration))
-                    bar.set_postfix(estimates=estimates, kills=len(events))
-            bar.close()
+            heard, events, samples = _run_with_faults(agent, sub, cfg, drain_s)
             subscriber = {
                 "missed": sub.missed,
                 "invalid": sub.invalid,
@@ -370,31 +414,22 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
             }
     finally:
         agent.stop()
-    leftovers = agent.leftovers()
-    # Rings are named after their supervisor's pid: others' (another agent on the host) are not ours.
-    mine = {p.name for p in SHM_DIR.glob(f"{DEFAULT_PREFIX}*_{my_pid}")}
-    new_rings = mine - rings_before
     result: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "sources": soak_sources(cfg),
-        "seconds": duration,
-        "estimates": estimates,
+        "seconds": 60.0 * cfg.minutes,
+        "estimates": heard.estimates,
         "events": events,
         "worker_kills": len(events),
-        "signals": signals,
-        "windower_restarts": epochs,
+        "signals": heard.signals,
+        "windower_restarts": heard.epochs,
         "samples": samples,
         "memory_growth": memory_growth(samples, cfg.warmup_s),
         "fd_growth": fd_growth(samples, cfg.warmup_s),
-        "accounting": window_accounting(seqs, status),
+        "accounting": window_accounting(heard.seqs, heard.status),
         "subscriber": subscriber,
-        "last_status": status,
-        "leftovers": {
-            **leftovers,
-            "rings": sorted(set(leftovers["rings"]) | new_rings),
-            "children": [c for c in children_of(my_pid) if "resource_tracker" not in _cmdline(c)],
-            "fds_added": sorted((Counter(_fd_targets(my_pid)) - Counter(fds_before)).elements()),
-        },
+        "last_status": heard.status,
+        "leftovers": _leftovers(agent, my_pid, fds_before, rings_before),
     }
     result["checks"] = soak_checks(result, cfg)
     result["passed"] = all(c["passed"] for c in result["checks"])
