@@ -234,6 +234,31 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robustness_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--n", type=COUNT, default=500, help="simulated cines (equal parts good/medium/poor)")
+    p.add_argument("--seed", type=int, default=4242, help="simulator seed, never one used in training")
+    p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window")
+    p.add_argument("--phases", type=COUNT, default=8, help="window start phases per beat")
+    p.add_argument("--out", default="runs/robustness", help="folder for report.md, robustness.json, plot")
+
+
+@verb(
+    "robustness",
+    "posterior under misaligned windows and other views (phase, period, zoom, aspect, rotation, gain)",
+    _robustness_arguments,
+)
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from edge_agent.ml.robustness import RobustnessRequest, run_robustness
+
+    req = RobustnessRequest(
+        model=args.model, n=args.n, seed=args.seed, k=args.k, phases=args.phases, out=args.out
+    )
+    result = run_robustness(req)
+    print(json.dumps({t["metric"] + " " + t["target"]: t["value"] for t in result["targets"]}))
+    return 0
+
+
 def _agent_config(args: argparse.Namespace):
     from edge_agent.live.agent import load_agent_config
 
