@@ -22,7 +22,15 @@ FOUNDATIONS = {
     "edge_agent.model": {"edge_agent.model", "edge_agent.core", "edge_agent.config"},
     "edge_agent.sim": {"edge_agent.sim", "edge_agent.core"},
     "edge_agent.protocol": {"edge_agent.protocol", "edge_agent.core", "edge_agent.config"},
+    "edge_agent.clients": {
+        "edge_agent.clients",
+        "edge_agent.protocol",
+        "edge_agent.core",
+        "edge_agent.config",
+    },
 }
+# The outermost layer: they may use anything, nothing else uses them.
+OUTERMOST = ("edge_agent.tools", "edge_agent.cli", "edge_agent.__main__")
 
 
 def module_name(path: Path) -> str:
@@ -129,6 +137,17 @@ def test_foundations_import_nothing_above_them(layer: str) -> None:
         if not any(_inside(d, a) for a in allowed) and d != "edge_agent"
     }
     assert not bad, f"{layer} may import only {sorted(allowed)}: {sorted(bad)}"
+
+
+def test_nothing_imports_the_tools_or_the_cli() -> None:
+    bad = {
+        (m, d)
+        for m, deps in import_graph().items()
+        if not any(_inside(m, o) for o in OUTERMOST)
+        for d in deps
+        if any(_inside(d, o) for o in OUTERMOST)
+    }
+    assert not bad, f"only tools/ and the CLI may import tools/ or the CLI: {sorted(bad)}"
 
 
 def test_the_checks_catch_what_they_guard() -> None:
