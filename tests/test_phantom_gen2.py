@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 
 from edge_agent.datasets.synthetic import synthetic_example
-from edge_agent.phantom import draw_case, simulate_beat, simulate_clip
+from edge_agent.phantom import CaseParams, draw_case, simulate_beat, simulate_clip
 from edge_agent.sources.synthetic import SyntheticSource
 
 
@@ -36,10 +36,17 @@ GEN1_DIGESTS = {
 }
 
 
+# CaseParams' fields before generation 2; the fields added since must keep their defaults in generation 1.
+GEN1_FIELDS = 17
+
+
 def _gen1_digests() -> dict[str, str]:
     rng = np.random.default_rng(123)
     cases = [draw_case(rng) for _ in range(50)] + [draw_case(rng, pediatric=True) for _ in range(10)]
-    out = {"draw_case": hashlib.sha256(repr([dataclasses.astuple(c) for c in cases]).encode()).hexdigest()[:16]}
+    added = dataclasses.fields(CaseParams)[GEN1_FIELDS:]
+    assert all(getattr(c, f.name) == f.default for c in cases for f in added)
+    first = repr([dataclasses.astuple(c)[:GEN1_FIELDS] for c in cases])
+    out = {"draw_case": hashlib.sha256(first.encode()).hexdigest()[:16]}
     clip = simulate_clip(draw_case(np.random.default_rng(5), fps=50.0, quality="medium"), 6, n_frames=12)
     out["simulate_clip"] = _digest(clip.frames, clip.contours, np.array(clip.beat_ef))
     frames, start, end, beat = simulate_beat(draw_case(np.random.default_rng(7), fps=30.0), 8)
