@@ -70,7 +70,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from edge_agent.simulate import write_dataset
 
     out = write_dataset(
-        Path(args.out), n=args.n, seed=args.seed, fmt=args.format, n_beats=args.beats, workers=args.workers
+        Path(args.out),
+        n=args.n,
+        seed=args.seed,
+        fmt=args.format,
+        n_beats=args.beats,
+        workers=args.workers,
+        generation=args.generation,
     )
     print(f"wrote {args.n} clips to {out}")
     return 0
@@ -101,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from edge_agent.simulate import simulator_stats_table
 
-    print(simulator_stats_table(n=args.n, seed=args.seed))
+    print(simulator_stats_table(n=args.n, seed=args.seed, generation=args.generation))
     return 0
 
 
@@ -409,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["echonet", "pediatric"], default="echonet")
     s.add_argument("--beats", type=SECONDS, default=3.0, help="beats per clip (random start phase)")
     s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
     s.set_defaults(func=cmd_simulate)
 
     e = sub.add_parser("evaluate", help="evaluate a model: Markdown table, JSON and plots")
@@ -429,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("sim-stats", help="image statistics of simulated clips next to real EchoNet clips")
     st.add_argument("--n", type=int, default=24)
     st.add_argument("--seed", type=int, default=11)
+    st.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
     st.set_defaults(func=cmd_stats)
 
     def agent_options(a: argparse.ArgumentParser) -> None:

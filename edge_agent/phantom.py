@@ -452,9 +452,11 @@ class EchoPhantom:
     times continue the same heart, so the phantom serves as a live feed.
     """
 
-    # Beam-space grid (depth samples × beams) and artefact levels per quality; generation 2 overrides.
+    # Beam-space grid (depth samples × beams), artefact levels per quality and valve-leaflet
+    # echogenicity (rel. myocardium); generation 2 overrides them.
     n_depth, n_beams = N_DEPTH, N_BEAMS
     quality_levels = _QUALITY
+    leaflet_amp = 1.3
 
     def __init__(self, case: CaseParams, seed: int | np.random.Generator, duration_s: float = 3600.0):
         self.case = case
@@ -472,7 +474,7 @@ class EchoPhantom:
         self.angles = np.linspace(-half, half, self.n_beams)
         rr, th = np.meshgrid(self.depths, self.angles, indexing="ij")
         self.bx, self.bz = rr * np.sin(th), rr * np.cos(th)  # (n_depth, n_beams) sample positions
-        self.map_beam, self.map_depth, self.sector = self._scan_maps(self.size)
+        self.map_beam, self.map_depth, self.sector = self._scan_maps(case.native_px)
         # Scatterers: complex white noise on a fine tissue-fixed grid (cm → cells).
         self.cell = 0.06
         n = math.ceil(case.depth_cm * 1.6 / self.cell)
@@ -564,7 +566,7 @@ class EchoPhantom:
         """One frame (112, 112) uint8 at time t (s)."""
         shape = self.shape_at(t)
         u, v = self._lv_coords()
-        amp = self._echogenicity(t, u, v, self._lv_regions(u, v, shape))
+        amp, _ = self._echogenicity(t, u, v, self._lv_regions(u, v, shape))
         amp = amp * self._tissue_sample(self.texture[..., None], u, v, shape, self.ed_shape)[..., 0]
         sc = self._tissue_sample(self.scat, u, v, shape, self.ed_shape)
         return self._display(self._envelope(sc, amp))
@@ -592,9 +594,12 @@ class EchoPhantom:
             crux_v=shape.b + 0.5 * shape.tw,
         )
 
-    def _echogenicity(self, t: float, u: np.ndarray, v: np.ndarray, lv: LVRegions) -> np.ndarray:
+    def _echogenicity(
+        self, t: float, u: np.ndarray, v: np.ndarray, lv: LVRegions
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Echogenicity (linear amplitude, myocardium ≈ 1) of every beam sample: the LV regions and
-        their neighbours (RV, atria, valves, crux, chest wall, background)."""
+        their neighbours (RV, atria, valves, crux, chest wall, background); and the blood-pool mask
+        (n_depth, n_beams) bool."""
         case, ed = self.case, self.ed_shape
         base_u = lv.base_u
         amp = self.background * np.ones_like(u)
@@ -623,7 +628,7 @@ class EchoPhantom:
         amp = self._leaflets(amp, u, v, base_u + 0.35, rv_b, opening, rv_c[1])
         # Crux: bright fibrous junction between the four chambers.
         crux = ((u - base_u - 0.1) ** 2 + (v - lv.crux_v) ** 2) < 0.35**2
-        return np.where(crux, 1.6, amp)
+        return np.where(crux, 1.6, amp), blood
 
     def _envelope(self, sc: np.ndarray, amp: np.ndarray) -> np.ndarray:
         """Tissue-fixed scatterers (n_depth, n_beams, 2) × echogenicity → echo envelope (n_depth,
@@ -688,7 +693,7 @@ class EchoPhantom:
             pu, pv = u - hinge[0], v - hinge[1]
             s = np.clip(pu * d[0] + pv * d[1], 0, length)
             dist2 = (pu - s * d[0]) ** 2 + (pv - s * d[1]) ** 2
-            amp = np.where(dist2 < 0.13**2, 1.3, amp)
+            amp = np.where(dist2 < 0.13**2, self.leaflet_amp, amp)
         return amp
 
     def _tissue_sample(self, field: np.ndarray, u, v, shape: LVShape, ed: LVShape) -> np.ndarray:
@@ -728,6 +733,17 @@ def _angle_diff(a: float, b: float) -> float:
     return (a - b + math.pi) % (2 * math.pi) - math.pi
 
 
+def make_phantom(
+    case: CaseParams, seed: int | np.random.Generator, duration_s: float = 3600.0
+) -> EchoPhantom:
+    """The renderer of ``case.generation``: :class:`EchoPhantom` (1) or ``phantom2.EchoPhantom2`` (2)."""
+    if case.generation == 2:
+        from edge_agent.phantom2 import EchoPhantom2  # generation 2 builds on this module
+
+        return EchoPhantom2(case, seed, duration_s)
+    return EchoPhantom(case, seed, duration_s)
+
+
 def simulate_clip(
     case: CaseParams,
     seed: int | np.random.Generator,
@@ -742,7 +758,7 @@ def simulate_clip(
     rendered contours at the true ED and ES instants.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    phantom = EchoPhantom(case, rng, duration_s=60.0)
+    phantom = make_phantom(case, rng, duration_s=60.0)
     rr = 60.0 / case.hr_bpm
     if n_frames is None:
         n_beats = 3.0 if n_beats is None else n_beats
@@ -794,7 +810,7 @@ def simulate_beat(case: CaseParams, seed: int | np.random.Generator, jitter_fram
     beat's Simpson EF in %).
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    phantom = EchoPhantom(case, rng, duration_s=6.0)
+    phantom = make_phantom(case, rng, duration_s=6.0)
     beat = phantom.beats[1]
     fps = case.fps
     pad = jitter_frames + 1
