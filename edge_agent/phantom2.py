@@ -52,16 +52,16 @@ WMA_TERRITORIES: dict[str, tuple[float, float]] = {"LAD": (0.3, 0.7), "RCA": (0.
 WMA_TAPER = 0.08  # arc over which motion returns to normal at a territory's edge (border zone)
 # Beam-space grid, finer than generation 1's (128 × 96): speckle must stay finer after scan conversion.
 N_DEPTH2, N_BEAMS2 = 160, 112
-BLOOD_DECORR = 0.5  # share of the blood pool's echo that is new each frame (flow)
+BLOOD_DECORR = 0.6  # share of the blood pool's echo that is new each frame (flow)
 N_BLEND = 96  # points of the full blended LV outline used to render its polar radius
 N_DRIVE = 24  # drive volumes tabulated to map the requested volume onto the WMA-blended contour
 
 # Artefact levels per quality (as phantom._QUALITY), with less fresh per-frame noise: real clips
 # keep consecutive frames correlated at 0.97 (50 fps).
 QUALITY2 = {
-    "good": dict(snr=52.0, haze=0.004, clutter=0.2, dropout=0.15, ribs=0.15, blur=0.65, decorr=0.004),
-    "medium": dict(snr=47.0, haze=0.012, clutter=0.4, dropout=0.6, ribs=0.4, blur=0.75, decorr=0.008),
-    "poor": dict(snr=42.0, haze=0.03, clutter=0.8, dropout=1.2, ribs=0.7, blur=0.85, decorr=0.012),
+    "good": dict(snr=56.0, haze=0.004, clutter=0.2, dropout=0.15, ribs=0.15, blur=0.65, decorr=0.002),
+    "medium": dict(snr=51.0, haze=0.012, clutter=0.4, dropout=0.6, ribs=0.4, blur=0.75, decorr=0.004),
+    "poor": dict(snr=46.0, haze=0.03, clutter=0.8, dropout=1.2, ribs=0.7, blur=0.85, decorr=0.006),
 }
 
 
@@ -219,7 +219,7 @@ class EchoPhantom2(EchoPhantom):
         self.jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, case.jpeg_quality]
         # Tissue around the heart (fat, lung edge) is brighter than generation 1's: real sectors show
         # texture everywhere, and the sector statistics count a pixel only if it ever exceeds 12.
-        self.background = float(rng.uniform(0.08, 0.2))
+        self.background = float(rng.uniform(0.12, 0.28))
 
     # ----- geometry --------------------------------------------------------------------------------
     def _blend(self, shape: LVShape, theta: np.ndarray, motion: np.ndarray) -> np.ndarray:
@@ -350,7 +350,7 @@ class EchoPhantom2(EchoPhantom):
         top = 4.0  # dB above mean myocardium that maps to white
         x = (db - (top - case.dynamic_range_db)) / case.dynamic_range_db
         x = np.clip((x - case.reject) / (1 - case.reject), 0, 1)
-        img = (x**case.display_gamma * 232).astype(np.float32)  # scanners keep speckle below white
+        img = (x**case.display_gamma * 238).astype(np.float32)  # scanners keep speckle below white
         native = cv2.remap(
             img, self.map_beam, self.map_depth, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
         )
