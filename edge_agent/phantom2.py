@@ -102,7 +102,7 @@ def draw_case2(
     if rng.random() < p_wma:
         territory = str(rng.choice(["LAD", "LAD", "RCA", "LCx"]))
         severity = 1.0 if rng.random() < 0.5 else float(rng.uniform(0.4, 0.75))
-    half_angle = float(rng.uniform(35, 45))
+    half_angle = float(rng.uniform(36, 46))
     view = _draw_view(rng, 8.4 * (edv / 120) ** (1 / 3) * length_scale, half_angle, zoom_p=0.15 + 0.35 * dcm)
     return CaseParams(
         ef=ef,
@@ -350,7 +350,7 @@ class EchoPhantom2(EchoPhantom):
         top = 4.0  # dB above mean myocardium that maps to white
         x = (db - (top - case.dynamic_range_db)) / case.dynamic_range_db
         x = np.clip((x - case.reject) / (1 - case.reject), 0, 1)
-        img = (x**case.display_gamma * 238).astype(np.float32)  # scanners keep speckle below white
+        img = (x**case.display_gamma * 245).astype(np.float32)  # scanners keep speckle below white
         native = cv2.remap(
             img, self.map_beam, self.map_depth, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
         )
