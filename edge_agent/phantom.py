@@ -16,6 +16,11 @@ Physical model (units: cm, seconds, mL; image x to the right, z = depth down fro
   Simpson's method of discs on the contours at ED and ES (what a sonographer's tracing gives).
 
 Every random choice comes from one ``numpy.random.Generator``: a seed fixes the whole clip.
+
+This is generation 1, the default, kept bit for bit (the shipped model was trained on it).
+``draw_case(..., generation=2)`` opts into :mod:`edge_agent.phantom2`, which reuses this physiology
+and anatomy with real EchoNet image statistics and wider domain randomisation; :func:`make_phantom`
+picks the renderer from ``CaseParams.generation``.
 """
 
 from __future__ import annotations

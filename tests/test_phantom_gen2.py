@@ -16,7 +16,7 @@ from edge_agent.datasets.synthetic import synthetic_example
 from edge_agent.echo_stats import REAL_ECHO_STATS
 from edge_agent.phantom import IMAGE_SIZE, CaseParams, draw_case, make_phantom, simulate_beat, simulate_clip
 from edge_agent.phantom2 import EF_RANGE, WMA_TAPER, WMA_TERRITORIES, draw_ef
-from edge_agent.simulate import simulator_stats
+from edge_agent.simulate import dataset_clip, simulator_stats
 from edge_agent.sources.synthetic import SyntheticSource
 
 
@@ -178,3 +178,11 @@ def test_zoom_ranges_from_the_whole_heart_to_an_lv_filling_the_sector() -> None:
     # Whole heart in view: the LV is a tenth of the sector; zoomed on a dilated LV: well over a third.
     assert share.min() < 0.15
     assert share.max() > 0.4
+
+
+def test_training_examples_and_datasets_take_the_generation() -> None:
+    gen1, gen2 = synthetic_example(5, 2), synthetic_example(5, 2, generation=2)
+    assert gen2.clip.shape == gen1.clip.shape == (32, IMAGE_SIZE, IMAGE_SIZE) and gen2.clip.dtype == np.uint8
+    assert not np.array_equal(gen1.clip, gen2.clip)
+    clip = dataset_clip(5, 2, n_beats=2.0, generation=2)
+    assert clip.case.generation == 2 and EF_RANGE[0] - 5 < clip.ef < EF_RANGE[1] + 5
