@@ -170,6 +170,7 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["echonet", "pediatric"], default="echonet")
     p.add_argument("--beats", type=SECONDS, default=3.0, help="beats per clip (random start phase)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
 
 
 @verb("simulate", "write a simulated dataset in EchoNet-Dynamic or -Pediatric format", _simulate_arguments)
@@ -177,7 +178,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from edge_agent.ml.simulate import write_dataset
 
     out = write_dataset(
-        Path(args.out), n=args.n, seed=args.seed, fmt=args.format, n_beats=args.beats, workers=args.workers
+        Path(args.out),
+        n=args.n,
+        seed=args.seed,
+        fmt=args.format,
+        n_beats=args.beats,
+        workers=args.workers,
+        generation=args.generation,
     )
     print(f"wrote {args.n} clips to {out}")
     return 0
@@ -224,13 +231,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _stats_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
 
 
 @verb("sim-stats", "image statistics of simulated clips next to real EchoNet clips", _stats_arguments)
 def cmd_stats(args: argparse.Namespace) -> int:
     from edge_agent.ml.simulate import simulator_stats_table
 
-    print(simulator_stats_table(n=args.n, seed=args.seed))
+    print(simulator_stats_table(n=args.n, seed=args.seed, generation=args.generation))
     return 0
 
 

@@ -34,7 +34,8 @@ from edge_agent.live.cycles import (
     CycleDetector,
     LVAreaNet,
 )
-from edge_agent.sim.phantom import QUALITIES, EchoPhantom, draw_case
+from edge_agent.sim.phantom import QUALITIES, EchoPhantom
+from edge_agent.sim.simulator import draw_case
 
 
 def coverage_targets(contours: np.ndarray, size: int = 112, grid: int = SIGNAL_GRID) -> np.ndarray:

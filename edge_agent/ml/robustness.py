@@ -40,7 +40,8 @@ from edge_agent.ml.train import sample_arrays
 from edge_agent.model.artefact import load_model
 from edge_agent.model.posterior import recalibrate
 from edge_agent.sim.clips import ClipArrays, case_demographics
-from edge_agent.sim.phantom import QUALITIES, draw_case, simulate_clip
+from edge_agent.sim.phantom import QUALITIES
+from edge_agent.sim.simulator import draw_case, simulate_clip
 
 # View transforms: name → (kind, amount). Zoom and aspect are scale factors about the apex (aspect
 # stretches x only), rotation is in degrees about the apex, gain in dB of the displayed image.

@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 from edge_agent.ml.datasets.base import read_video
 from edge_agent.sim import echo_stats
-from edge_agent.sim.phantom import QUALITIES, SIMPSON_DISCS, SimClip, draw_case, simulate_clip
+from edge_agent.sim.phantom import QUALITIES, SIMPSON_DISCS, SimClip
+from edge_agent.sim.simulator import draw_case, simulate_clip
 
 FORMATS = ("echonet", "pediatric")
 ECHONET_FILELIST_COLUMNS = (
@@ -94,16 +95,21 @@ def check_beats(n_beats: float) -> None:
         )
 
 
-def dataset_clip(seed: int, index: int, *, pediatric: bool = False, n_beats: float = 3.0) -> SimClip:
+def dataset_clip(
+    seed: int, index: int, *, pediatric: bool = False, n_beats: float = 3.0, generation: int = 1
+) -> SimClip:
     """Clip ``index`` of the dataset :func:`write_dataset` writes with ``seed`` (frames, contours, labels).
 
     Quality cycles good/medium/poor with the index; the patient is adult (EchoNet-Dynamic) or
-    pediatric. ``n_beats`` (:data:`MIN_BEATS` to :data:`MAX_BEATS`) beats of video from a random
-    start phase; the clip always holds a complete ED→ED beat (a draw without one is re-rendered).
+    pediatric; ``generation`` picks the simulator (:func:`edge_agent.sim.simulator.draw_case`). ``n_beats``
+    (:data:`MIN_BEATS` to :data:`MAX_BEATS`) beats of video from a random start phase; the clip always
+    holds a complete ED→ED beat (a draw without one is re-rendered).
     """
     check_beats(n_beats)
     rng = clip_rng(seed, index)
-    case = draw_case(rng, quality=QUALITIES[index % len(QUALITIES)], pediatric=pediatric)
+    case = draw_case(
+        rng, quality=QUALITIES[index % len(QUALITIES)], pediatric=pediatric, generation=generation
+    )
     for _ in range(MAX_RENDER_TRIES):
         clip = simulate_clip(case, rng, n_beats=n_beats)
         if clip.ed_frames:
@@ -206,6 +212,7 @@ class _Job:
     index: int
     fmt: str
     n_beats: float
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -225,7 +232,9 @@ def clip_name(seed: int, index: int) -> str:
 def _write_clip(job: _Job) -> _Rows:
     """Render clip ``job.index``, write its AVI and return its CSV rows (runs in a worker process)."""
     pediatric = job.fmt == "pediatric"
-    clip = dataset_clip(job.seed, job.index, pediatric=pediatric, n_beats=job.n_beats)
+    clip = dataset_clip(
+        job.seed, job.index, pediatric=pediatric, n_beats=job.n_beats, generation=job.generation
+    )
     stem = clip_name(job.seed, job.index)
     avi = f"{stem}.avi"
     write_avi(job.root / "Videos" / avi, clip.frames, clip.fps)
@@ -316,7 +325,13 @@ def _imap(fn: Callable[[T], R], jobs: Sequence[T], workers: int, desc: str) -> I
 
 
 def write_dataset(
-    out: Path, n: int, seed: int = 0, fmt: str = "echonet", n_beats: float = 3.0, workers: int = 2
+    out: Path,
+    n: int,
+    seed: int = 0,
+    fmt: str = "echonet",
+    n_beats: float = 3.0,
+    workers: int = 2,
+    generation: int = 1,
 ) -> Path:
     """Write ``n`` simulated clips as an EchoNet-Dynamic or EchoNet-Pediatric folder (module docstring).
 
@@ -324,7 +339,8 @@ def write_dataset(
     seed: dataset seed, >= 0; clip i is :func:`dataset_clip` ``(seed, i)``.
     fmt: ``"echonet"`` (adults, 112×112 AVIs) or ``"pediatric"`` (children, with demographics).
     n_beats: beats of video per clip (2 to 30), from a random start phase.
-    workers: processes rendering in parallel. Returns ``out``.
+    workers: processes rendering in parallel.
+    generation: simulator generation, 1 (default) or 2 (:mod:`edge_agent.sim.phantom2`). Returns ``out``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r} is not one of {FORMATS}")
@@ -337,7 +353,7 @@ def write_dataset(
     check_beats(n_beats)
     out = Path(out)
     (out / "Videos").mkdir(parents=True, exist_ok=True)
-    jobs = [_Job(out, seed, i, fmt, n_beats) for i in range(n)]
+    jobs = [_Job(out, seed, i, fmt, n_beats, generation) for i in range(n)]
     rows = list(_imap(_write_clip, jobs, workers, desc=f"writing {fmt}"))
     pediatric = fmt == "pediatric"
     _write_csv(
@@ -368,24 +384,33 @@ def mjpg_roundtrip(frames: np.ndarray, fps: float) -> np.ndarray:
     return decoded
 
 
-def _stats_of_clip(job: tuple[int, int]) -> dict[str, float]:
-    seed, index = job
+def _stats_of_clip(job: tuple[int, int, int]) -> dict[str, float]:
+    seed, index, generation = job
     rng = clip_rng(seed, index)
-    case = draw_case(rng, fps=STATS_FPS, quality=QUALITIES[index % len(QUALITIES)])
+    case = draw_case(rng, fps=STATS_FPS, quality=QUALITIES[index % len(QUALITIES)], generation=generation)
     clip = simulate_clip(case, rng, n_frames=STATS_FRAMES)
     # The real statistics were measured on decoded MJPG AVIs: measure ours after the same codec.
     return echo_stats.clip_stats(mjpg_roundtrip(clip.frames, clip.fps))
 
 
-def simulator_stats_table(n: int = 24, seed: int = 11, workers: int = 1) -> str:
+def simulator_stats(
+    n: int = 24, seed: int = 11, workers: int = 1, generation: int = 1
+) -> dict[str, tuple[float, float, float]]:
+    """(p25, median, p75) across ``n`` simulated clips of every statistic (see
+    :func:`simulator_stats_table`)."""
+    if n < 1:
+        raise ValueError(f"n={n}: simulate at least one clip")
+    jobs = [(seed, i, generation) for i in range(n)]
+    return echo_stats.summarize_stats(list(_imap(_stats_of_clip, jobs, workers, desc="image statistics")))
+
+
+def simulator_stats_table(n: int = 24, seed: int = 11, workers: int = 1, generation: int = 1) -> str:
     """Markdown table of the simulator's image statistics beside real EchoNet-Dynamic clips.
 
     Simulates ``n`` adult clips of :data:`STATS_FRAMES` frames at :data:`STATS_FPS` fps (like real
     EchoNet), the three quality levels in equal parts, passes each through the MJPG codec and
     measures :func:`edge_agent.sim.echo_stats.clip_stats`; returns
     :func:`~edge_agent.sim.echo_stats.compare_table` of their (p25, median, p75) across clips.
+    ``generation`` picks the simulator (1, the default, or 2).
     """
-    if n < 1:
-        raise ValueError(f"n={n}: simulate at least one clip")
-    per_clip = list(_imap(_stats_of_clip, [(seed, i) for i in range(n)], workers, desc="image statistics"))
-    return echo_stats.compare_table(echo_stats.summarize_stats(per_clip))
+    return echo_stats.compare_table(simulator_stats(n, seed, workers, generation))

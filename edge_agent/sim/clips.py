@@ -16,7 +16,8 @@ from tqdm import tqdm
 from edge_agent.core.clip import beat_sample_times, make_clip
 from edge_agent.core.demographics import demographics_vector
 from edge_agent.core.sample import ClipSample
-from edge_agent.sim.phantom import QUALITIES, Demographics, draw_case, simulate_beat
+from edge_agent.sim.phantom import QUALITIES, Demographics
+from edge_agent.sim.simulator import draw_case, simulate_beat
 
 
 def case_demographics(demo: Demographics) -> tuple[np.ndarray, np.ndarray]:
@@ -26,11 +27,12 @@ def case_demographics(demo: Demographics) -> tuple[np.ndarray, np.ndarray]:
 
 
 def synthetic_example(
-    seed: int, index: int, quality: str | None = None, pediatric: bool = False
+    seed: int, index: int, quality: str | None = None, pediatric: bool = False, generation: int = 1
 ) -> ClipSample:
-    """One simulated beat as a :class:`ClipSample` (the same contract as the real-data loaders)."""
+    """One simulated beat as a :class:`ClipSample` (the same contract as the real-data loaders);
+    ``generation`` picks the simulator (1, the default, or 2: :mod:`edge_agent.sim.phantom2`)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    case = draw_case(rng, quality=quality, pediatric=pediatric)
+    case = draw_case(rng, quality=quality, pediatric=pediatric, generation=generation)
     frames, start, end, clip = simulate_beat(case, rng)
     values, mask = case_demographics(case.demographics)
     x, y = clip.contours[..., 0], clip.contours[..., 1]
@@ -99,7 +101,7 @@ class ClipArrays:
         return out
 
 
-def _work(args: tuple[int, int, str | None, bool]) -> ClipSample:
+def _work(args: tuple[int, int, str | None, bool, int]) -> ClipSample:
     return synthetic_example(*args)
 
 
@@ -110,9 +112,13 @@ def generate(
     pediatric: bool = False,
     workers: int = 2,
     desc: str = "simulating",
+    generation: int = 1,
 ) -> ClipArrays:
-    """Simulate n beats with a progress bar; ``balanced_quality`` cycles good/medium/poor in equal parts."""
-    jobs = [(seed, i, QUALITIES[i % 3] if balanced_quality else None, pediatric) for i in range(n)]
+    """Simulate n beats with a progress bar; ``balanced_quality`` cycles good/medium/poor in equal parts;
+    ``generation`` picks the simulator (1, the default, or 2)."""
+    jobs = [
+        (seed, i, QUALITIES[i % 3] if balanced_quality else None, pediatric, generation) for i in range(n)
+    ]
     clips = np.empty((n, 32, 112, 112), np.uint8)
     ef = np.empty(n, np.float32)
     demo = np.empty((n, 4), np.float32)

@@ -16,6 +16,11 @@ Physical model (units: cm, seconds, mL; image x to the right, z = depth down fro
   Simpson's method of discs on the contours at ED and ES (what a sonographer's tracing gives).
 
 Every random choice comes from one ``numpy.random.Generator``: a seed fixes the whole clip.
+
+This is generation 1, the default, kept bit for bit (the shipped model was trained on it).
+:mod:`edge_agent.sim.phantom2` (generation 2) reuses this physiology and anatomy with real EchoNet
+image statistics and wider domain randomisation; :mod:`edge_agent.sim.simulator` draws a case of
+either generation and picks its renderer from ``CaseParams.generation``.
 """
 
 from __future__ import annotations
@@ -83,27 +88,32 @@ class CaseParams:
     wall_cm: float = 1.0
     gain_db: float = 0.0
     dynamic_range_db: float = 55.0
+    # Added with generation 2; the defaults are generation 1's fixed values (its output is frozen).
+    generation: int = (
+        1  # 1: the first simulator; 2: edge_agent.sim.phantom2 (realistic image chain, DCM, WMA)
+    )
+    lv_length_scale: float = 1.0  # LV length / a normal LV's of this volume (<1: spherical, foreshortened)
+    apex_wall_ratio: float = 0.8  # apical / lateral wall thickness (>: foreshortened view, oblique apex)
+    wma_territory: str | None = None  # regional wall-motion abnormality: 'LAD' | 'RCA' | 'LCx' (generation 2)
+    wma_severity: float = 0.0  # motion lost in that territory: 1 akinetic, 0.3–0.7 hypokinetic
+    atten_np_cm: float = 0.06  # attenuation left after time-gain compensation (Np/cm on amplitude)
+    display_gamma: float = 2.4  # display curve exponent: darkens the low end as scanners do
+    reject: float = 0.0  # share of the displayed range mapped to black (generation 2)
+    native_px: int = IMAGE_SIZE  # side of the scan-converted image before down-sampling to 112 (generation 2)
+    jpeg_quality: int = 0  # per-frame JPEG round trip (MJPEG AVI) at this quality; 0 none (generation 2)
 
 
-def draw_case(
-    rng: np.random.Generator,
-    ef: float | None = None,
-    hr_bpm: float | None = None,
-    fps: float | None = None,
-    quality: str | None = None,
-    pediatric: bool = False,
-) -> CaseParams:
-    """Draw a plausible patient and acquisition; any argument given is used as is.
-
-    EF (%) is drawn from a mixture: 70 % N(58, 8) (the bulk of EchoNet's labels) and 30 % uniform on
-    10–80 % so reduced EF is learnable. Measured: mean ≈ 54, sd ≈ 14, 28 % below 50, 13 % below 40
-    (EchoNet: 56, 12, 20 %, 12 %).
-    EDV scales with body surface area and rises as EF falls (dilated failing ventricles).
-    """
+def draw_quality(rng: np.random.Generator, quality: str | None) -> str:
+    """``quality`` checked, or one of :data:`QUALITIES` drawn uniformly when None."""
     if quality is None:
         quality = QUALITIES[int(rng.integers(3))]
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
+    return quality
+
+
+def draw_demographics(rng: np.random.Generator, pediatric: bool) -> Demographics:
+    """A plausible adult (EchoNet-Dynamic-like ages) or child (0.5–18 years)."""
     if pediatric:
         age = float(rng.uniform(0.5, 18.0))
         height = float(np.clip(75 + 6.0 * age + rng.normal(0, 7), 60, 195))
@@ -115,7 +125,27 @@ def draw_case(
         bmi = float(np.clip(rng.normal(27, 5), 16, 45))
         weight = bmi * (height / 100) ** 2
     sex = ("M" if rng.random() < 0.52 else "F") if pediatric else ("M" if sex_male else "F")
-    demo = Demographics(age=age, sex=sex, weight=weight, height=height)
+    return Demographics(age=age, sex=sex, weight=weight, height=height)
+
+
+def draw_case1(
+    rng: np.random.Generator,
+    ef: float | None = None,
+    hr_bpm: float | None = None,
+    fps: float | None = None,
+    quality: str | None = None,
+    pediatric: bool = False,
+) -> CaseParams:
+    """Draw a plausible patient and acquisition of generation 1; any argument given is used as is.
+
+    EF (%) is drawn from a mixture: 70 % N(58, 8) (the bulk of EchoNet's labels) and 30 % uniform
+    on 10–80 % so reduced EF is learnable. Measured: mean ≈ 54, sd ≈ 14, 28 % below 50, 13 % below
+    40 (EchoNet: 56, 12, 20 %, 12 %). EDV scales with body surface area and rises as EF falls
+    (dilated failing ventricles). Choose the generation with :func:`edge_agent.sim.simulator.draw_case`.
+    """
+    quality = draw_quality(rng, quality)
+    demo = draw_demographics(rng, pediatric)
+    sex = demo.sex
     if ef is None:
         ef = float(rng.normal(58, 8)) if rng.random() < 0.7 else float(rng.uniform(10, 80))
         ef = float(np.clip(ef, 10, 80))
@@ -272,25 +302,25 @@ class LVShape:
 def lv_shape(case: CaseParams, volume: float, ed_volume: float) -> LVShape:
     """Cavity from volume with long-axis shortening; wall from constant myocardial area."""
     f = case.trunc
-    l_ed = 8.4 * (ed_volume / 120) ** (1 / 3)
+    l_ed = 8.4 * (ed_volume / 120) ** (1 / 3) * case.lv_length_scale
     length = l_ed * (volume / ed_volume) ** 0.2
     a = length / (1 + f)
     b = math.sqrt(volume / (math.pi * a * _cf(f)))
     # Reference wall at a nominal ED (thickness wall_cm) fixes the myocardial area to conserve.
     a0 = l_ed / (1 + f)
     b0 = math.sqrt(ed_volume / (math.pi * a0 * _cf(f)))
-    w = case.wall_cm
-    area_myo = _trunc_area(a0 + 0.8 * w, b0 + w, f * a0 / (a0 + 0.8 * w)) - _trunc_area(a0, b0, f)
+    w, k = case.wall_cm, case.apex_wall_ratio
+    area_myo = _trunc_area(a0 + k * w, b0 + w, f * a0 / (a0 + k * w)) - _trunc_area(a0, b0, f)
     inner = _trunc_area(a, b, f)
     lo, hi = 0.1 * w, 4.0 * w
     for _ in range(40):  # bisection on wall thickness: outer area − inner area = myocardial area
         mid = 0.5 * (lo + hi)
-        if _trunc_area(a + 0.8 * mid, b + mid, f * a / (a + 0.8 * mid)) - inner > area_myo:
+        if _trunc_area(a + k * mid, b + mid, f * a / (a + k * mid)) - inner > area_myo:
             hi = mid
         else:
             lo = mid
     t = 0.5 * (lo + hi)
-    return LVShape(a=a, b=b, ta=0.8 * t, tw=t, trunc=f)
+    return LVShape(a=a, b=b, ta=k * t, tw=t, trunc=f)
 
 
 def lv_contour_uv(shape: LVShape, n: int = 64) -> np.ndarray:
@@ -353,6 +383,22 @@ def area_length_volume(contour: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LVRegions:
+    """The LV in beam space at one instant: boolean (n_depth, n_beams) masks of cavity (blood below
+    the mitral plane), myocardium and bright pericardium, and where the valves and crux sit (LV-frame
+    cm: mitral plane at u = base_u, mitral valve centred at v = valve_v with half-width
+    valve_half_w, crux at v = crux_v)."""
+
+    cavity: np.ndarray
+    myo: np.ndarray
+    peri: np.ndarray
+    base_u: float
+    valve_v: float
+    valve_half_w: float
+    crux_v: float
+
+
 @dataclass
 class SimClip:
     """A simulated cine with its ground truth.
@@ -404,11 +450,17 @@ class EchoPhantom:
     times continue the same heart, so the phantom serves as a live feed.
     """
 
+    # Beam-space grid (depth samples × beams), artefact levels per quality and valve-leaflet
+    # echogenicity (rel. myocardium); generation 2 overrides them.
+    n_depth, n_beams = N_DEPTH, N_BEAMS
+    quality_levels = _QUALITY
+    leaflet_amp = 1.3
+
     def __init__(self, case: CaseParams, seed: int | np.random.Generator, duration_s: float = 3600.0):
         self.case = case
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         rng = self.rng
-        self.q = _QUALITY[case.quality]
+        self.q = self.quality_levels[case.quality]
         self.beats = make_beats(case, duration_s, rng)
         self._beat_starts = np.array([b.t_ed for b in self.beats])
         self.size = IMAGE_SIZE
@@ -416,11 +468,11 @@ class EchoPhantom:
         # Beam geometry: depths (cm) × angles (rad); the sector reaches a little past the image bottom.
         half = math.radians(case.sector_half_angle_deg)
         self.r_max = case.depth_cm * 1.04
-        self.depths = np.linspace(0.0, self.r_max, N_DEPTH)
-        self.angles = np.linspace(-half, half, N_BEAMS)
+        self.depths = np.linspace(0.0, self.r_max, self.n_depth)
+        self.angles = np.linspace(-half, half, self.n_beams)
         rr, th = np.meshgrid(self.depths, self.angles, indexing="ij")
-        self.bx, self.bz = rr * np.sin(th), rr * np.cos(th)  # (N_DEPTH, N_BEAMS) sample positions
-        self._scan_maps()
+        self.bx, self.bz = rr * np.sin(th), rr * np.cos(th)  # (n_depth, n_beams) sample positions
+        self.map_beam, self.map_depth, self.sector = self._scan_maps(case.native_px)
         # Scatterers: complex white noise on a fine tissue-fixed grid (cm → cells).
         self.cell = 0.06
         n = math.ceil(case.depth_cm * 1.6 / self.cell)
@@ -439,7 +491,7 @@ class EchoPhantom:
     # ----- fixed per-clip artefacts ---------------------------------------------------------------
     def _artefacts(self, rng: np.random.Generator) -> None:
         q = self.q
-        nb = N_BEAMS
+        nb, nd = self.n_beams, self.n_depth
         beam_gain = np.ones(nb, np.float32)
         if rng.random() < q["ribs"]:  # rib shadow: a band of beams at one sector edge, deep to the rib
             width = int(rng.integers(nb // 12, nb // 5))
@@ -447,13 +499,13 @@ class EchoPhantom:
             beam_gain[start : start + width] *= float(rng.uniform(0.08, 0.3))
         self.beam_gain = cv2.GaussianBlur(beam_gain[None, :], (0, 0), 3).ravel()
         # Dropout: lateral-wall beams parallel to the wall lose echo over part of the depth.
-        self.dropout = np.ones((N_DEPTH, nb), np.float32)
+        self.dropout = np.ones((nd, nb), np.float32)
         n_drop = rng.poisson(2 * q["dropout"])
         for _ in range(n_drop):
             c = int(rng.integers(nb // 2, nb))
             w = int(rng.integers(3, 10))
-            d0 = int(rng.integers(N_DEPTH // 5, N_DEPTH * 3 // 5))
-            d1 = d0 + int(rng.integers(N_DEPTH // 10, N_DEPTH // 3))
+            d0 = int(rng.integers(nd // 5, nd * 3 // 5))
+            d1 = d0 + int(rng.integers(nd // 10, nd // 3))
             self.dropout[d0:d1, max(0, c - w) : c + w] *= float(rng.uniform(0.1, 0.5))
         self.dropout = cv2.GaussianBlur(self.dropout, (0, 0), 2.5)
         self.haze = q["haze"] * float(rng.uniform(0.6, 1.4))
@@ -462,20 +514,21 @@ class EchoPhantom:
         self.decorr = q["decorr"]
         self.background = float(rng.uniform(0.02, 0.06))  # tissue around the heart, rel. myocardium
 
-    def _scan_maps(self) -> None:
-        """Cartesian pixel → (beam, depth sample) lookup for cv2.remap."""
-        s = self.size
-        px = (np.arange(s) + 0.5) / self.px_per_cm
+    def _scan_maps(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scan conversion to a size × size image: (beam, depth sample) maps for cv2.remap, each
+        (size, size) float32, and the sector weight (size, size) float32 in [0, 1]."""
+        s = size
+        px = (np.arange(s) + 0.5) / (s / self.case.depth_cm)
         x = px[None, :] - self.case.depth_cm / 2
         z = px[:, None]
         r = np.sqrt(x**2 + z**2)
         th = np.arctan2(x, z)
-        self.map_depth = (r / self.r_max * (N_DEPTH - 1)).astype(np.float32)
+        map_depth = (r / self.r_max * (self.n_depth - 1)).astype(np.float32)
         half = self.angles[-1]
-        self.map_beam = ((th + half) / (2 * half) * (N_BEAMS - 1)).astype(np.float32)
+        map_beam = ((th + half) / (2 * half) * (self.n_beams - 1)).astype(np.float32)
         inside = (np.abs(th) <= half) & (r <= self.r_max)
-        edge = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.6)
-        self.sector = np.where(inside, edge, 0).astype(np.float32)
+        edge = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.6 * (s / IMAGE_SIZE))
+        return map_beam, map_depth, np.where(inside, edge, 0).astype(np.float32)
 
     # ----- time → physiology -----------------------------------------------------------------------
     def beat_at(self, t: float) -> Beat:
@@ -508,24 +561,48 @@ class EchoPhantom:
         return frames, contours
 
     def _render_frame(self, t: float) -> np.ndarray:
-        case, q = self.case, self.q
-        beat = self.beat_at(t)
+        """One frame (112, 112) uint8 at time t (s)."""
         shape = self.shape_at(t)
-        ed = self.ed_shape
-        # LV coordinates of every beam sample.
+        u, v = self._lv_coords()
+        amp, _ = self._echogenicity(t, u, v, self._lv_regions(u, v, shape))
+        amp = amp * self._tissue_sample(self.texture[..., None], u, v, shape, self.ed_shape)[..., 0]
+        sc = self._tissue_sample(self.scat, u, v, shape, self.ed_shape)
+        return self._display(self._envelope(sc, amp))
+
+    def _lv_coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """LV-frame coordinates (u along the axis from the apex, v across; cm) of every beam sample."""
         rel = np.stack([self.bx - self.apex[0], self.bz - self.apex[1]], axis=-1)
-        u = rel @ self.axis
-        v = rel @ self.perp
+        return rel @ self.axis, rel @ self.perp
+
+    def _lv_regions(self, u: np.ndarray, v: np.ndarray, shape: LVShape) -> LVRegions:
+        """The LV cavity, myocardium and pericardium of ``shape`` at the beam samples (u, v)."""
         base_u = shape.length
-        # --- echogenicity map (linear amplitude; myocardium ≈ 1) ---
-        amp = self.background * np.ones_like(u)
-        amp = np.where(self.bz < 1.2, 0.3, amp)  # chest wall
         cav = ((u - shape.a) / shape.a) ** 2 + (v / shape.b) ** 2
         outer = ((u - shape.a) / (shape.a + shape.ta)) ** 2 + (v / (shape.b + shape.tw)) ** 2
         below_base = u <= base_u
         myo = (outer <= 1) & below_base
         peri = (outer > 1) & (outer <= 1.14) & below_base & (v < 0.3 * shape.b)  # lateral + apical
-        amp = np.where(peri, 2.2, amp)
+        return LVRegions(
+            cavity=(cav <= 1) & below_base,
+            myo=myo,
+            peri=peri,
+            base_u=base_u,
+            valve_v=0.0,
+            valve_half_w=shape.b,
+            crux_v=shape.b + 0.5 * shape.tw,
+        )
+
+    def _echogenicity(
+        self, t: float, u: np.ndarray, v: np.ndarray, lv: LVRegions
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Echogenicity (linear amplitude, myocardium ≈ 1) of every beam sample: the LV regions and
+        their neighbours (RV, atria, valves, crux, chest wall, background); and the blood-pool mask
+        (n_depth, n_beams) bool."""
+        case, ed = self.case, self.ed_shape
+        base_u = lv.base_u
+        amp = self.background * np.ones_like(u)
+        amp = np.where(self.bz < 1.2, 0.3, amp)  # chest wall
+        amp = np.where(lv.peri, 2.2, amp)
         # RV: left of the septum (v > 0), shorter and narrower, apex lower than the LV's.
         vol_frac = self.volume(t) / case.edv
         rv_b = 0.62 * ed.b * (0.75 + 0.25 * vol_frac)
@@ -533,7 +610,7 @@ class EchoPhantom:
         rv = ((u - rv_c[0]) / (0.55 * base_u + 0.4)) ** 2 + ((v - rv_c[1]) / rv_b) ** 2
         rv_wall = (rv > 1) & (rv <= 1.25) & (u <= base_u) & (v > rv_c[1])
         amp = np.where(rv_wall, 0.9, amp)
-        amp = np.where(myo, 1.0, amp)
+        amp = np.where(lv.myo, 1.0, amp)
         # Atria below the valve planes; they fill while the ventricles empty (anti-phase).
         atr = 1.35 - 0.35 * vol_frac
         la_len, la_w = 0.55 * ed.a * atr, 0.95 * ed.b * (0.8 + 0.2 * atr)
@@ -541,18 +618,20 @@ class EchoPhantom:
         ra = ((u - base_u - 0.9 * la_len - 0.2) / (0.9 * la_len)) ** 2 + ((v - rv_c[1]) / (0.9 * rv_b)) ** 2
         atrial_wall = ((la > 1) & (la <= 1.3)) | ((ra > 1) & (ra <= 1.3))
         amp = np.where(atrial_wall & (u > base_u), 0.75, amp)
-        blood = (cav <= 1) & below_base | (rv <= 1) & (u <= base_u + 0.3) | (la <= 1) | (ra <= 1)
+        blood = lv.cavity | (rv <= 1) & (u <= base_u + 0.3) | (la <= 1) | (ra <= 1)
         amp = np.where(blood, 0.01 + self.haze * (1 + 2.0 * np.exp(-self.bz / 3.0)), amp)
         # Leaflets: hinged at the annuli, swing from across the valve plane (closed) towards the apex (open).
-        opening = float(valve_opening(beat, np.array([t]))[0])
-        amp = self._leaflets(amp, u, v, base_u, shape.b, opening, 0.0)
+        opening = float(valve_opening(self.beat_at(t), np.array([t]))[0])
+        amp = self._leaflets(amp, u, v, base_u, lv.valve_half_w, opening, lv.valve_v)
         amp = self._leaflets(amp, u, v, base_u + 0.35, rv_b, opening, rv_c[1])
         # Crux: bright fibrous junction between the four chambers.
-        crux = ((u - base_u - 0.1) ** 2 + (v - shape.b - 0.5 * shape.tw) ** 2) < 0.35**2
-        amp = np.where(crux, 1.6, amp)
-        amp = amp * self._tissue_sample(self.texture[..., None], u, v, shape, ed)[..., 0]
-        # --- speckle: tissue-fixed scatterers, PSF in beam space ---
-        sc = self._tissue_sample(self.scat, u, v, shape, ed)
+        crux = ((u - base_u - 0.1) ** 2 + (v - lv.crux_v) ** 2) < 0.35**2
+        return np.where(crux, 1.6, amp), blood
+
+    def _envelope(self, sc: np.ndarray, amp: np.ndarray) -> np.ndarray:
+        """Tissue-fixed scatterers (n_depth, n_beams, 2) × echogenicity → echo envelope (n_depth,
+        n_beams): out-of-plane decorrelation, PSF, clutter, attenuation, ribs, dropout, noise."""
+        q = self.q
         fresh = self.rng.standard_normal(sc.shape).astype(np.float32) / math.sqrt(2)
         sc = math.sqrt(1 - self.decorr**2) * sc + self.decorr * fresh  # out-of-plane decorrelation
         field = sc * amp[..., None].astype(np.float32)
@@ -570,20 +649,23 @@ class EchoPhantom:
         field = field + clutter * self.rng.standard_normal(field.shape).astype(np.float32) * 0.5
         env = np.sqrt(field[..., 0] ** 2 + field[..., 1] ** 2)
         # Attenuation with partial time-gain compensation, beam gain (ribs), dropout.
-        atten = np.exp(-0.06 * self.depths)[:, None]
+        atten = np.exp(-self.case.atten_np_cm * self.depths)[:, None]
         env = env * atten * self.beam_gain[None, :] * self.dropout
         noise = (
             self.noise_amp
             * np.abs(self.rng.standard_normal(env.shape) + 1j * self.rng.standard_normal(env.shape))
             * (0.4 + self.depths[:, None] / self.r_max)
         )
-        env = np.sqrt(env**2 + noise**2)
-        # --- log compression and display mapping ---
+        return np.sqrt(env**2 + noise**2)
+
+    def _display(self, env: np.ndarray) -> np.ndarray:
+        """Envelope (n_depth, n_beams) → log compression, display curve, scan conversion: (112, 112) uint8."""
+        case = self.case
         db = 20 * np.log10(env + 1e-6) + case.gain_db
         top = 4.0  # dB above mean myocardium that maps to white
         img = (db - (top - case.dynamic_range_db)) / case.dynamic_range_db
-        img = np.clip(img, 0, 1) ** 2.4 * 255  # display curve: darkens the low end as scanners do
-        # --- scan conversion to the square image, sector apex at top centre ---
+        img = np.clip(img, 0, 1) ** case.display_gamma * 255
+        # Scan conversion to the square image, sector apex at top centre.
         out = cv2.remap(
             img.astype(np.float32),
             self.map_beam,
@@ -609,7 +691,7 @@ class EchoPhantom:
             pu, pv = u - hinge[0], v - hinge[1]
             s = np.clip(pu * d[0] + pv * d[1], 0, length)
             dist2 = (pu - s * d[0]) ** 2 + (pv - s * d[1]) ** 2
-            amp = np.where(dist2 < 0.13**2, 1.3, amp)
+            amp = np.where(dist2 < 0.13**2, self.leaflet_amp, amp)
         return amp
 
     def _tissue_sample(self, field: np.ndarray, u, v, shape: LVShape, ed: LVShape) -> np.ndarray:
@@ -649,34 +731,6 @@ def _angle_diff(a: float, b: float) -> float:
     return (a - b + math.pi) % (2 * math.pi) - math.pi
 
 
-def simulate_clip(
-    case: CaseParams,
-    seed: int | np.random.Generator,
-    n_frames: int | None = None,
-    n_beats: float | None = None,
-    start_phase: float | None = None,
-) -> SimClip:
-    """Simulate a cine of ``n_frames`` frames (or ``n_beats`` beats) starting at a random phase.
-
-    Labels: every complete beat in the clip (its ED frame and the next ED frame both inside) gets
-    its ED/ES frame (nearest frame to the true instant) and its EF/EDV/ESV by Simpson's method on the
-    rendered contours at the true ED and ES instants.
-    """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    phantom = EchoPhantom(case, rng, duration_s=60.0)
-    rr = 60.0 / case.hr_bpm
-    if n_frames is None:
-        n_beats = 3.0 if n_beats is None else n_beats
-        if n_beats <= 0:
-            raise ValueError(f"n_beats must be positive, got {n_beats}")
-        n_frames = round(n_beats * rr * case.fps)
-    phase = float(rng.uniform(0, 1)) if start_phase is None else start_phase
-    t0 = phantom.beats[1].t_ed + phase * phantom.beats[1].rr
-    times = t0 + np.arange(n_frames) / case.fps
-    frames, contours = phantom.render(times)
-    return label_clip(phantom, frames, contours, times)
-
-
 def label_clip(phantom: EchoPhantom, frames: np.ndarray, contours: np.ndarray, times: np.ndarray) -> SimClip:
     """Attach beat labels (ED/ES frames, Simpson EF/EDV/ESV) to frames rendered at ``times``."""
     fps = phantom.case.fps
@@ -705,25 +759,3 @@ def label_clip(phantom: EchoPhantom, frames: np.ndarray, contours: np.ndarray, t
         contours=contours,
         px_per_cm=phantom.px_per_cm,
     )
-
-
-def simulate_beat(case: CaseParams, seed: int | np.random.Generator, jitter_frames: int = 1):
-    """Frames of just over one beat, for training: (frames, start, end, clip) with ED→ED bounds.
-
-    The bounds are the nearest frames to the true ED instants, moved by up to ``jitter_frames`` as a
-    live detector would be off; ``clip`` is the labelled :class:`SimClip` (``clip.beat_ef[0]`` is the
-    beat's Simpson EF in %).
-    """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    phantom = EchoPhantom(case, rng, duration_s=6.0)
-    beat = phantom.beats[1]
-    fps = case.fps
-    pad = jitter_frames + 1
-    t0 = beat.t_ed - pad / fps
-    n = math.ceil(beat.rr * fps) + 2 * pad + 1
-    times = t0 + np.arange(n) / fps
-    frames, contours = phantom.render(times)
-    clip = label_clip(phantom, frames, contours, times)
-    start = clip.ed_frames[0] + int(rng.integers(-jitter_frames, jitter_frames + 1))
-    end = start + round(beat.rr * fps) + int(rng.integers(-jitter_frames, jitter_frames + 1))
-    return frames, start, min(end, n), clip

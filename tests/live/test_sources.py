@@ -67,6 +67,20 @@ def test_synthetic_ed_flags_one_per_beat_at_the_heart_rate_and_ef_near_requested
     assert all(f.truth["ef"] == frames[ed[int(f.truth["beat"])]].truth["ef"] for f in frames)
 
 
+def test_synthetic_gen_2_renders_the_second_generation_and_gen_1_is_the_default() -> None:
+    assert parse_synthetic_uri("synthetic://?seed=2").generation == 1
+    assert parse_synthetic_uri("synthetic://?gen=2").generation == 2
+    with pytest.raises(SourceError, match="gen='3' must be 1 or 2"):
+        parse_synthetic_uri("synthetic://?gen=3")
+    gen1 = _read("synthetic://?ef=35&fps=25&seed=3", 30)
+    gen2 = _read("synthetic://?ef=35&fps=25&seed=3&gen=2", 30)
+    assert gen2[0].pixels.shape == (112, 112) and gen2[0].pixels.dtype == np.uint8
+    assert not np.array_equal(gen1[0].pixels, gen2[0].pixels)
+    # Truth is Simpson EF of generation 2's rendered contour: the requested EF within the beat jitter.
+    efs = np.array([f.truth["ef"] for f in gen2 if f.truth["ed"] == 1.0])
+    assert efs.size >= 1 and np.all(np.abs(efs - 35) < 6)
+
+
 def test_synthetic_ecg_marks_r_waves_on_the_ed_frames_only_when_asked() -> None:
     uri = "synthetic://?hr=90&fps=50&seed=4"
     with_ecg, without = _read(uri + "&ecg=1", 120), _read(uri, 120)

@@ -13,7 +13,7 @@ from edge_agent.live.sources import open_source
 from edge_agent.live.windower import ViewTracker, WindowConfig, Windower, beat_signature
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import TransportConfig
-from edge_agent.sim.phantom import draw_case, simulate_clip
+from edge_agent.sim.simulator import draw_case, simulate_clip
 
 
 def _beats(seed: int) -> list[np.ndarray]:

@@ -22,7 +22,8 @@ from edge_agent.ml.cycles_eval import (
     signal_net_torch,
     stream_case,
 )
-from edge_agent.sim.phantom import EchoPhantom, draw_case
+from edge_agent.sim.phantom import EchoPhantom
+from edge_agent.sim.simulator import draw_case
 
 FPS = 50.0
 

@@ -28,16 +28,8 @@ from edge_agent.ml.simulate import (
     write_dataset,
 )
 from edge_agent.sim.echo_stats import REAL_ECHO_STATS, STAT_NAMES
-from edge_agent.sim.phantom import (
-    QUALITIES,
-    SIMPSON_DISCS,
-    LVShape,
-    SimClip,
-    draw_case,
-    lv_contour_uv,
-    simpson_volume,
-    simulate_clip,
-)
+from edge_agent.sim.phantom import QUALITIES, SIMPSON_DISCS, LVShape, SimClip, lv_contour_uv, simpson_volume
+from edge_agent.sim.simulator import draw_case, simulate_clip
 
 N, N_BEATS = 3, 2.0
 ECHONET_SEED, PEDIATRIC_SEED = 7, 8

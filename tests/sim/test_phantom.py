@@ -26,11 +26,10 @@ from edge_agent.sim.phantom import (
     _trunc_area,
     area_length_volume,
     beat_volume,
-    draw_case,
     lv_shape,
     make_beats,
-    simulate_clip,
 )
+from edge_agent.sim.simulator import draw_case, simulate_clip
 
 _heart_rates = st.floats(min_value=45.0, max_value=150.0)
 

@@ -9,6 +9,8 @@ Query parameters (all optional)::
     seed       int >= 0, default 0: a seed fixes every frame and every truth value
     hrv        relative RR variability (std) in [0, 0.3]; default the drawn case's
     pediatric  0 | 1, default 0
+    gen        simulator generation 1 (default: what the shipped model was trained on) | 2 (the
+               realistic image chain of edge_agent.sim.phantom2; ≈ 5 ms of CPU per frame)
     patient_s  seconds after which a new random patient is drawn (the probe moves to another
                patient); 0 = never, the default. Parameters given above hold for every patient.
     ecg        0 | 1, default 0: 1 simulates the ECG lead of an echo machine, whose R wave marks
@@ -44,7 +46,8 @@ import numpy as np
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
 from edge_agent.live.sources.base import FrameSource, SourceError, SourceFrame, check_fps
 from edge_agent.sim.clips import case_demographics
-from edge_agent.sim.phantom import QUALITIES, CaseParams, EchoPhantom, draw_case, simpson_volume
+from edge_agent.sim.phantom import QUALITIES, CaseParams, EchoPhantom, simpson_volume
+from edge_agent.sim.simulator import draw_case, make_phantom
 
 # One phantom covers this long a stretch; then a fresh phantom of the same case continues (a 1-hour
 # phantom builds in ~0.1 s, its beat list is the only thing that grows with the duration).
@@ -60,6 +63,7 @@ PARAMS = (
     "seed",
     "hrv",
     "pediatric",
+    "gen",
     "patient_s",
     "ecg",
     "loop_s",
@@ -84,6 +88,7 @@ class SyntheticParams:
     loop_s: float = 0.0
     outage_every_s: float = 0.0
     outage_s: float = 0.0
+    generation: int = 1  # simulator generation (``gen``)
 
 
 def _number(uri: str, key: str, raw: str, lo: float, hi: float) -> float:
@@ -132,6 +137,10 @@ def parse_synthetic_uri(uri: str) -> SyntheticParams:
         out = dataclasses.replace(out, seed=int(q["seed"]))
     if "hrv" in q:
         out = dataclasses.replace(out, hrv=_number(uri, "hrv", q["hrv"], 0.0, HRV_MAX))
+    if "gen" in q:
+        if q["gen"] not in ("1", "2"):
+            raise SourceError(f"{uri}: gen={q['gen']!r} must be 1 or 2")
+        out = dataclasses.replace(out, generation=int(q["gen"]))
     for flag in ("pediatric", "ecg"):
         if flag in q:
             if q[flag] not in ("0", "1"):
@@ -210,7 +219,13 @@ class SyntheticSource(FrameSource):
             self._seg_start += self._seg_frames
         if self._case is None or p.patient_s > 0:
             case = draw_case(
-                rng, ef=p.ef, hr_bpm=p.hr_bpm, fps=self.fps, quality=p.quality, pediatric=p.pediatric
+                rng,
+                ef=p.ef,
+                hr_bpm=p.hr_bpm,
+                fps=self.fps,
+                quality=p.quality,
+                pediatric=p.pediatric,
+                generation=p.generation,
             )
             if p.hrv is not None:
                 case = dataclasses.replace(case, hrv=p.hrv)
@@ -224,7 +239,7 @@ class SyntheticSource(FrameSource):
                     if known
                 }
             )
-        self._phantom = EchoPhantom(self._case, rng, duration_s=self._seg_frames / self.fps)
+        self._phantom = make_phantom(self._case, rng, duration_s=self._seg_frames / self.fps)
         # A beat's ED frame is the frame nearest its t_ed; beats whose ED falls past the segment are cut.
         ed = np.array([round(b.t_ed * self.fps) for b in self._phantom.beats])
         self._ed_frames = ed[ed < self._seg_frames]
