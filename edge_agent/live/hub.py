@@ -232,8 +232,8 @@ class Hub:
         window = self.in_flight.pop(identity, None)  # (stream, seq, t sent) of its window, if any
         try:
             if kind == wire.FAILED:
-                failure = wire.decode_failure(parts[2:])
-                self._window_failed(window, f"{failure['reason']}: {failure['detail']}")
+                failure = wire.Failure.decode(parts[2:])
+                self._window_failed(window, f"{failure.reason}: {failure.detail}")
             else:
                 result = wire.Result.decode(parts[2:])
                 key = (result.stream, result.seq)

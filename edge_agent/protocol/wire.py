@@ -8,9 +8,10 @@ buffer-protocol object), validate every field and return plain Python values, or
 is msgpack, the pixels are raw ``uint8`` bytes.
 
 Each message kind is also a frozen dataclass that validates on construction: :class:`Window`,
-:class:`Result`, :class:`Estimate`, :class:`Status`, :class:`Heartbeat`. The pipeline's stages build
-and read those; the published messages' module functions take and return plain maps, what
-subscribers keep, print and store as JSON (``Estimate.decode`` and the like give the typed view).
+:class:`Result`, :class:`Failure`, :class:`Estimate`, :class:`Status`, :class:`Heartbeat`. The
+pipeline's stages build and read those; the published messages' module functions take and return
+plain maps, what subscribers keep, print and store as JSON (``Estimate.decode`` and the like give
+the typed view).
 
 Schema version 1 (``SCHEMA_VERSION``)
 -------------------------------------
@@ -796,6 +797,23 @@ def decode_failure(parts: Sequence[FrameLike]) -> dict[str, Any]:
         raise WireError(f"failure: expected 1 frame (msgpack map), got {len(parts)}")
     body = _unpack(parts[0], "failure", MAX_FAILURE_BYTES)
     return _check_message(body, "failure", "failure", _FAILURE_FIELDS, _FAILURE_OPTIONAL)
+
+
+@dataclass(frozen=True)
+class Failure(_Message):
+    """A worker's failure on a window, as the hub reads it (see :func:`encode_failure`): reason, one
+    of FAILURE_REASONS; detail, the error; the window's stream and seq, None when it did not decode."""
+
+    reason: str
+    detail: str
+    stream: str | None = None
+    seq: int | None = None
+    _KIND, _FIELDS, _OPTIONAL = "failure", _FAILURE_FIELDS, _FAILURE_OPTIONAL
+
+    @classmethod
+    def decode(cls, parts: Sequence[FrameLike]) -> Failure:
+        """[msgpack failure map] → Failure; raises WireError as :func:`decode_failure`."""
+        return cls.from_map(decode_failure(parts))
 
 
 # ---------------------------------------------------------------- published messages

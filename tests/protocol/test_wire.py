@@ -800,6 +800,7 @@ DECODERS = [
     wire.decode_result,
     wire.decode_failure,
     wire.Result.decode,
+    wire.Failure.decode,
     wire.Estimate.decode,
     wire.Status.decode,
     wire.Heartbeat.decode,
@@ -1076,6 +1077,15 @@ def test_failure_round_trip_and_refusals() -> None:
         wire.decode_failure([msgpack.packb({"v": 1, "kind": "failure", "detail": "y" * 5000})])
     with pytest.raises(WireError, match=r"^failure\.detail"):
         wire.decode_failure(with_map([part], 0, setter(("detail",), "z" * 501)))
+
+
+def test_typed_failure_reads_what_the_worker_sent() -> None:
+    (part,) = wire.encode_failure("bad_samples", "40 are NaN", make_window(seq=12))
+    assert wire.Failure.decode([part]) == wire.Failure("bad_samples", "40 are NaN", "bed-1.a_2", 12)
+    unreadable = wire.Failure.decode(wire.encode_failure("invalid_window", "no msgpack"))
+    assert unreadable.stream is None and unreadable.seq is None
+    with pytest.raises(WireError, match=r"^failure\.detail"):
+        wire.Failure("bad_samples", "")
 
 
 def test_status_and_heartbeat_carry_the_bad_input_counters() -> None:
