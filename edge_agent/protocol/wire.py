@@ -150,7 +150,7 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import msgpack
 import numpy as np
@@ -489,6 +489,9 @@ def _pack(value: dict[str, Any]) -> bytes:
 # ---------------------------------------------------------------- typed messages
 
 
+M = TypeVar("M", bound="_Message")  # typing.Self needs Python 3.11; the package supports 3.10
+
+
 class _Message:
     """What the typed messages share (each a frozen dataclass): construction checks every field
     with the checks the codec uses, so a message that exists can be sent, and raises WireError
@@ -519,14 +522,14 @@ class _Message:
         return out
 
     @classmethod
-    def from_map(cls, message: Mapping[str, Any], **extra: Any) -> Self:
+    def from_map(cls: type[M], message: Mapping[str, Any], **extra: Any) -> M:
         """A decoded map → the typed message; keys that are no field of it (``v``, ``kind``,
         ``n_samples``) are dropped, ``extra`` fields added."""
         known = {**cls._FIELDS, **cls._OPTIONAL}
         return cls(**{k: v for k, v in message.items() if k in known}, **extra)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False)  # eq=False: its subclasses carry numpy arrays
 class WindowMeta(_Message):
     """What a window header says about its beat (see the window header table above), without the
     pixels: a :class:`Window` adds them, a :class:`Result` the posterior computed from them.
