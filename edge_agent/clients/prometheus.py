@@ -35,8 +35,9 @@ Metrics (labels in braces; durations in seconds, the Prometheus base unit):
 
 The dropped/gap gauges mirror the publisher's own since-start counts, which restart with it, so
 they are gauges, not counters. ``edge_agent_status_count``'s ``counter`` label is one of
-``STATUS_COUNTERS``: windows_failed, windows_rejected, windows_missing, frames_blank,
-frames_frozen, frames_saturated (each when the status has it).
+``STATUS_COUNTERS``, the status's optional counters (``wire.FRAME_COUNTERS`` and
+``wire.HUB_COUNTERS``: frames_blank, frames_frozen, frames_saturated, windows_rejected,
+windows_failed, windows_missing), each when the status has it.
 """
 
 from __future__ import annotations
@@ -66,14 +67,7 @@ BUCKETS_S = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
 
 
 # Optional status counters exported as edge_agent_status_count{counter=...}.
-STATUS_COUNTERS = (
-    "windows_failed",
-    "windows_rejected",
-    "windows_missing",
-    "frames_blank",
-    "frames_frozen",
-    "frames_saturated",
-)
+STATUS_COUNTERS = (*wire.FRAME_COUNTERS, *wire.HUB_COUNTERS)
 
 
 @dataclass(frozen=True)
@@ -232,8 +226,7 @@ class MetricsExporter:
         )
         self.counts = Gauge(
             "edge_agent_status_count",
-            "The status's other counters since start (windows_failed, windows_rejected, windows_missing, "
-            "frames_blank, frames_frozen, frames_saturated)",
+            f"The status's other counters since start ({', '.join(STATUS_COUNTERS)})",
             [*s, "counter"],
             registry=r,
         )

@@ -199,7 +199,7 @@ def status_row(msg: Mapping[str, Any], received_unix: float) -> dict[str, Any]:
     ``queue`` is None when the publisher does not report it."""
     row = {
         **{key: msg[key] for key in ("stream", "t", "signal", "fps", "hr_bpm")},
-        **{key: msg[key] for key in ("windows_dropped", "frames_dropped", "seq_gaps")},
+        **{key: msg[key] for key in wire.BASE_COUNTERS},
         "received_utc": utc_iso(received_unix),
         "received_unix": received_unix,
         "queue": msg.get("queue"),

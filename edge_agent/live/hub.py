@@ -30,17 +30,14 @@ import socket as pysocket
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
 from edge_agent.model.posterior import RunningPosterior, summarize
 from edge_agent.protocol import security, wire
-from edge_agent.protocol.transport import READY, RESULT, TransportConfig, socket
+from edge_agent.protocol.transport import TransportConfig, socket
 
 log = logging.getLogger(__name__)
-# Counters of a windower's report the hub passes on in its status.
-FRAME_COUNTERS = ("frames_blank", "frames_frozen", "frames_saturated", "windows_rejected")
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ class HubConfig:
 class _Stream:
     running: RunningPosterior
     queue: deque = field(default_factory=deque)  # (t_sent, header Window, message parts)
-    report: dict[str, Any] | None = None  # the windower's latest status
+    report: wire.Status | None = None  # the windower's latest status
     t_report: float = 0.0
     t_first: float = field(default_factory=time.monotonic)
     t_estimate: float | None = None
@@ -85,16 +82,16 @@ class _Stream:
     missing: int = 0  # window numbers skipped in what arrived here (see windows_missing)
 
 
-def stage_times(result: dict[str, Any], t_published: float) -> dict[str, float]:
+def stage_times(result: wire.Result, t_published: float) -> dict[str, float]:
     """Per-stage durations (ms) of one window, from the timestamps its result carries (all on the
     capture host's monotonic clock when hub, windower and worker share a host)."""
-    t_start = result["t_done"] - result["infer_ms"] / 1000.0  # the worker received the window
+    t_start = result.t_done - result.infer_ms / 1000.0  # the worker received the window
     return {
-        "detect": 1000.0 * (result["t_ready"] - result["t"][1]),
-        "window": 1000.0 * (result["t_sent"] - result["t_ready"]),
-        "to_worker": 1000.0 * (t_start - result["t_sent"]),
-        "infer": float(result["infer_ms"]),
-        "publish": 1000.0 * (t_published - result["t_done"]),
+        "detect": 1000.0 * (result.t_ready - result.t[1]),
+        "window": 1000.0 * (result.t_sent - result.t_ready),
+        "to_worker": 1000.0 * (t_start - result.t_sent),
+        "infer": float(result.infer_ms),
+        "publish": 1000.0 * (t_published - result.t_done),
     }
 
 
@@ -167,15 +164,15 @@ class Hub:
                 self._publish_status(name, now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.cfg.heartbeat_period_s
-            body = {
-                "host": host_name(),
-                "pid": os.getpid(),
-                "uptime_s": now - self.t_start,
-                "t": now,
-                "invalid": self.invalid,  # messages refused since start (each logged with its reason)
-                "pub_seq": self._pub_seq(wire.HEARTBEAT_TOPIC),
-            }
-            self._publish(wire.encode_heartbeat(body))
+            heartbeat = wire.Heartbeat(
+                host=host_name(),
+                pid=os.getpid(),
+                uptime_s=now - self.t_start,
+                t=now,
+                invalid=self.invalid,  # messages refused since start (each logged with its reason)
+                pub_seq=self._pub_seq(wire.HEARTBEAT_TOPIC),
+            )
+            self._publish(heartbeat.encode())
         return True
 
     def _stream(self, name: str) -> _Stream:
@@ -186,8 +183,8 @@ class Hub:
     def _on_window_socket(self, parts: list[zmq.Frame]) -> None:
         try:
             if parts[0].bytes.startswith(wire.STATUS_PREFIX.encode()):
-                report = wire.decode_status(parts)
-                st = self._stream(report["stream"])
+                report = wire.Status.decode(parts)
+                st = self._stream(report.stream)
                 st.report, st.t_report = report, time.monotonic()
                 return
             window = wire.decode_window(parts)
@@ -215,7 +212,7 @@ class Hub:
 
     def _on_worker(self, parts: list[zmq.Frame]) -> None:
         identity, kind = parts[0].bytes, parts[1].bytes
-        if kind == READY:
+        if kind == wire.READY:
             incarnation = parts[2].bytes if len(parts) > 2 else b""
             if self.incarnations.get(identity, incarnation) != incarnation and identity in self.in_flight:
                 # A new process under a known identity: its predecessor died with this window.
@@ -228,22 +225,22 @@ class Hub:
             if identity not in self.in_flight and identity not in self.ready:
                 self.ready.append(identity)
             return
-        if kind not in (RESULT, wire.FAILED):
+        if kind not in (wire.RESULT, wire.FAILED):
             self.invalid += 1
             log.error("hub: unknown message %r from a worker dropped (counted invalid)", kind[:16])
             return
         window = self.in_flight.pop(identity, None)  # (stream, seq, t sent) of its window, if any
         try:
             if kind == wire.FAILED:
-                failure = wire.decode_failure(parts[2:])
-                self._window_failed(window, f"{failure['reason']}: {failure['detail']}")
+                failure = wire.Failure.decode(parts[2:])
+                self._window_failed(window, f"{failure.reason}: {failure.detail}")
             else:
-                header, samples = wire.decode_result(parts[2:])
-                key = (header["stream"], header["seq"])
+                result = wire.Result.decode(parts[2:])
+                key = (result.stream, result.seq)
                 if key in self.expired:  # counted as dropped when it timed out; it came back after all
                     self.expired.discard(key)
                     self._stream(key[0]).dropped -= 1
-                self._publish_estimate(header, samples)
+                self._publish_estimate(result)
         except wire.WireError as e:
             self.invalid += 1
             self._window_failed(window, f"its message was refused (counted invalid): {e}")
@@ -305,69 +302,70 @@ class Hub:
             if topic.startswith(prefix):
                 self.xpub.send_multipart(message)
 
-    def _publish_estimate(self, header: dict[str, Any], samples) -> None:
-        name = header["stream"]
+    def _publish_estimate(self, result: wire.Result) -> None:
+        name = result.stream
         st = self._stream(name)
-        truth = dict(header.get("truth", {}))
+        truth = dict(result.truth)
         st.running.add(
-            header["seq"],
-            samples,
-            header["view"],
-            t=header["t"][1],
+            result.seq,
+            result.samples,
+            result.view,
+            t=result.t[1],
             truth_ef=truth.get("ef"),
-            fixed=header["beat"] == "fixed",
+            fixed=result.beat == "fixed",
         )
         running_truth = st.running.truth_mean()
         if running_truth is not None:
             truth["ef_running"] = running_truth
         now = time.monotonic()
-        body = {
-            "seq": header["seq"],
-            "frame_seq": header["frame_seq"],
-            "t": header["t"],
-            "t_ready": header["t_ready"],
-            "t_published": now,
-            "beat": summarize(samples).to_dict(),
-            "running": {**st.running.summary().to_dict(), "n_beats": st.running.beats},
-            "hr_bpm": header["hr_bpm"],
-            "backend": header["backend"],
-            "latency_ms": 1000.0 * (now - header["t"][1]),
-            "stages": stage_times(header, now),
-        }
-        if truth:
-            body["truth"] = truth
-        if self.cfg.publish_demographics and header.get("demo"):
-            body["demo"] = dict(header["demo"])
-        body["pub_seq"] = self._pub_seq(wire.ESTIMATE_PREFIX + name)
-        self._publish(wire.encode_estimate(name, body))
+        estimate = wire.Estimate(
+            stream=name,
+            seq=result.seq,
+            frame_seq=result.frame_seq,
+            t=result.t,
+            t_ready=result.t_ready,
+            t_published=now,
+            beat=summarize(result.samples).to_dict(),
+            running={**st.running.summary().to_dict(), "n_beats": st.running.beats},
+            hr_bpm=result.hr_bpm,
+            backend=result.backend,
+            latency_ms=1000.0 * (now - result.t[1]),
+            stages=stage_times(result, now),
+            truth=truth,
+            demo=result.demo if self.cfg.publish_demographics else {},  # patient data: only when asked
+            pub_seq=self._pub_seq(wire.ESTIMATE_PREFIX + name),
+        )
+        self._publish(estimate.encode())
         st.t_estimate = now
         st.estimates += 1
 
     def _publish_status(self, name: str, now: float) -> None:
         st = self.streams[name]
-        report = st.report or {}
+        report = st.report
         # No report for three periods: the windower (or its capture) is gone.
-        fresh = report and now - st.t_report < 3 * self.cfg.status_period_s + 1.0
-        signal = report.get("signal", "lost") if fresh else "lost"
+        recent = report is not None and now - st.t_report < 3 * self.cfg.status_period_s + 1.0
+        fresh = report if recent else None
+        signal = "lost" if fresh is None else fresh.signal
         last = st.t_estimate if st.t_estimate is not None else st.t_first
         if signal == "ok" and now - last > self.cfg.stale_after_s:
             signal = "stale"
-        body = {
-            "t": now,
-            "fps": float(report.get("fps", 0.0)) if fresh else 0.0,
-            "hr_bpm": report.get("hr_bpm"),
-            "signal": signal,
-            "windows_dropped": int(report.get("windows_dropped", 0)) + st.dropped,
-            "frames_dropped": int(report.get("frames_dropped", 0)),
-            "seq_gaps": int(report.get("seq_gaps", 0)),
-            "queue": len(st.queue),  # windows waiting here for a worker (metrics exporter's queue depth)
-            # Bad input: the windower's frame checks (live/frame_checks.py), failed posteriors here.
-            **{k: int(report.get(k, 0)) for k in FRAME_COUNTERS},
-            "windows_failed": st.failed,
-            "windows_missing": st.missing,
-            "pub_seq": self._pub_seq(wire.STATUS_PREFIX + name),
-        }
-        self._publish(wire.encode_status(name, body))
+        # The windower's counters, 0 before its first report (or when it has no frame checks); bad
+        # input comes from its frame checks (live/frame_checks.py), failed posteriors from here.
+        counts = {k: getattr(report, k, None) or 0 for k in (*wire.BASE_COUNTERS, *wire.FRAME_COUNTERS)}
+        counts["windows_dropped"] += st.dropped
+        status = wire.Status(
+            stream=name,
+            t=now,
+            fps=0.0 if fresh is None else fresh.fps,
+            hr_bpm=None if report is None else report.hr_bpm,
+            signal=signal,
+            queue=len(st.queue),  # windows waiting here for a worker (metrics exporter's queue depth)
+            windows_failed=st.failed,
+            windows_missing=st.missing,
+            pub_seq=self._pub_seq(wire.STATUS_PREFIX + name),
+            **counts,
+        )
+        self._publish(status.encode())
 
     @property
     def busy(self) -> bool:

@@ -239,22 +239,23 @@ class Windower:
                 self.quality.windows_rejected,
             )
             self._signal = signal
-        body = {
-            "t": now,
-            "fps": 0.0 if lost else self._fps(),
-            "hr_bpm": self.detector.hr_bpm,
-            "signal": signal,
-            "windows_dropped": self.dropped,
-            "frames_dropped": self.reader.missed,
-            "seq_gaps": self.seq_gaps,
-            "frames_blank": self.quality.frames["blank"],
-            "frames_frozen": self.quality.frames["frozen"],
-            "frames_saturated": self.quality.frames["saturated"],
-            "windows_rejected": self.quality.windows_rejected + self.malformed,
-        }
+        status = wire.Status(
+            stream=self.stream,
+            t=now,
+            fps=0.0 if lost else self._fps(),
+            hr_bpm=self.detector.hr_bpm,
+            signal=signal,
+            windows_dropped=self.dropped,
+            frames_dropped=self.reader.missed,
+            seq_gaps=self.seq_gaps,
+            frames_blank=self.quality.frames["blank"],
+            frames_frozen=self.quality.frames["frozen"],
+            frames_saturated=self.quality.frames["saturated"],
+            windows_rejected=self.quality.windows_rejected + self.malformed,
+        )
         # A full queue: this status is skipped, the next second's follows (and drops show there).
         with contextlib.suppress(zmq.Again):
-            self.sock.send_multipart(wire.encode_status(self.stream, body), flags=zmq.NOBLOCK)
+            self.sock.send_multipart(status.encode(), flags=zmq.NOBLOCK)
 
     def stop(self) -> None:
         if self.ctx is not None:

@@ -24,7 +24,7 @@ import zmq
 from edge_agent.inference.backends import Backend, load_backend
 from edge_agent.model.posterior import recalibrate
 from edge_agent.protocol import security, wire
-from edge_agent.protocol.transport import READY, RESULT, TransportConfig, socket
+from edge_agent.protocol.transport import TransportConfig, socket
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ class Worker:
         self._last_ready = time.monotonic()
 
     def _ready(self) -> None:
-        self.sock.send_multipart([READY, self.incarnation])
+        self.sock.send_multipart([wire.READY, self.incarnation])
         self._last_ready = time.monotonic()
 
     def process(self, timeout: float = 0.2) -> bool:
@@ -185,7 +185,7 @@ class Worker:
             return True
         done = time.monotonic()
         result = wire.encode_result(window, samples, self.backend.name, 1000.0 * (done - t0), done)
-        self.sock.send_multipart([RESULT, *result], copy=False)
+        self.sock.send_multipart([wire.RESULT, *result], copy=False)
         self._last_ready = time.monotonic()  # a result is also a request for the next window
         self.served += 1
         return True

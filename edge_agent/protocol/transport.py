@@ -27,7 +27,6 @@ import zmq
 
 from edge_agent.protocol.wire import MAX_SHAPE, WINDOW_SHAPE
 
-READY, RESULT = b"READY", b"RESULT"
 # The largest message part wire.py accepts is a window's pixels at MAX_SHAPE (uint8): 64 MiB. The
 # default cap admits every valid message and nothing larger; headers and bodies (<= 256 KiB) and
 # result samples (<= 16 KiB) are far below it. The floor is one 32 x 112 x 112 window (392 KiB).

@@ -7,6 +7,12 @@ buffer-protocol object), validate every field and return plain Python values, or
 :class:`WireError` naming the field. Decoders never unpickle and never evaluate anything: a map
 is msgpack, the pixels are raw ``uint8`` bytes.
 
+Each message kind is also a frozen dataclass that validates on construction: :class:`Window`,
+:class:`Result`, :class:`Failure`, :class:`Estimate`, :class:`Status`, :class:`Heartbeat`. The
+pipeline's stages build and read those; the published messages' module functions take and return
+plain maps, what subscribers keep, print and store as JSON (``Estimate.decode`` and the like give
+the typed view).
+
 Schema version 1 (``SCHEMA_VERSION``)
 -------------------------------------
 
@@ -144,7 +150,7 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import msgpack
 import numpy as np
@@ -167,6 +173,10 @@ MAX_INT = 2**63 - 1  # int64: every consumer language can hold it
 SIGNAL_STATES = ("ok", "lost", "stale", "blank", "frozen", "saturated")
 ESTIMATE_PREFIX, STATUS_PREFIX, HEARTBEAT_TOPIC = "lvef.", "status.", "heartbeat"
 NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+# Control frames: the first frame of a worker's message to the hub (after the ROUTER's identity
+# frame): READY (then the worker's incarnation) asks for a window, RESULT precedes a result's two
+# frames, FAILED a failure map.
+READY, RESULT, FAILED = b"READY", b"RESULT", b"FAILED"
 
 
 class WireError(ValueError):
@@ -406,26 +416,26 @@ _ESTIMATE_FIELDS: dict[str, Check] = {
 }
 _PUB_SEQ = _int(0)  # the publisher's per-topic message count (see the estimate table)
 _ESTIMATE_OPTIONAL: dict[str, Check] = {"demo": _DEMO, "truth": _TRUTH, "pub_seq": _PUB_SEQ}
+# Status counters, ints >= 0 counted since start (see the status table): every status has
+# BASE_COUNTERS; the windower's frame checks add FRAME_COUNTERS, which the hub passes on, and the
+# hub adds HUB_COUNTERS. The status checks, Status, the hub and the exporters take them from here.
+BASE_COUNTERS = ("windows_dropped", "frames_dropped", "seq_gaps")
+FRAME_COUNTERS = ("frames_blank", "frames_frozen", "frames_saturated", "windows_rejected")
+HUB_COUNTERS = ("windows_failed", "windows_missing")
+_COUNT = _int(0)
 _STATUS_FIELDS: dict[str, Check] = {
     "stream": _STREAM,
     "t": _TIME,
     "fps": _float(lo=0.0),
     "hr_bpm": _HR,
     "signal": _choice(SIGNAL_STATES),
-    "windows_dropped": _int(0),
-    "frames_dropped": _int(0),
-    "seq_gaps": _int(0),
+    **dict.fromkeys(BASE_COUNTERS, _COUNT),
 }
 # Optional so that a windower's report to the hub (which has no queue) stays a valid status.
 _STATUS_OPTIONAL: dict[str, Check] = {
-    "queue": _int(0),
-    # Bad input, counted since start (see the status table); optional: a status without them is v1 too.
-    "frames_blank": _int(0),
-    "frames_frozen": _int(0),
-    "frames_saturated": _int(0),
-    "windows_rejected": _int(0),
-    "windows_failed": _int(0),
-    "windows_missing": _int(0),
+    "queue": _COUNT,
+    # Bad input and the hub's losses; optional: a status without them is v1 too.
+    **dict.fromkeys((*FRAME_COUNTERS, *HUB_COUNTERS), _COUNT),
     "pub_seq": _PUB_SEQ,
 }
 _HEARTBEAT_FIELDS: dict[str, Check] = {
@@ -476,15 +486,54 @@ def _pack(value: dict[str, Any]) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
-# ---------------------------------------------------------------- window
+# ---------------------------------------------------------------- typed messages
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: == on a numpy field is ambiguous
-class Window:
-    """One beat of one stream, as a worker receives it (see the window header table above).
+M = TypeVar("M", bound="_Message")  # typing.Self needs Python 3.11; the package supports 3.10
 
-    frames: (F, H, W) uint8, (32, 112, 112) for the model, made by edge_agent.core.clip.make_clip;
-        a decoded window's frames are a read-only view of the received buffer.
+
+class _Message:
+    """What the typed messages share (each a frozen dataclass): construction checks every field
+    with the checks the codec uses, so a message that exists can be sent, and raises WireError
+    naming the field otherwise. ``_KIND`` names the message in errors, ``_FIELDS`` and ``_OPTIONAL``
+    map its fields to their checks; an optional field may be None (absent from the wire)."""
+
+    _KIND: ClassVar[str]
+    _FIELDS: ClassVar[Mapping[str, Check]]
+    _OPTIONAL: ClassVar[Mapping[str, Check]]
+
+    def __post_init__(self) -> None:
+        for key, check in {**self._FIELDS, **self._OPTIONAL}.items():
+            value = getattr(self, key)
+            if value is None and key in self._OPTIONAL:
+                continue
+            value = check(value, f"{self._KIND}.{key}")
+            # frozen: normalised values (tuples, floats, fresh dicts) are written once, here.
+            object.__setattr__(self, key, tuple(value) if isinstance(value, list) else value)
+
+    def body(self) -> dict[str, Any]:
+        """The message's map without ``v`` and ``kind``; optional fields that are None or an empty
+        map are left out (the wire omits what is not known)."""
+        out = {key: getattr(self, key) for key in self._FIELDS}
+        for key in self._OPTIONAL:
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, Mapping) and not value):
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_map(cls: type[M], message: Mapping[str, Any], **extra: Any) -> M:
+        """A decoded map → the typed message; keys that are no field of it (``v``, ``kind``,
+        ``n_samples``) are dropped, ``extra`` fields added."""
+        known = {**cls._FIELDS, **cls._OPTIONAL}
+        return cls(**{k: v for k, v in message.items() if k in known}, **extra)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: its subclasses carry numpy arrays
+class WindowMeta(_Message):
+    """What a window header says about its beat (see the window header table above), without the
+    pixels: a :class:`Window` adds them, a :class:`Result` the posterior computed from them.
+
     frame_seq: (first, last) source frame sequence numbers; t: (first, last) capture times, s
         (monotonic clock); t_ready: capture time of the frame that completed the window (default
         t[1]); t_sent: send time, s; fps: source frames/s; hr_bpm: beats/min or None.
@@ -503,25 +552,39 @@ class Window:
     fps: float
     hr_bpm: float | None
     beat: str
-    frames: np.ndarray = field(repr=False)  # 400 kB of pixels make a useless repr
     demo: Mapping[str, float] = field(default_factory=dict)
     truth: Mapping[str, float] = field(default_factory=dict)
     view: int = 0
     t_ready: float | None = None  # None: the last frame's time t[1]
+    _KIND, _FIELDS, _OPTIONAL = "window", _WINDOW_FIELDS, _WINDOW_OPTIONAL
 
     def __post_init__(self) -> None:
         if self.t_ready is None and isinstance(self.t, list | tuple) and len(self.t) == 2:
             object.__setattr__(self, "t_ready", self.t[1])
-        for key, check in {**_WINDOW_FIELDS, **_WINDOW_OPTIONAL}.items():
-            value = check(getattr(self, key), f"window.{key}")
-            # frozen: normalised values (tuples, floats, fresh dicts) are written once, here.
-            object.__setattr__(self, key, tuple(value) if isinstance(value, list) else value)
+        super().__post_init__()
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)  # eq=False: == on a numpy field is ambiguous
+class Window(WindowMeta):
+    """One beat of one stream, as a worker receives it: :class:`WindowMeta` and its pixels.
+
+    frames: (F, H, W) uint8, (32, 112, 112) for the model, made by edge_agent.core.clip.make_clip;
+        a decoded window's frames are a read-only view of the received buffer.
+    """
+
+    frames: np.ndarray = field(repr=False)  # 400 kB of pixels make a useless repr
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         _check_frames(self.frames)
 
     def demographics_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(values (4,) float32 [age years, sex (1 male), weight kg, height cm], 0 where absent;
         mask (4,) bool, True where present), in DEMOGRAPHIC_FIELDS order."""
         return demographics_vector(**self.demo)
+
+
+# ---------------------------------------------------------------- window
 
 
 def _check_shape(value: Any, name: str) -> tuple[int, int, int]:
@@ -609,13 +672,13 @@ def decode_window(
 # ---------------------------------------------------------------- result (worker → hub)
 
 MAX_SAMPLES = 4096
-_RESULT_FIELDS: dict[str, Check] = {
-    **{k: v for k, v in _WINDOW_FIELDS.items()},
+# The worker's fields of a result, after the window's; n_samples, the samples frame's length, last.
+_RESULT_OWN: dict[str, Check] = {
     "backend": _text(NAME_PATTERN, "a backend name such as 'torch', 'onnxruntime' or 'tensorrt'"),
     "infer_ms": _float(lo=0.0),
     "t_done": _TIME,
-    "n_samples": _int(1, MAX_SAMPLES),
 }
+_RESULT_FIELDS: dict[str, Check] = {**_WINDOW_FIELDS, **_RESULT_OWN, "n_samples": _int(1, MAX_SAMPLES)}
 
 
 def check_samples(samples: Any, name: str = "result.samples") -> np.ndarray:
@@ -642,30 +705,49 @@ def check_samples(samples: Any, name: str = "result.samples") -> np.ndarray:
     return values
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)  # eq=False: == on a numpy field is ambiguous
+class Result(WindowMeta):
+    """A window's posterior, worker → hub: the window's metadata (not its pixels), so the hub needs
+    no state per window in flight, and what the worker adds.
+
+    backend: the inference backend's name; infer_ms: decode + posterior time in the worker, ms;
+    t_done: when the worker finished, s (monotonic clock).
+    samples: (K,) float32 EF %, the posterior of this one window (already recalibrated), every one
+        finite and in [0, 100], 1 <= K <= MAX_SAMPLES (:func:`check_samples`).
+    """
+
+    backend: str
+    infer_ms: float
+    t_done: float
+    samples: np.ndarray = field(repr=False)
+    _KIND, _FIELDS = "result", {**_WINDOW_FIELDS, **_RESULT_OWN}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "samples", check_samples(self.samples))
+
+    def encode(self) -> list[bytes | memoryview]:
+        """→ [msgpack header, float32 samples]; the samples go as a memoryview, not a copy."""
+        header = {"v": SCHEMA_VERSION, "kind": "result", **self.body(), "n_samples": self.samples.size}
+        fields = _check_message(header, "result", "result", _RESULT_FIELDS, _WINDOW_OPTIONAL)
+        return [_pack(fields), memoryview(self.samples).cast("B")]
+
+    @classmethod
+    def decode(cls, parts: Sequence[FrameLike]) -> Result:
+        """[msgpack header, float32 samples] → Result (its samples a copy); see :func:`decode_result`."""
+        header, samples = decode_result(parts)
+        return cls.from_map(header, samples=samples)
+
+
 def encode_result(
-    window: Window, samples: np.ndarray, backend: str, infer_ms: float, t_done: float
+    window: WindowMeta, samples: np.ndarray, backend: str, infer_ms: float, t_done: float
 ) -> list[bytes | memoryview]:
-    """A window's posterior → [msgpack header, float32 samples]; the header repeats the window's
-    metadata (not its pixels) so the hub needs no state per window in flight.
+    """A window's posterior → [msgpack header, float32 samples]: the :class:`Result` of ``window``.
 
     samples: (K,) EF %, the posterior of this one window.
     """
-    values = check_samples(samples)
-    header = {key: getattr(window, key) for key in _WINDOW_FIELDS}
-    header.update(frame_seq=list(window.frame_seq), t=list(window.t))
-    if window.demo:  # the hub publishes it only when configured to (hub.publish_demographics)
-        header["demo"] = dict(window.demo)
-    if window.truth:
-        header["truth"] = dict(window.truth)
-    header.update(backend=backend, infer_ms=float(infer_ms), t_done=float(t_done), n_samples=values.size)
-    fields = _check_message(
-        {"v": SCHEMA_VERSION, "kind": "result", **header},
-        "result",
-        "result",
-        _RESULT_FIELDS,
-        _WINDOW_OPTIONAL,
-    )
-    return [_pack(fields), memoryview(values).cast("B")]
+    meta = {key: getattr(window, key) for key in (*_WINDOW_FIELDS, *_WINDOW_OPTIONAL)}
+    return Result(**meta, backend=backend, infer_ms=infer_ms, t_done=t_done, samples=samples).encode()
 
 
 def decode_result(parts: Sequence[FrameLike]) -> tuple[dict[str, Any], np.ndarray]:
@@ -686,7 +768,6 @@ def decode_result(parts: Sequence[FrameLike]) -> tuple[dict[str, Any], np.ndarra
 
 # ---------------------------------------------------------------- failure (worker → hub)
 
-FAILED = b"FAILED"  # the worker's marker frame before a failure map, as transport.READY / RESULT
 FAILURE_REASONS = ("invalid_window", "bad_samples")
 MAX_DETAIL_CHARS = 500
 MAX_FAILURE_BYTES = 4096
@@ -719,6 +800,23 @@ def decode_failure(parts: Sequence[FrameLike]) -> dict[str, Any]:
         raise WireError(f"failure: expected 1 frame (msgpack map), got {len(parts)}")
     body = _unpack(parts[0], "failure", MAX_FAILURE_BYTES)
     return _check_message(body, "failure", "failure", _FAILURE_FIELDS, _FAILURE_OPTIONAL)
+
+
+@dataclass(frozen=True)
+class Failure(_Message):
+    """A worker's failure on a window, as the hub reads it (see :func:`encode_failure`): reason, one
+    of FAILURE_REASONS; detail, the error; the window's stream and seq, None when it did not decode."""
+
+    reason: str
+    detail: str
+    stream: str | None = None
+    seq: int | None = None
+    _KIND, _FIELDS, _OPTIONAL = "failure", _FAILURE_FIELDS, _FAILURE_OPTIONAL
+
+    @classmethod
+    def decode(cls, parts: Sequence[FrameLike]) -> Failure:
+        """[msgpack failure map] → Failure; raises WireError as :func:`decode_failure`."""
+        return cls.from_map(decode_failure(parts))
 
 
 # ---------------------------------------------------------------- published messages
@@ -823,3 +921,103 @@ def decode_published(parts: Sequence[FrameLike]) -> dict[str, Any]:
     raise WireError(
         f"topic: {topic!r} is none of {ESTIMATE_PREFIX}<stream>, {STATUS_PREFIX}<stream>, {HEARTBEAT_TOPIC}"
     )
+
+
+@dataclass(frozen=True)
+class Estimate(_Message):
+    """An estimate (see the estimate body table above): one beat's posterior summary and the running
+    one, published by the hub on ``lvef.<stream>``.
+
+    frame_seq, t, t_ready: the window's; t_published: s (monotonic clock). beat: the summary map
+    (``PosteriorSummary.to_dict()``); running: the same plus ``n_beats``. latency_ms: the window's
+    last frame → published, ms; stages: ms per stage. demo, truth: empty maps are left off the wire;
+    pub_seq: None leaves it off.
+    """
+
+    stream: str
+    seq: int
+    frame_seq: tuple[int, int]
+    t: tuple[float, float]
+    t_ready: float
+    t_published: float
+    beat: Mapping[str, Any]
+    running: Mapping[str, Any]
+    hr_bpm: float | None
+    backend: str
+    latency_ms: float
+    stages: Mapping[str, float]
+    demo: Mapping[str, float] = field(default_factory=dict)
+    truth: Mapping[str, float] = field(default_factory=dict)
+    pub_seq: int | None = None
+    _KIND, _FIELDS, _OPTIONAL = "estimate", _ESTIMATE_FIELDS, _ESTIMATE_OPTIONAL
+
+    def encode(self) -> list[bytes | memoryview]:
+        """→ [b"lvef.<stream>", msgpack body]."""
+        return encode_estimate(self.stream, self.body())
+
+    @classmethod
+    def decode(cls, parts: Sequence[FrameLike]) -> Estimate:
+        """[b"lvef.<stream>", msgpack body] → Estimate; raises WireError as :func:`decode_estimate`."""
+        return cls.from_map(decode_estimate(parts))
+
+
+@dataclass(frozen=True)
+class Status(_Message):
+    """A stream's status (see the status body table above): the hub's on ``status.<stream>``, and a
+    windower's report to the hub, which has neither ``queue``, the HUB_COUNTERS nor ``pub_seq``.
+
+    t: s (monotonic clock); fps: frames/s; hr_bpm: beats/min or None; signal: one of
+    SIGNAL_STATES. The counters (BASE_COUNTERS, FRAME_COUNTERS, HUB_COUNTERS) count since start;
+    an optional field left None is left off the wire.
+    """
+
+    stream: str
+    t: float
+    fps: float
+    hr_bpm: float | None
+    signal: str
+    windows_dropped: int
+    frames_dropped: int
+    seq_gaps: int
+    queue: int | None = None
+    frames_blank: int | None = None
+    frames_frozen: int | None = None
+    frames_saturated: int | None = None
+    windows_rejected: int | None = None
+    windows_failed: int | None = None
+    windows_missing: int | None = None
+    pub_seq: int | None = None
+    _KIND, _FIELDS, _OPTIONAL = "status", _STATUS_FIELDS, _STATUS_OPTIONAL
+
+    def encode(self) -> list[bytes | memoryview]:
+        """→ [b"status.<stream>", msgpack body]."""
+        return encode_status(self.stream, self.body())
+
+    @classmethod
+    def decode(cls, parts: Sequence[FrameLike]) -> Status:
+        """[b"status.<stream>", msgpack body] → Status; raises WireError as :func:`decode_status`."""
+        return cls.from_map(decode_status(parts))
+
+
+@dataclass(frozen=True)
+class Heartbeat(_Message):
+    """The publisher's heartbeat on ``heartbeat`` (see the heartbeat paragraph above): host, pid,
+    uptime_s (s), t (s, monotonic clock); invalid (messages the hub refused since start) and
+    pub_seq are optional, None leaves them off the wire."""
+
+    host: str
+    pid: int
+    uptime_s: float
+    t: float
+    invalid: int | None = None
+    pub_seq: int | None = None
+    _KIND, _FIELDS, _OPTIONAL = "heartbeat", _HEARTBEAT_FIELDS, _HEARTBEAT_OPTIONAL
+
+    def encode(self) -> list[bytes | memoryview]:
+        """→ [b"heartbeat", msgpack body]."""
+        return encode_heartbeat(self.body())
+
+    @classmethod
+    def decode(cls, parts: Sequence[FrameLike]) -> Heartbeat:
+        """[b"heartbeat", msgpack body] → Heartbeat; raises WireError as :func:`decode_heartbeat`."""
+        return cls.from_map(decode_heartbeat(parts))

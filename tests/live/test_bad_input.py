@@ -57,7 +57,8 @@ from edge_agent.live.ringbuffer import FrameRing, segment_name
 from edge_agent.live.sources import SourceError, open_source
 from edge_agent.live.windower import WindowConfig, Windower
 from edge_agent.protocol import wire
-from edge_agent.protocol.transport import READY, RESULT, TransportConfig
+from edge_agent.protocol.transport import TransportConfig
+from edge_agent.protocol.wire import READY, RESULT
 
 ROOT = Path(__file__).resolve().parents[2]
 CINE = get_testdata_file("color3d_jpeg_baseline.dcm")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import pickle
 from collections.abc import Callable, Sequence
@@ -547,6 +548,113 @@ def test_topic_and_body_kinds_must_agree() -> None:
         wire.decode_published([b"window", heartbeat])
 
 
+# ---------------------------------------------------------------- typed messages
+
+FULL_STATUS = status_body(queue=2, pub_seq=9, **dict.fromkeys((*wire.FRAME_COUNTERS, *wire.HUB_COUNTERS), 4))
+
+
+def typed_examples() -> list[tuple[Any, list[Any]]]:
+    """(typed message, the same message from the map encoders) for every published kind."""
+    return [
+        (wire.Estimate(stream="bed-1", **estimate_body()), wire.encode_estimate("bed-1", estimate_body())),
+        (wire.Status(stream="bed-1", **status_body()), wire.encode_status("bed-1", status_body())),
+        (wire.Status(stream="bed-1", **FULL_STATUS), wire.encode_status("bed-1", FULL_STATUS)),
+        (wire.Heartbeat(**heartbeat_body()), wire.encode_heartbeat(heartbeat_body())),
+        (
+            wire.Heartbeat(**heartbeat_body(invalid=0, pub_seq=3)),
+            wire.encode_heartbeat(heartbeat_body(invalid=0, pub_seq=3)),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("message", "parts"), typed_examples())
+def test_typed_messages_encode_to_the_bytes_of_the_map_encoders(message: Any, parts: list[Any]) -> None:
+    assert [bytes(p) for p in message.encode()] == [bytes(p) for p in parts]
+    assert type(message).decode(parts) == message
+
+
+def test_typed_fields_are_the_wire_keys() -> None:
+    """Each typed message has a field per key of its map (v and kind aside), the Status one per counter."""
+    keys = {
+        wire.Estimate: wire.decode_estimate(
+            wire.encode_estimate("a", estimate_body(pub_seq=1, demo={"age_years": 1.0}))
+        ),
+        wire.Status: wire.decode_status(wire.encode_status("a", FULL_STATUS)),
+        wire.Heartbeat: wire.decode_heartbeat(wire.encode_heartbeat(heartbeat_body(invalid=0, pub_seq=0))),
+    }
+    for cls, message in keys.items():
+        assert [f.name for f in dataclasses.fields(cls)] == [k for k in message if k not in ("v", "kind")], (
+            cls
+        )
+    counters = (*wire.BASE_COUNTERS, *wire.FRAME_COUNTERS, *wire.HUB_COUNTERS)
+    assert len(set(counters)) == 9 and set(counters) <= {f.name for f in dataclasses.fields(wire.Status)}
+    with pytest.raises(WireError, match=r"^status: unknown key 'frames_lost'"):
+        wire.encode_status("a", status_body(frames_lost=1))
+
+
+def test_typed_messages_leave_unknown_optional_keys_off_the_wire() -> None:
+    report = wire.Status(stream="bed-1", **status_body())  # a windower's report: no queue, no hub counters
+    assert report.queue is None and report.windows_failed is None
+    assert set(wire.decode_status(report.encode())) == {"v", "kind", "stream", *status_body()}
+    estimate = wire.Estimate(stream="s", **{**estimate_body(), "truth": {}})
+    assert estimate.pub_seq is None and "truth" not in wire.decode_estimate(estimate.encode())
+    assert wire.Estimate.decode(estimate.encode()) == estimate
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda: wire.Estimate(stream="s", **estimate_body(seq=-1)), "estimate.seq"),
+        (
+            lambda: wire.Estimate(stream="s", **estimate_body(beat={**summary(), "mean": 101.0})),
+            "estimate.beat.mean",
+        ),
+        (lambda: wire.Estimate(stream="s/1", **estimate_body()), "estimate.stream"),
+        (lambda: wire.Status(stream="s", **status_body(fps=math.nan)), "status.fps"),
+        (lambda: wire.Status(stream="s", **status_body(signal="dim")), "status.signal"),
+        (lambda: wire.Status(stream="s", **status_body(windows_failed=-1)), "status.windows_failed"),
+        (lambda: wire.Heartbeat(**heartbeat_body(pid=0)), "heartbeat.pid"),
+        (lambda: wire.Heartbeat(**heartbeat_body(invalid=True)), "heartbeat.invalid"),
+    ],
+)
+def test_typed_construction_names_the_bad_field(build: Callable[[], Any], field: str) -> None:
+    with pytest.raises(WireError) as info:
+        build()
+    assert str(info.value).startswith(field)
+
+
+def test_typed_result_round_trip_and_refusals() -> None:
+    window = make_window(view=3)
+    samples = np.linspace(30.0, 60.0, 40)
+    parts = wire.encode_result(window, samples, "torch", 41.5, 20.0)
+    result = wire.Result.decode([bytes(p) for p in parts])
+    assert result.samples.dtype == np.float32 and np.allclose(result.samples, samples)
+    for name in (
+        "stream",
+        "seq",
+        "frame_seq",
+        "t",
+        "t_ready",
+        "t_sent",
+        "fps",
+        "hr_bpm",
+        "beat",
+        "view",
+        "demo",
+        "truth",
+    ):
+        assert getattr(result, name) == getattr(window, name), name
+    assert (result.backend, result.infer_ms, result.t_done) == ("torch", 41.5, 20.0)
+    assert [bytes(p) for p in result.encode()] == [bytes(p) for p in parts]
+    meta = {f.name: getattr(window, f.name) for f in dataclasses.fields(wire.WindowMeta)}
+    with pytest.raises(WireError, match=r"^result\.samples: every sample must be a finite EF"):
+        wire.Result(**meta, backend="torch", infer_ms=1.0, t_done=1.0, samples=np.array([50.0, np.inf]))
+    with pytest.raises(WireError, match=r"^result\.infer_ms"):
+        wire.Result(**meta, backend="torch", infer_ms=-1.0, t_done=1.0, samples=samples)
+    with pytest.raises(WireError, match=r"^result\.backend"):
+        wire.Result(**meta, backend="", infer_ms=1.0, t_done=1.0, samples=samples)
+
+
 # ---------------------------------------------------------------- hypothesis: round trips
 
 STREAMS = st.from_regex(wire.NAME_PATTERN, fullmatch=True)
@@ -633,6 +741,48 @@ def test_estimate_round_trip_property(stream: str, body: dict[str, Any]) -> None
     assert out == {"v": 1, "kind": "estimate", "stream": stream, **body}
 
 
+@FAST
+@given(STREAMS, ESTIMATES)
+def test_typed_estimate_round_trip_property(stream: str, body: dict[str, Any]) -> None:
+    estimate = wire.Estimate(stream=stream, **body)
+    parts = estimate.encode()
+    sent = {k: v for k, v in body.items() if k != "truth" or v}  # an empty truth map is left off
+    assert [bytes(p) for p in parts] == [bytes(p) for p in wire.encode_estimate(stream, sent)]
+    assert wire.Estimate.decode(parts) == estimate
+
+
+COUNTS = st.integers(0, 2**63 - 1)
+STATUSES = st.fixed_dictionaries(
+    {
+        "stream": STREAMS,
+        "t": FINITE,
+        "fps": st.floats(min_value=0.0, allow_infinity=False),
+        "hr_bpm": st.none() | st.floats(min_value=1e-3, max_value=400.0),
+        "signal": st.sampled_from(wire.SIGNAL_STATES),
+        **dict.fromkeys(wire.BASE_COUNTERS, COUNTS),
+    },
+    optional=dict.fromkeys(("queue", *wire.FRAME_COUNTERS, *wire.HUB_COUNTERS, "pub_seq"), COUNTS),
+)
+
+
+@FAST
+@given(STATUSES)
+def test_typed_status_round_trip_property(fields: dict[str, Any]) -> None:
+    status = wire.Status(**fields)
+    parts = status.encode()
+    assert wire.decode_status(parts) == {"v": 1, "kind": "status", **fields}
+    assert wire.Status.decode(parts) == status
+
+
+@FAST
+@given(WINDOWS, hnp.arrays(np.float32, st.integers(1, 64), elements=st.floats(0.0, 100.0, width=32)))
+def test_typed_result_round_trip_property(window: wire.Window, samples: np.ndarray) -> None:
+    result = wire.Result.decode(wire.encode_result(window, samples, "onnxruntime", 3.0, 4.0))
+    assert np.array_equal(result.samples, samples)
+    for f in dataclasses.fields(wire.WindowMeta):
+        assert getattr(result, f.name) == getattr(window, f.name), f.name
+
+
 # ---------------------------------------------------------------- hypothesis: fuzzing
 
 
@@ -649,6 +799,11 @@ DECODERS = [
     wire.decode_published,
     wire.decode_result,
     wire.decode_failure,
+    wire.Result.decode,
+    wire.Failure.decode,
+    wire.Estimate.decode,
+    wire.Status.decode,
+    wire.Heartbeat.decode,
 ]
 SMALL_FRAMES = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
 BAD_INPUT_COUNTERS = {
@@ -922,6 +1077,15 @@ def test_failure_round_trip_and_refusals() -> None:
         wire.decode_failure([msgpack.packb({"v": 1, "kind": "failure", "detail": "y" * 5000})])
     with pytest.raises(WireError, match=r"^failure\.detail"):
         wire.decode_failure(with_map([part], 0, setter(("detail",), "z" * 501)))
+
+
+def test_typed_failure_reads_what_the_worker_sent() -> None:
+    (part,) = wire.encode_failure("bad_samples", "40 are NaN", make_window(seq=12))
+    assert wire.Failure.decode([part]) == wire.Failure("bad_samples", "40 are NaN", "bed-1.a_2", 12)
+    unreadable = wire.Failure.decode(wire.encode_failure("invalid_window", "no msgpack"))
+    assert unreadable.stream is None and unreadable.seq is None
+    with pytest.raises(WireError, match=r"^failure\.detail"):
+        wire.Failure("bad_samples", "")
 
 
 def test_status_and_heartbeat_carry_the_bad_input_counters() -> None:
