@@ -150,6 +150,27 @@ def test_nothing_imports_the_tools_or_the_cli() -> None:
     assert not bad, f"only tools/ and the CLI may import tools/ or the CLI: {sorted(bad)}"
 
 
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(tree: ast.AST, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method longer than ``limit`` lines, decorators excluded."""
+    return [
+        (n.name, n.end_lineno - n.lineno + 1)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit
+    ]
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    found = {
+        (module_name(p), name, lines)
+        for p in sorted(PACKAGE.rglob("*.py"))
+        for name, lines in long_functions(ast.parse(p.read_text(), str(p)))
+    }
+    assert not found, f"split these into named steps: {sorted(found)}"
+
+
 def test_the_checks_catch_what_they_guard() -> None:
     # The detectors themselves, on a made-up graph: a circle and a bedside → training import.
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
@@ -159,3 +180,6 @@ def test_the_checks_catch_what_they_guard() -> None:
         "def f():\n    from edge_agent.ml import train\nif TYPE_CHECKING:\n    import edge_agent.x\n"
     )
     assert _imports(tree, {"edge_agent.ml.train"}) == {"edge_agent.ml.train"}
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    assert long_functions(ast.parse(f"def f():\n{body}\n")) == [("f", 81)]
+    assert long_functions(ast.parse(f"def f():\n{body}\n"), limit=81) == []
