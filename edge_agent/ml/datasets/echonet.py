@@ -19,6 +19,7 @@ beat search runs at FileList's FPS.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,7 +79,44 @@ def clip_from_frames(
     return make_clip(frames, start, end), how
 
 
-class EchoNetDynamic:
+class TracedVideoDataset(ABC):
+    """What the two EchoNet loaders share: videos by stem, their traced ED/ES frames, no image grades.
+
+    A subclass fills ``root``, ``names``, ``files`` and ``efs``, then calls :meth:`_index_tracings`;
+    it says where a video's frame rate comes from (:meth:`_fps`) and its demographics
+    (:meth:`_demographics`). ``ds[i]`` decodes the video and cuts its beat (:func:`clip_from_frames`).
+    """
+
+    root: Path
+    names: list[str]
+    files: list[Path]
+    efs: np.ndarray
+
+    def _index_tracings(self) -> None:
+        self.quality: list[str | None] = [None] * len(self.names)
+        self.ed_es_frames = load_ed_es(self.root, self.names)
+
+    @abstractmethod
+    def _fps(self, i: int, header_fps: float) -> float:
+        """Frames per second of video i, whose AVI header says ``header_fps``."""
+
+    @abstractmethod
+    def _demographics(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Video i's demographics: ((4,) float32 values, (4,) bool known mask), fresh arrays."""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> ClipSample:
+        name = self.names[i]
+        frames, header_fps = read_video(self.files[i])
+        fps = self._fps(i, header_fps)
+        clip, how = clip_from_frames(frames, fps, self.ed_es_frames.get(name), self.files[i])
+        demographics, mask = self._demographics(i)
+        return ClipSample(clip, float(self.efs[i]), demographics, mask, None, name, how)
+
+
+class EchoNetDynamic(TracedVideoDataset):
     """EchoNet-Dynamic as a :class:`~edge_agent.ml.datasets.base.ClipDataset` (see the module docstring).
 
     root: the folder holding FileList.csv, VolumeTracings.csv and Videos/.
@@ -123,16 +161,10 @@ class EchoNetDynamic:
         self.esv = np.asarray(esv, dtype=np.float64)
         self.edv = np.asarray(edv, dtype=np.float64)
         self.fps = np.asarray(fps, dtype=np.float64)
-        self.quality: list[str | None] = [None] * len(self.names)
-        self.ed_es_frames = load_ed_es(self.root, self.names)
+        self._index_tracings()
 
-    def __len__(self) -> int:
-        return len(self.names)
+    def _fps(self, i: int, header_fps: float) -> float:
+        return float(self.fps[i])  # the header fps is ignored on purpose (module docstring)
 
-    def __getitem__(self, i: int) -> ClipSample:
-        name = self.names[i]
-        # The header fps is ignored on purpose (module docstring).
-        frames, _header_fps = read_video(self.files[i])
-        clip, how = clip_from_frames(frames, float(self.fps[i]), self.ed_es_frames.get(name), self.files[i])
-        demographics, mask = demographics_vector()
-        return ClipSample(clip, float(self.efs[i]), demographics, mask, None, name, how)
+    def _demographics(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return demographics_vector()

@@ -25,18 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.core.demographics import demographics_vector
-from edge_agent.core.sample import ClipSample, DatasetError
+from edge_agent.core.sample import DatasetError
 from edge_agent.ml.datasets.base import (
     parse_ef,
     parse_number,
     parse_optional,
     parse_sex,
     read_table,
-    read_video,
     video_file,
     video_stem,
 )
-from edge_agent.ml.datasets.echonet import clip_from_frames, load_ed_es
+from edge_agent.ml.datasets.echonet import TracedVideoDataset
 
 FILELIST_COLUMNS = ("FileName", "EF", "Sex", "Age", "Weight", "Height", "Split")
 FOLDS = tuple(range(10))
@@ -65,7 +64,7 @@ def _measure(value: str, where: str, column: str, *, zero_is_missing: bool) -> f
     return number
 
 
-class EchoNetPediatric:
+class EchoNetPediatric(TracedVideoDataset):
     """One view of EchoNet-Pediatric as a :class:`~edge_agent.ml.datasets.base.ClipDataset`.
 
     root_view_dir: the view folder holding FileList.csv, VolumeTracings.csv and Videos/.
@@ -117,21 +116,17 @@ class EchoNetPediatric:
             self.demographics.append(demo)
         self.efs = np.asarray(efs, dtype=np.float64)
         self.folds = np.asarray(folds, dtype=np.int64)
-        self.quality: list[str | None] = [None] * len(self.names)
-        self.ed_es_frames = load_ed_es(self.root, self.names)
+        self._index_tracings()
 
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int) -> ClipSample:
-        name = self.names[i]
-        frames, header_fps = read_video(self.files[i])
+    def _fps(self, i: int, header_fps: float) -> float:
         fps = self.fps_override if self.fps_override is not None else header_fps
         if not fps > 0:
             raise DatasetError(
                 f"{self.files[i]}: the AVI header has no usable frame rate ({header_fps}); "
                 "pass fps= to EchoNetPediatric"
             )
-        clip, how = clip_from_frames(frames, fps, self.ed_es_frames.get(name), self.files[i])
+        return fps
+
+    def _demographics(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         demographics, mask = self.demographics[i]
-        return ClipSample(clip, float(self.efs[i]), demographics.copy(), mask.copy(), None, name, how)
+        return demographics.copy(), mask.copy()
