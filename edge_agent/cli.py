@@ -316,8 +316,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         Recorder,
         RecordError,
         export_csv,
-        run_until_stopped,
     )
+    from edge_agent.core.stage import run_stage
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s record %(levelname)s %(message)s")
     try:
@@ -338,7 +338,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             curve_server_key=args.curve_server_key,
             curve_client_key=args.curve_client_key,
         )
-        run_until_stopped(Recorder(cfg), args.seconds)
+        run_stage(lambda: Recorder(cfg), duration_s=args.seconds)
     except RecordError as e:
         print(f"edge-agent: record: {e}", file=sys.stderr)
         return 1
@@ -352,8 +352,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     import logging
 
     from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter
-    from edge_agent.clients.record import DEFAULT_ENDPOINT, run_until_stopped
+    from edge_agent.clients.record import DEFAULT_ENDPOINT
     from edge_agent.config import from_mapping
+    from edge_agent.core.stage import run_stage
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s metrics %(levelname)s %(message)s")
     cfg = from_mapping(MetricsConfig, {"port": args.port, "host": args.host}, "command line")
@@ -364,7 +365,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         curve_client_key=args.curve_client_key,
     )
     try:
-        run_until_stopped(exporter, args.seconds)
+        run_stage(lambda: exporter, duration_s=args.seconds)
     except OSError as e:  # the port is taken or the address is not this host's
         print(f"edge-agent: {e}", file=sys.stderr)
         return 1

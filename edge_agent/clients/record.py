@@ -40,14 +40,13 @@ import csv
 import json
 import logging
 import os
-import signal
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from edge_agent.clients.monitor import T_RECEIVED, Subscriber
 from edge_agent.protocol import wire
@@ -635,37 +634,6 @@ class Recorder:
             finally:
                 self.store.close()
             log.info("record: stopped: %s → %s", self.summary_line(), self.cfg.db)
-
-
-# ---------------------------------------------------------------- foreground runner (CLI)
-
-
-class Stage(Protocol):
-    def start(self) -> None: ...
-    def process(self) -> bool: ...
-    def stop(self) -> None: ...
-
-
-def run_until_stopped(stage: Stage, duration_s: float | None = None) -> None:
-    """Run a stage in the foreground (a CLI verb): start, process until SIGINT/SIGTERM, the stage
-    is done or ``duration_s`` s passed, then stop. Unlike ``agent.run_stage`` Ctrl-C stops it and
-    it does not die with its parent (a recorder started from a shell outlives the shell)."""
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    end = None if duration_s is None else time.monotonic() + duration_s
-    try:
-        stage.start()
-        while not stopping and (end is None or time.monotonic() < end) and stage.process():
-            pass
-    finally:
-        stage.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 # ---------------------------------------------------------------- export
