@@ -616,8 +616,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         Recorder,
         RecordError,
         export_csv,
-        run_until_stopped,
     )
+    from edge_agent.core.stage import run_stage
 
     _log_to_stderr(args.log_level, "record")
     try:
@@ -638,7 +638,7 @@ def cmd_record(args: argparse.Namespace) -> int:
             curve_server_key=args.curve_server_key,
             curve_client_key=args.curve_client_key,
         )
-        run_until_stopped(Recorder(cfg), args.seconds)
+        run_stage(lambda: Recorder(cfg), duration_s=args.seconds)
     except RecordError as e:
         print(f"edge-agent: record: {e}", file=sys.stderr)
         return 1
@@ -662,8 +662,9 @@ def _metrics_arguments(p: argparse.ArgumentParser) -> None:
 @verb("metrics", "Prometheus exporter for a running agent (http://HOST:PORT/metrics)", _metrics_arguments)
 def cmd_metrics(args: argparse.Namespace) -> int:
     from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter
-    from edge_agent.clients.record import DEFAULT_ENDPOINT, run_until_stopped
+    from edge_agent.clients.record import DEFAULT_ENDPOINT
     from edge_agent.config import from_mapping
+    from edge_agent.core.stage import run_stage
 
     _log_to_stderr(args.log_level, "metrics")
     cfg = from_mapping(MetricsConfig, {"port": args.port, "host": args.host}, "command line")
@@ -674,7 +675,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         curve_client_key=args.curve_client_key,
     )
     try:
-        run_until_stopped(exporter, args.seconds)
+        run_stage(lambda: exporter, duration_s=args.seconds)
     except OSError as e:  # the port is taken or the address is not this host's
         print(f"edge-agent: {e}", file=sys.stderr)
         return 1

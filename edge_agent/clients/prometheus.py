@@ -55,8 +55,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from edge_agent.clients.monitor import T_RECEIVED, Subscriber
-from edge_agent.clients.record import classify_seq
+from edge_agent.clients.subscriber import T_RECEIVED, Subscriber, classify_seq
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import TransportConfig
 
@@ -133,7 +132,7 @@ class MetricsExporter:
     server, ``process`` folds in what arrived within 0.2 s, ``stop`` shuts both down.
 
     ``endpoints``: publish endpoint(s) to subscribe to. ``curve_server_key``, ``curve_client_key``:
-    as for :class:`~edge_agent.clients.monitor.Subscriber` (a publisher with CURVE on). ``transport``: the
+    as for :class:`~edge_agent.clients.subscriber.Subscriber` (a publisher with CURVE on). ``transport``: the
     agent's transport section, for the agent's own exporter: with ``curve_secret`` set and a tcp
     endpoint it subscribes with the agent's certificate, which the hub admits.
     After ``start``, ``port`` is the port bound (the one asked for, or the free one for port 0).

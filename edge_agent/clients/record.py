@@ -1,6 +1,6 @@
 """Durable recording of the published stream into SQLite (``edge-agent record``), and its CSV export.
 
-The recorder is one more subscriber of the hub's publish endpoint (``monitor.Subscriber``): it
+The recorder is one more subscriber of the hub's publish endpoint (``subscriber.Subscriber``): it
 writes every estimate and every status message to an SQLite database, one transaction per
 message, and keeps one row per publisher process for the heartbeats.
 
@@ -24,7 +24,7 @@ Tables (``DB_SCHEMA_VERSION`` 1; times ``t…`` are the publisher's monotonic se
   latest estimate to every new subscriber, and ``INSERT OR IGNORE`` turns those into counted
   duplicates, also across recorder restarts.
 * ``status``: one row per status message (:data:`STATUS_COLUMNS`), UNIQUE (stream, t), likewise.
-* ``gaps``: one row per break in a stream's estimate numbering (:func:`classify_seq`): ``gap`` when
+* ``gaps``: one row per break in a stream's estimate numbering (``subscriber.classify_seq``): ``gap`` when
   seq numbers were skipped (the hub dropped windows, or messages were lost on the way: compare
   ``status.windows_dropped``), ``restart`` when the numbering started again (the stream's windower
   restarted). The previous seq is the last one in the database, so a gap can span recorder downtime.
@@ -40,16 +40,15 @@ import csv
 import json
 import logging
 import os
-import signal
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
-from edge_agent.clients.monitor import T_RECEIVED, Subscriber
+from edge_agent.clients.subscriber import T_RECEIVED, SeqStep, Subscriber, classify_seq
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import TransportConfig
 
@@ -206,30 +205,6 @@ def status_row(msg: Mapping[str, Any], received_unix: float) -> dict[str, Any]:
         "message": message_json(msg),
     }
     return {name: row[name] for name, _type in STATUS_COLUMNS}
-
-
-class SeqStep(NamedTuple):
-    """How an estimate's seq follows the stream's previous one.
-
-    kind: ``first`` (no previous one), ``next`` (previous + 1), ``gap`` (seq numbers skipped),
-    ``restart`` (at or below the previous: the windower restarted and numbers from 0 again).
-    missing: estimates never received: the skipped numbers of a gap, or for a restart the new
-    numbering's first ``seq`` numbers (0 when it restarts at 0).
-    """
-
-    kind: str
-    missing: int
-
-
-def classify_seq(prev_seq: int | None, seq: int) -> SeqStep:
-    """Classify a new (not duplicate) estimate's ``seq`` against the stream's previous ``prev_seq``."""
-    if prev_seq is None:
-        return SeqStep("first", 0)
-    if seq == prev_seq + 1:
-        return SeqStep("next", 0)
-    if seq > prev_seq + 1:
-        return SeqStep("gap", seq - prev_seq - 1)
-    return SeqStep("restart", seq)
 
 
 # ---------------------------------------------------------------- the database
@@ -497,7 +472,7 @@ class RecordConfig:
     progress_s: s between progress log lines (0: none).
     count: stop after this many records written (None: until stopped).
     curve_server_key, curve_client_key: the publisher's public NAME.key and this recorder's
-        NAME.key_secret when the publisher has CURVE on (as for ``monitor.Subscriber``).
+        NAME.key_secret when the publisher has CURVE on (as for ``subscriber.Subscriber``).
     """
 
     db: str
@@ -635,37 +610,6 @@ class Recorder:
             finally:
                 self.store.close()
             log.info("record: stopped: %s → %s", self.summary_line(), self.cfg.db)
-
-
-# ---------------------------------------------------------------- foreground runner (CLI)
-
-
-class Stage(Protocol):
-    def start(self) -> None: ...
-    def process(self) -> bool: ...
-    def stop(self) -> None: ...
-
-
-def run_until_stopped(stage: Stage, duration_s: float | None = None) -> None:
-    """Run a stage in the foreground (a CLI verb): start, process until SIGINT/SIGTERM, the stage
-    is done or ``duration_s`` s passed, then stop. Unlike ``agent.run_stage`` Ctrl-C stops it and
-    it does not die with its parent (a recorder started from a shell outlives the shell)."""
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    end = None if duration_s is None else time.monotonic() + duration_s
-    try:
-        stage.start()
-        while not stopping and (end is None or time.monotonic() < end) and stage.process():
-            pass
-    finally:
-        stage.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 # ---------------------------------------------------------------- export

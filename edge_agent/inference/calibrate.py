@@ -5,7 +5,8 @@
 1. draws windows exactly as the live agent cuts them — each source opened with
    :func:`edge_agent.live.sources.open_source`, every frame through the capture's
    :class:`edge_agent.live.preprocess.Preprocessor`, the windower's
-   :class:`edge_agent.live.cycles.CycleDetector` and :func:`edge_agent.core.clip.make_clip` — from
+   :class:`edge_agent.live.cycles.CycleDetector` and :func:`edge_agent.core.clip.make_clip`, through
+   the one beat-windowing path of :mod:`edge_agent.live.beats` — from
    the simulator (random patients, every quality level, seeds far from the training seeds 1, 2 and
    the test seed 3) and from any recordings (video files, DICOM cines) given; stores them as
    ``<out>/windows.npz`` (video uint8 (N, 32, 112, 112), demo float32 (N, 4), demo_mask float32
@@ -66,9 +67,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
 from edge_agent.core.artefacts import file_sha256, write_sidecar
-from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE, make_clip
+from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE
 from edge_agent.core.demographics import demographics_vector
 from edge_agent.core.metrics import crps, picp
+from edge_agent.live.beats import WarmUp, beat_demographics, cut, forget_old_frames, middle_frame
 from edge_agent.live.capture import CaptureConfig
 from edge_agent.live.cycles import CycleConfig, CycleDetector
 from edge_agent.live.preprocess import Preprocessor
@@ -143,18 +145,20 @@ def source_windows(
     """Windows of one source as the live agent cuts them: (clip (32, 112, 112) uint8, demo (4,),
     mask (4,) bool, beat rule, heart rate bpm or NaN).
 
-    The loop is the capture's (source → Preprocessor, the warm-up frames drained in order) feeding
-    the windower's (CycleDetector → make_clip); the demographics are the source's at the beat's
-    middle frame, as the windower takes them. Files end at their last frame (no looping); endless
-    sources stop after ``limit`` windows.
+    One loop over the live path of :mod:`edge_agent.live.beats`: the capture's (source →
+    Preprocessor, the warm-up frames kept in order) feeding the windower's (CycleDetector → cut,
+    the demographics of the beat's middle frame by the windower's rule). Files end at their last
+    frame (no looping); endless sources stop after ``limit`` windows.
     """
     source = open_source(uri, loop=False)
     source.open()
     try:
-        pre = Preprocessor(region="auto", size=CLIP_SIZE, warmup_frames=warmup_frames)
+        opened = dict(source.demographics)  # what the capture's ring info would say
+        warm: WarmUp[tuple[int, float, bool]] = WarmUp(
+            Preprocessor(region="auto", size=CLIP_SIZE, warmup_frames=warmup_frames)
+        )
         detector = CycleDetector(cycles, source.fps)
         demo_at: dict[int, dict[str, float]] = {}  # frame index → the source's demographics then
-        pending: list[tuple[int, float, bool]] = []  # warm-up frames: (index, t, r_wave)
         taken, k = 0, 0
         max_frames = None if limit is None else MAX_FRAMES_PER_WINDOW * limit
         bar = tqdm(total=limit, desc=desc or uri, unit="window", leave=False)
@@ -168,23 +172,15 @@ def source_windows(
             if frame is None:
                 break
             demo_at[k] = dict(source.demographics)
-            out = pre.push(frame.pixels)
-            if out is None:  # finding the sector: the frame waits (its index and time kept)
-                pending.append((k, frame.t, frame.r_wave))
-                k += 1
-                continue
-            ready = [(*p, px) for p, px in zip(pending, pre.drain(), strict=True)]
-            pending.clear()
-            for idx, t, r_wave, pixels in [*ready, (k, frame.t, frame.r_wave, out)]:
+            for (idx, t, r_wave), pixels in warm.push(frame.pixels, (k, frame.t, frame.r_wave)):
                 for beat in detector.push(idx, t, pixels, r_wave):
-                    mid = sum(beat.frame_seq) // 2
-                    values, mask = demographics_vector(**demo_at.get(mid, source.demographics))
+                    demo = beat_demographics(demo_at.get(middle_frame(beat), {}), opened)
+                    values, mask = demographics_vector(**demo)
                     hr = np.nan if beat.hr_bpm is None else beat.hr_bpm
-                    yield make_clip(beat.frames, beat.start, beat.end), values, mask, beat.how, hr
+                    yield cut(beat), values, mask, beat.how, hr
                     taken += 1
                     bar.update()
-            for old in [i for i in demo_at if i < k - int(10 * source.fps)]:  # ~10 s is any beat's span
-                del demo_at[old]
+            forget_old_frames(demo_at, k, source.fps)
             k += 1
         bar.close()
     finally:
@@ -323,6 +319,39 @@ def load_windows(out: Path) -> tuple[Windows, dict[str, Any]]:
     return w, manifest
 
 
+def _stored(out: Path, request_sha: str) -> tuple[Windows, dict[str, Any]] | None:
+    """The set stored in ``out`` and its manifest when it is intact and was drawn for this request
+    (``request_sha``: the request's hash), else None (and the log says why it is drawn again)."""
+    if not (out / MANIFEST_FILE).is_file():
+        return None
+    try:
+        windows, manifest = load_windows(out)
+    except CalibrationError as e:
+        log.warning("calibration: %s; drawing again", e)
+        return None
+    if manifest.get("request_sha256") != request_sha:
+        log.info("calibration: %s was drawn for another request; drawing again", out / MANIFEST_FILE)
+        return None
+    log.info("calibration: reusing %s (%d windows)", out / WINDOWS_FILE, len(windows))
+    return windows, manifest
+
+
+def _save_windows(out: Path, windows: Windows) -> None:
+    """Write ``out/windows.npz`` whole or not at all (a temporary file renamed over it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{WINDOWS_FILE}.tmp.npz"
+    np.savez_compressed(
+        tmp,
+        video=windows.video,
+        demo=windows.demo,
+        demo_mask=windows.demo_mask,
+        source=windows.source,
+        how=np.asarray(windows.how),
+        hr_bpm=windows.hr_bpm,
+    )
+    tmp.replace(out / WINDOWS_FILE)
+
+
 def calibration_set(
     out: str | Path,
     n: int = 12,
@@ -344,16 +373,8 @@ def calibration_set(
     out = Path(out)
     request = calibration_request(n, recordings, cycles, warmup_frames)
     request_sha = _json_sha256(request)
-    if not force and (out / MANIFEST_FILE).is_file():
-        try:
-            windows, manifest = load_windows(out)
-        except CalibrationError as e:
-            log.warning("calibration: %s; drawing again", e)
-        else:
-            if manifest.get("request_sha256") == request_sha:
-                log.info("calibration: reusing %s (%d windows)", out / WINDOWS_FILE, len(windows))
-                return windows, manifest
-            log.info("calibration: %s was drawn for another request; drawing again", out / MANIFEST_FILE)
+    if not force and (stored := _stored(out, request_sha)) is not None:
+        return stored
     sim = simulator_sources(n)
     sources = [(uri, SIM_STRIDE * count) for uri, count in sim] + [(r, None) for r in recordings]
     t0 = time.perf_counter()
@@ -362,18 +383,7 @@ def calibration_set(
     windows = _spread(windows, {**keep, **{len(sim) + i: n for i in range(len(recordings))}})
     n_sim = len(sim)
     seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{WINDOWS_FILE}.tmp.npz"
-    np.savez_compressed(
-        tmp,
-        video=windows.video,
-        demo=windows.demo,
-        demo_mask=windows.demo_mask,
-        source=windows.source,
-        how=np.asarray(windows.how),
-        hr_bpm=windows.hr_bpm,
-    )
-    tmp.replace(out / WINDOWS_FILE)
+    _save_windows(out, windows)
     uris = [uri for uri, _ in sources]
     manifest = {
         **request,

@@ -7,7 +7,8 @@
 
 Every stage is a real OS process (multiprocessing "spawn": no inherited threads or torch state)
 with the same small lifecycle — ``start()``, ``process()`` until it returns False or SIGTERM
-arrives, ``stop()`` — run by :func:`run_stage`. The supervisor (:class:`Agent`) starts the hub,
+arrives, ``stop()`` — run by :func:`edge_agent.core.stage.run_child`. The supervisor
+(:class:`Agent`, a stage too: :meth:`Agent.run` runs it with the same loop) starts the hub,
 the workers, then per stream the windower and the capture; restarts a process that dies (a dead
 capture takes its windower with it: the new capture makes a new ring); and on SIGINT/SIGTERM stops
 the captures first, then the rest, with a deadline, SIGKILLs what is left, unlinks any ring a dead
@@ -17,25 +18,22 @@ the supervisor itself dies (PR_SET_PDEATHSIG), so not even a SIGKILLed superviso
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
 import functools
 import logging
 import multiprocessing as mp
-import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter, connect_endpoint
 from edge_agent.config import ConfigError, apply_overrides, from_mapping, load_yaml
+from edge_agent.core.stage import Stage, run_child, run_stage
 from edge_agent.live.capture import Capture, CaptureConfig, StreamConfig
 from edge_agent.live.cycles import CycleConfig
 from edge_agent.live.hub import Hub, HubConfig
@@ -136,49 +134,6 @@ def load_agent_config(
 # ---------------------------------------------------------------- stage processes
 
 
-class Stage(Protocol):
-    def start(self) -> None: ...
-    def process(self) -> bool: ...
-    def stop(self) -> None: ...
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (no orphans, even after SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-def run_stage(name: str, factory: Callable[[], Stage], log_level: str = "INFO", ready: Any = None) -> None:
-    """Process entry point: start the stage, call ``process`` until it returns False or SIGTERM,
-    then stop it. ``ready`` (a multiprocessing Event) is set once ``start`` returned, so the
-    supervisor can start the next group only when this one can take its input. SIGINT is ignored:
-    on Ctrl-C the supervisor stops its children in order."""
-    _die_with_parent()
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s {name} %(levelname)s %(message)s", stream=sys.stderr
-    )
-    stopping = False
-
-    def on_term(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stage = factory()
-    try:
-        stage.start()
-        if ready is not None:
-            ready.set()
-        while not stopping and stage.process():
-            pass
-    finally:
-        stage.stop()  # every stage's stop copes with a start that failed half-way
-
-
 @dataclass
 class _Proc:
     name: str
@@ -220,7 +175,7 @@ class Agent:
         self._release(p)
         p.ready = self._ctx.Event()
         proc = self._ctx.Process(
-            target=run_stage,
+            target=run_child,
             args=(p.name, p.factory, self.cfg.supervisor.log_level, p.ready),
             name=p.name,
             daemon=False,
@@ -335,28 +290,19 @@ class Agent:
             "rings": [n for n in self.rings.values() if (SHM_DIR / n).exists()],
         }
 
-    def run(self, duration_s: float | None = None, on_tick: Callable[[], None] | None = None) -> None:
-        """Start, supervise until SIGINT/SIGTERM (or ``duration_s``), stop. For ``edge-agent run``."""
-        stop = False
+    def process(self) -> bool:
+        """One supervision tick (the agent run as a :class:`Stage`): reap and restart, wait 0.2 s."""
+        self.check()
+        time.sleep(0.2)
+        return True
 
-        def on_signal(signum: int, _frame: object) -> None:
-            nonlocal stop
-            stop = True
+    def run(self, duration_s: float | None = None) -> None:
+        """Start, supervise until SIGINT/SIGTERM (or ``duration_s``), stop. For ``edge-agent run``."""
+
+        def said(signum: int) -> None:
             log.info("agent: %s received, stopping", signal.Signals(signum).name)
 
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        t_end = None if duration_s is None else time.monotonic() + duration_s
-        try:
-            self.start()
-            while not stop and (t_end is None or time.monotonic() < t_end):
-                self.check()
-                if on_tick is not None:
-                    on_tick()
-                time.sleep(0.2)
-        finally:
-            self.stop()
-            for s, handler in old.items():
-                signal.signal(s, handler)
+        run_stage(lambda: self, duration_s=duration_s, on_signal=said)
 
 
 def compose(cfg: AgentConfig, endpoints: Mapping[str, str], rings: Mapping[str, str]) -> list[_Proc]:
@@ -394,7 +340,7 @@ def compose(cfg: AgentConfig, endpoints: Mapping[str, str], rings: Mapping[str, 
 
 def remote_worker(cfg: AgentConfig, workers_endpoint: str) -> None:
     """Run one worker in this process against a hub elsewhere (``edge-agent worker --connect``)."""
-    run_stage(
+    run_child(
         "worker",
         functools.partial(Worker, cfg.worker, cfg.transport, workers_endpoint),
         cfg.supervisor.log_level,

@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_agent.core.clip import CLIP_SIZE
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
+from edge_agent.live.beats import WarmUp
 from edge_agent.live.preprocess import Preprocessor
 from edge_agent.live.ringbuffer import AUX_LEN, FLAG_R_WAVE, FrameRing
 from edge_agent.live.sources import FrameSource, SourceError, open_source
@@ -124,9 +125,10 @@ class Capture:
             demographics=self.stream.demographics,
         )
 
-    def _new_preprocessor(self) -> Preprocessor:
+    def _new_preprocessor(self) -> WarmUp[tuple[float, int, list[float]]]:
+        """Preprocessing from scratch; a frame's meta is (media t, flags, aux)."""
         region = self.stream.region if isinstance(self.stream.region, str) else tuple(self.stream.region)
-        return Preprocessor(region=region, size=CLIP_SIZE, warmup_frames=self.cfg.warmup_frames)
+        return WarmUp(Preprocessor(region=region, size=CLIP_SIZE, warmup_frames=self.cfg.warmup_frames))
 
     def start(self) -> None:
         """Open the source and create the ring. A live device that cannot be opened yet (a probe
@@ -152,7 +154,6 @@ class Capture:
         self.ring = FrameRing.create(self.ring_name, self.cfg.ring_slots, (CLIP_SIZE, CLIP_SIZE), info=info)
         self._t0_media: float | None = None
         self._t0_wall = 0.0
-        self._pending: list[tuple[float, int, np.ndarray]] = []  # (media t, flags, aux) during warm-up
         log.info(
             "capture %s: %s at %.1f fps → ring %s", self.stream.id, self.source.uri, self.fps, self.ring_name
         )
@@ -178,15 +179,9 @@ class Capture:
         demo = self.source.demographics  # the source's current patient, config values winning
         aux = [float(frame.truth.get(k, np.nan)) for k in TRUTH_KEYS]
         aux += [float(demo.get(k, np.nan)) for k in DEMOGRAPHIC_FIELDS]
-        out = self.pre.push(frame.pixels)
-        if out is None:  # finding the sector: the frame waits, it is not lost
-            self._pending.append((frame.t, flags, aux))
-            return True
-        if self._pending:
-            for (t, f, a), pixels in zip(self._pending, self.pre.drain(), strict=True):
-                self._write(pixels, t, f, a)
-            self._pending.clear()
-        self._write(out, frame.t, flags, aux)
+        # While the sector is being found the frame waits in self.pre, it is not lost.
+        for (t, f, a), pixels in self.pre.push(frame.pixels, (frame.t, flags, aux)):
+            self._write(pixels, t, f, a)
         return True
 
     def _lose(self, why: str) -> None:
@@ -227,7 +222,6 @@ class Capture:
         self._frames_at_reconnect = self.frames
         self.source, self._lost, self._t0_media = source, False, None
         self.pre = self._new_preprocessor()  # the sector may have moved (another probe, a new stream)
-        self._pending.clear()
         self.reconnects += 1
         log.info("capture %s: source reopened after %.1f s", self.stream.id, outage)
         return True

@@ -2,7 +2,7 @@
 
 Attaches the stream's ring read-only and connects a PUSH socket to the hub's ``windows`` endpoint.
 Each beat the detector closes (ED→ED) becomes a 32×112×112 window through
-:func:`edge_agent.core.clip.make_clip`, the function the model was trained with, and goes to the hub
+:func:`edge_agent.live.beats.cut` (the function the model was trained with), and goes to the hub
 as a wire ``window`` message. Once a second it reports the stream's status (measured fps, heart
 rate, frames lost in the ring, windows dropped here) on the same socket.
 
@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import zmq
 
-from edge_agent.core.clip import make_clip
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
+from edge_agent.live.beats import beat_demographics, cut, forget_old_frames, middle_frame
 from edge_agent.live.cycles import BeatWindow, CycleConfig, CycleDetector
 from edge_agent.live.frame_checks import FrameQuality
 from edge_agent.live.ringbuffer import FLAG_R_WAVE, FrameRing, RingClosedError, RingReader
@@ -162,22 +162,20 @@ class Windower:
                 except wire.WireError as e:  # a window the wire refuses (a detector fault): say so, go on
                     self.malformed += 1
                     log.error("windower %s: window %s not sent: %s", self.stream, beat.frame_seq, e)
-        if self._aux and self._last_seq is not None:  # keep ~10 s of truth, enough for any beat
-            horizon = self._last_seq - int(10 * self.fps)
-            for k in [k for k in self._aux if k < horizon]:
-                del self._aux[k]
+        if self._aux and self._last_seq is not None:
+            forget_old_frames(self._aux, self._last_seq, self.fps)
         self._report(now)
         return True
 
     def _beat_meta(self, beat: BeatWindow) -> tuple[dict[str, float], dict[str, float]]:
         """(demographics, simulator truth) of a beat, from the aux values of its middle frame: the
         patient's demographics as the capture knew them then (the ring's info when no frame carries
-        any), and the truth (EF of that beat). A window whose first and last frames show different
-        patients has no single truth: none is given."""
+        any: :func:`~edge_agent.live.beats.beat_demographics`), and the truth (EF of that beat). A
+        window whose first and last frames show different patients has no single truth: none is given."""
         first, mid, last = (
-            self._aux_of(k) for k in (beat.frame_seq[0], sum(beat.frame_seq) // 2, beat.frame_seq[1])
+            self._aux_of(k) for k in (beat.frame_seq[0], middle_frame(beat), beat.frame_seq[1])
         )
-        demo = {k: v for k, v in mid.items() if k in DEMOGRAPHIC_FIELDS} or self.demo
+        demo = beat_demographics(mid, self.demo)
         truth = {k: v for k, v in mid.items() if k not in DEMOGRAPHIC_FIELDS}
         if first.get("patient") != last.get("patient"):
             truth = {}
@@ -190,7 +188,7 @@ class Windower:
         return {k: float(v) for k, v in zip(self.aux_names, aux, strict=False) if np.isfinite(v)}
 
     def _send(self, beat: BeatWindow, t_ready: float) -> None:
-        clip = make_clip(beat.frames, beat.start, beat.end)
+        clip = cut(beat)
         demo, truth = self._beat_meta(beat)
         window = wire.Window(
             stream=self.stream,

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from edge_agent.clients.monitor import T_RECEIVED, run_monitor
+from edge_agent.clients.monitor import run_monitor
+from edge_agent.clients.subscriber import T_RECEIVED
 from edge_agent.core.metrics import distribution
 from edge_agent.live.agent import Agent, AgentConfig
 

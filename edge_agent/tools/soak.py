@@ -44,7 +44,7 @@ import numpy as np
 import zmq
 from tqdm import tqdm
 
-from edge_agent.clients.monitor import Subscriber
+from edge_agent.clients.subscriber import Subscriber
 from edge_agent.live.agent import Agent, AgentConfig, load_agent_config
 from edge_agent.live.ringbuffer import DEFAULT_PREFIX, SHM_DIR
 

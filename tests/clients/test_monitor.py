@@ -17,11 +17,8 @@ import zmq
 from rich.console import Console
 
 from edge_agent.clients.monitor import (
-    DEDUPE_CAPACITY,
     SPARK_BLOCKS,
-    T_RECEIVED,
     MonitorState,
-    Subscriber,
     big_number,
     ef_category,
     render,
@@ -29,6 +26,7 @@ from edge_agent.clients.monitor import (
     sparkline,
     subscribe_json,
 )
+from edge_agent.clients.subscriber import DEDUPE_CAPACITY, T_RECEIVED, Subscriber
 from edge_agent.model import posterior
 from edge_agent.protocol import wire
 

@@ -26,8 +26,8 @@ from fixtures import summary_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.clients import record
-from edge_agent.clients.monitor import T_RECEIVED
+from edge_agent.clients import record, subscriber
+from edge_agent.clients.subscriber import T_RECEIVED
 from edge_agent.live.agent import Agent, load_agent_config
 from edge_agent.protocol import wire
 
@@ -451,7 +451,7 @@ def test_heartbeats_update_one_row_per_publisher(tmp_path: Path) -> None:
     ],
 )
 def test_classify_seq(prev: int | None, seq: int, kind: str, missing: int) -> None:
-    assert record.classify_seq(prev, seq) == record.SeqStep(kind, missing)
+    assert subscriber.classify_seq(prev, seq) == subscriber.SeqStep(kind, missing)
 
 
 def test_utc_iso_is_utc_with_microseconds() -> None:

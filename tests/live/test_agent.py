@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
-from edge_agent.clients.monitor import T_RECEIVED, Subscriber
+from edge_agent.clients.subscriber import T_RECEIVED, Subscriber
 from edge_agent.config import ConfigError
 from edge_agent.live.agent import Agent, AgentConfig, load_agent_config
 from edge_agent.live.hub import Hub, HubConfig

@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
 from edge_agent.cli import main
-from edge_agent.clients.monitor import Subscriber
+from edge_agent.clients.subscriber import Subscriber
 from edge_agent.config import ConfigError, load_yaml
 from edge_agent.live.agent import SECTIONS, AgentConfig, load_agent_config, parse_agent_config
 from edge_agent.live.cycles import CycleConfig

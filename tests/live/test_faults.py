@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from edge_agent.clients.monitor import MonitorState, Subscriber
+from edge_agent.clients.monitor import MonitorState
+from edge_agent.clients.subscriber import Subscriber
 from edge_agent.live.agent import Agent, AgentConfig, load_agent_config
 from edge_agent.live.sources import SourceError
 from edge_agent.live.sources.synthetic import parse_synthetic_uri

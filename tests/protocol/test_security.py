@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from edge_agent.clients.monitor import Subscriber
+from edge_agent.clients.subscriber import Subscriber
 from edge_agent.config import ConfigError
 from edge_agent.live.agent import Agent, load_agent_config
 from edge_agent.live.hub import Hub, HubConfig

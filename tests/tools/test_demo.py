@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.clients.monitor import T_RECEIVED
+from edge_agent.clients.subscriber import T_RECEIVED
 from edge_agent.tools.demo import demo_summary
 
 

@@ -26,13 +26,15 @@ import numpy as np
 
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
 
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv")
+# File suffixes opened as a video (OpenCV plays them); a dataset's naming of its videos is
+# another matter (ml.datasets.base.DATASET_VIDEO_SUFFIXES).
+SOURCE_VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv")
 DICOM_SUFFIXES = (".dcm",)
 # A frame rate outside (0, MAX_FPS] is a broken header, not an acquisition (echo tops out near 500).
 MAX_FPS = 1000.0
 VALID_URIS = (
     "synthetic://?ef=..&hr=..&quality=..&fps=..&seed=..",
-    "a video path or file:// URI ending in " + "/".join(VIDEO_SUFFIXES),
+    "a video path or file:// URI ending in " + "/".join(SOURCE_VIDEO_SUFFIXES),
     "a .dcm path or dicom://<path>",
     "device://<index> or a bare index like 0",
     "rtsp://<host>/<stream>",

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 from edge_agent.live.sources.base import (
     DICOM_SUFFIXES,
+    SOURCE_VIDEO_SUFFIXES,
     VALID_URIS,
-    VIDEO_SUFFIXES,
     FrameSource,
     SourceError,
     uri_path,
@@ -43,12 +43,13 @@ def open_source(
         return DicomSource(uri, fps=fps, loop=loop, demographics=demographics)
     if scheme in ("", "file"):
         suffix = uri_path(uri).suffix.lower()
-        if suffix in VIDEO_SUFFIXES:
+        if suffix in SOURCE_VIDEO_SUFFIXES:
             return VideoSource(uri, fps=fps, loop=loop, demographics=demographics)
         if suffix in DICOM_SUFFIXES:
             return DicomSource(uri, fps=fps, loop=loop, demographics=demographics)
         raise SourceError(
             f"{uri}: cannot tell the file type from the suffix {suffix!r}; use a video ending in "
-            f"{'/'.join(VIDEO_SUFFIXES)}, a .dcm file, or dicom://<path> for a DICOM without the suffix"
+            f"{'/'.join(SOURCE_VIDEO_SUFFIXES)}, a .dcm file, or dicom://<path> for a DICOM without "
+            "the suffix"
         )
     raise SourceError(f"{uri}: unknown source scheme {scheme!r}; valid sources are: " + "; ".join(VALID_URIS))

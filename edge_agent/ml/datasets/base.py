@@ -23,7 +23,10 @@ import numpy as np
 
 from edge_agent.core.sample import ClipSample, DatasetError
 
-VIDEO_SUFFIXES = (".avi", ".mp4")
+# Suffixes a dataset's label files (FileList, VolumeTracings) give its video names: stripped to join
+# rows by video, and a name without one gets ".avi". Not the files edge-agent can play (that is
+# live.sources.base.SOURCE_VIDEO_SUFFIXES, wider): widening this would change how names are joined.
+DATASET_VIDEO_SUFFIXES = (".avi", ".mp4")
 
 
 @runtime_checkable
@@ -72,7 +75,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
 def video_stem(file_name: str) -> str:
     """``"0X1A.avi"`` or ``"0X1A"`` → ``"0X1A"``: the key that joins FileList and VolumeTracings rows."""
     name = file_name.strip()
-    for suffix in VIDEO_SUFFIXES:
+    for suffix in DATASET_VIDEO_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -81,7 +84,7 @@ def video_stem(file_name: str) -> str:
 def video_file(videos_dir: Path, file_name: str) -> Path:
     """Path of a FileList entry's video: the name as given, with ``.avi`` added when it has no suffix."""
     name = file_name.strip()
-    if not name.lower().endswith(VIDEO_SUFFIXES):
+    if not name.lower().endswith(DATASET_VIDEO_SUFFIXES):
         name += ".avi"
     return videos_dir / name
 
