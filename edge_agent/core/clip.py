@@ -14,6 +14,8 @@ Beat boundaries, in order of preference:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -152,3 +154,45 @@ def beat_bounds(
     while start + period > n and start - period >= 0:
         start -= period
     return start, start + period, how
+
+
+@dataclass(frozen=True)
+class WindowErrors:
+    """How a live windower's cut of one beat can be off; training draws its windows with these and
+    the robustness check scores them (frames, relative period, probabilities).
+
+    jitter_frames: each end moves by a whole number of frames in [−jitter, +jitter];
+    period_error: the period is scaled by a factor in [1 − period_error, 1 + period_error];
+    p_double / p_half: the window spans two periods / half of one (a missed or an extra beat);
+    p_phase: the window starts at a uniformly random phase of the cycle instead of at ED.
+    """
+
+    jitter_frames: int = 3
+    period_error: float = 0.2
+    p_double: float = 0.1
+    p_half: float = 0.05
+    p_phase: float = 0.0
+
+
+def perturbed_bounds(
+    start: float, end: float, rng: np.random.Generator, errors: WindowErrors
+) -> tuple[float, float, str]:
+    """The beat [start, end) (frame indices, ED to next ED) as a live windower may cut it:
+    (start', end', kind) with kind "jitter" or what else happened ("phase", "double", "half",
+    "phase+double", "phase+half"). ``start'`` ≥ 0 and the window is at least 2 frames long."""
+    period = end - start
+    kinds = []
+    if rng.random() < errors.p_phase:
+        start = start + rng.uniform(0.0, period)
+        kinds.append("phase")
+    u = rng.random()
+    if u < errors.p_double:
+        period = 2 * period
+        kinds.append("double")
+    elif u < errors.p_double + errors.p_half:
+        period = period / 2
+        kinds.append("half")
+    period *= 1 + rng.uniform(-errors.period_error, errors.period_error)
+    s = max(0.0, start + int(rng.integers(-errors.jitter_frames, errors.jitter_frames + 1)))
+    e = s + period + int(rng.integers(-errors.jitter_frames, errors.jitter_frames + 1))
+    return s, max(e, s + 2.0), "+".join(kinds) or "jitter"

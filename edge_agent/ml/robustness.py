@@ -5,9 +5,9 @@ cine is cut and transformed the ways the live agent and real acquisitions differ
 windows, and each variant is scored with the same posterior sampler:
 
 - ``aligned``: the first complete beat, exact ED→ED (what the model was trained on);
-- ``perturbed``: the same beat as a live windower may cut it: both ends jittered by up to
-  ``jitter_frames``, the period off by up to ±``period_error``, and now and then a double or a half
-  beat (:func:`perturbed_bounds`);
+- ``perturbed``: the same beat as a live windower may cut it: both ends jittered by a few frames,
+  the period off by up to ±20 %, and now and then a double or a half beat
+  (:func:`edge_agent.core.clip.perturbed_bounds`);
 - ``phase_j``: a one-period window starting j/``phases`` of a period after ED (j = 1 … phases − 1):
   the spread of the posterior mean over phases measures dependence on where a window starts;
 - view transforms of the aligned clip about the sector apex (top centre): zoom, aspect, rotation,
@@ -21,6 +21,7 @@ issue 12 (:data:`TARGETS`). EF in %, frames (F, H, W) uint8.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from edge_agent.core import metrics
-from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE, make_clip
+from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE, WindowErrors, make_clip, perturbed_bounds
 from edge_agent.ml.augment import views_about_apex
 from edge_agent.ml.train import sample_arrays
 from edge_agent.model.artefact import load_model
@@ -66,6 +67,9 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("perturbed.picp90", ">=", 0.85),
     ("perturbed.picp90", "<=", 0.95),
     ("aligned.auroc_ef40", ">=", 0.97),
+    # CRPS of the published posterior minus the better baseline's: below 0 beats both.
+    ("aligned.crps_minus_baselines", "<=", 0.0),
+    ("perturbed.crps_minus_baselines", "<=", 0.0),
 )
 
 
@@ -73,7 +77,7 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
 class RobustnessRequest:
     """model: artefact (.pt + .json); n: cines; seed: simulator seed (never a training seed);
     k: posterior samples per window; phases: start phases per beat; out: report folder.
-    Window perturbation: jitter_frames, period_error (relative), p_double, p_half (probabilities)."""
+    errors: how the perturbed windows are cut (exact-phase starts: the phases are scored apart)."""
 
     model: str = "engines/mcsdr_default.pt"
     n: int = 500
@@ -81,33 +85,8 @@ class RobustnessRequest:
     k: int = 40
     phases: int = 8
     out: str = "runs/robustness"
-    jitter_frames: int = 3
-    period_error: float = 0.2
-    p_double: float = 0.1
-    p_half: float = 0.05
+    errors: WindowErrors = field(default_factory=WindowErrors)
     transforms: tuple[str, ...] = field(default_factory=lambda: tuple(VIEW_TRANSFORMS))
-
-
-def perturbed_bounds(
-    start: float, end: float, rng: np.random.Generator, req: RobustnessRequest
-) -> tuple[float, float, str]:
-    """A live windower's cut of the beat [start, end) (frame indices): (start', end', kind).
-
-    Both ends move by a whole number of frames in [−jitter, +jitter]; the period is scaled by a
-    factor in [1 − period_error, 1 + period_error]; with probability p_double the window spans two
-    periods, with p_half half of one. ``start'`` is never below 0.
-    """
-    period = end - start
-    kind = "jitter"
-    u = rng.random()
-    if u < req.p_double:
-        period, kind = 2 * period, "double"
-    elif u < req.p_double + req.p_half:
-        period, kind = period / 2, "half"
-    period *= 1 + rng.uniform(-req.period_error, req.period_error)
-    s = max(0.0, start + int(rng.integers(-req.jitter_frames, req.jitter_frames + 1)))
-    e = s + period + int(rng.integers(-req.jitter_frames, req.jitter_frames + 1))
-    return s, max(e, s + 2.0), kind
 
 
 def view_transform(clip: np.ndarray, kind: str, amount: float) -> np.ndarray:
@@ -155,7 +134,7 @@ def simulate_windows(req: RobustnessRequest) -> _Windows:
         truth[i], quality[i] = sim.beat_ef[0], i % len(QUALITIES)
         demo[i], mask[i] = case_demographics(case.demographics)
         clips["aligned"][i] = make_clip(sim.frames, start, end)
-        s, e, kind = perturbed_bounds(start, end, rng, req)
+        s, e, kind = perturbed_bounds(start, end, rng, req.errors)
         clips["perturbed"][i] = make_clip(sim.frames, s, min(e, last))
         kinds.append(kind)
         for j in range(1, req.phases):
@@ -181,12 +160,15 @@ def _as_arrays(w: _Windows, name: str) -> ClipArrays:
 def _scores(samples: np.ndarray, reg: np.ndarray, gauss: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     """Headline metrics of the published posterior and the two baselines' CRPS, for one variant."""
     s = metrics.evaluate_samples(samples, truth)
+    crps_regression = float(np.abs(reg - truth).mean())  # CRPS of a point prediction
+    crps_gaussian = float(metrics.crps(gauss, truth).mean())
     return {
         "mae": s["mae"],
         "picp90": s["picp90"],
         "crps": s["crps"],
-        "crps_regression": float(np.abs(reg - truth).mean()),  # CRPS of a point prediction
-        "crps_gaussian": float(metrics.crps(gauss, truth).mean()),
+        "crps_regression": crps_regression,
+        "crps_gaussian": crps_gaussian,
+        "crps_minus_baselines": s["crps"] - min(crps_regression, crps_gaussian),
         "auroc_ef40": s["auroc_ef40"],
         "mean_std": s["mean_std"],
     }
@@ -235,7 +217,7 @@ def run_robustness(req: RobustnessRequest, progress: Callable[[str], None] = pri
         scores[name] = _scores(published, reg, pred["gauss_samples"], w.truth)
     result = summarize(means, scores, req.phases)
     result.update(
-        request={k: v for k, v in req.__dict__.items()},
+        request=dataclasses.asdict(req),
         model={"path": req.model, "sha256": sidecar["sha256"], "recalibration_scale": scale},
         perturbation_kinds={k: w.perturbation.count(k) for k in sorted(set(w.perturbation))},
         by_variant=scores,

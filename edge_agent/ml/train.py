@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from edge_agent.config import from_mapping, load_sections, to_mapping
 from edge_agent.core.artefacts import file_sha256
+from edge_agent.core.clip import WindowErrors
 from edge_agent.ml.augment import ViewRanges, random_views
 from edge_agent.model.ddim import DiffusionSchedule
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
@@ -49,6 +50,23 @@ class DataConfig:
     pediatric: bool = False  # synthetic only: children's demographics and sizes
     cache: str | None = "data/synthetic"  # folder for simulated arrays (reused when present)
     workers: int = 2
+    generation: int = 1  # synthetic only: simulator generation (1, or 2: real-echo statistics, DCM, WMA)
+    # synthetic only: share of training beats cut as a live windower may (core.clip.WindowErrors:
+    # ±3 frames, period ±20 %, 10 % double, 5 % half), and of those the share starting at any phase.
+    perturbed_windows: float = 0.0
+    window_phase: float = 0.0
+
+    def window_errors(self) -> WindowErrors | None:
+        """How perturbed training windows are cut, or None when every window is exact ED→ED."""
+        return WindowErrors(p_phase=self.window_phase) if self.perturbed_windows > 0 else None
+
+    def cache_name(self, name: str, n: int, seed: int) -> str:
+        """The simulated set's file name: everything that changes its content is in it."""
+        extra = "_ped" if self.pediatric else ""
+        extra += f"_gen{self.generation}" if self.generation != 1 else ""
+        if self.perturbed_windows > 0:
+            extra += f"_pw{self.perturbed_windows:g}_ph{self.window_phase:g}"
+        return f"{name}_n{n}_seed{seed}{extra}.npz"
 
 
 @dataclass(frozen=True)
@@ -88,11 +106,21 @@ def load_data(cfg: DataConfig) -> tuple[ClipArrays, ClipArrays]:
     if cfg.format == "synthetic":
         sets = []
         for name, n, seed in (("train", cfg.n_train, cfg.train_seed), ("val", cfg.n_val, cfg.val_seed)):
-            path = Path(cfg.cache or ".") / f"{name}_n{n}_seed{seed}{'_ped' if cfg.pediatric else ''}.npz"
+            path = Path(cfg.cache or ".") / cfg.cache_name(name, n, seed)
             if cfg.cache and path.exists():
                 sets.append(ClipArrays.load(str(path)))
                 continue
-            arr = generate(n, seed, pediatric=cfg.pediatric, workers=cfg.workers, desc=f"simulating {name}")
+            arr = generate(
+                n,
+                seed,
+                pediatric=cfg.pediatric,
+                workers=cfg.workers,
+                desc=f"simulating {name}",
+                generation=cfg.generation,
+                # Validation windows are cut like training's, so recalibration sees live-like windows.
+                window_errors=cfg.window_errors(),
+                perturbed_share=cfg.perturbed_windows,
+            )
             if cfg.cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 arr.save(str(path))

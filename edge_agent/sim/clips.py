@@ -13,11 +13,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent.core.clip import beat_sample_times, make_clip
+from edge_agent.core.clip import WindowErrors, beat_sample_times, make_clip
 from edge_agent.core.demographics import demographics_vector
 from edge_agent.core.sample import ClipSample
 from edge_agent.sim.phantom import QUALITIES, Demographics
-from edge_agent.sim.simulator import draw_case, simulate_beat
+from edge_agent.sim.simulator import draw_case, simulate_beat, simulate_window
 
 
 def case_demographics(demo: Demographics) -> tuple[np.ndarray, np.ndarray]:
@@ -27,13 +27,27 @@ def case_demographics(demo: Demographics) -> tuple[np.ndarray, np.ndarray]:
 
 
 def synthetic_example(
-    seed: int, index: int, quality: str | None = None, pediatric: bool = False, generation: int = 1
+    seed: int,
+    index: int,
+    quality: str | None = None,
+    pediatric: bool = False,
+    generation: int = 1,
+    window_errors: WindowErrors | None = None,
 ) -> ClipSample:
-    """One simulated beat as a :class:`ClipSample` (the same contract as the real-data loaders);
-    ``generation`` picks the simulator (1, the default, or 2: :mod:`edge_agent.sim.phantom2`)."""
+    """One simulated beat as a :class:`ClipSample` (the same contract as the real-data loaders).
+
+    ``generation`` picks the simulator (1, the default, or 2: :mod:`edge_agent.sim.phantom2`).
+    With ``window_errors`` the beat is cut as a live windower may cut it (``beat_how`` names the
+    error: jitter, double, half, phase); its label stays the beat's EF, and ``lv_area`` is then
+    relative to the window's largest LV area (its ED) instead of its first frame.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     case = draw_case(rng, quality=quality, pediatric=pediatric, generation=generation)
-    frames, start, end, clip = simulate_beat(case, rng)
+    if window_errors is None:
+        frames, start, end, clip = simulate_beat(case, rng)
+        how = "ed_ed"
+    else:
+        frames, start, end, clip, how = simulate_window(case, rng, window_errors)
     values, mask = case_demographics(case.demographics)
     x, y = clip.contours[..., 0], clip.contours[..., 1]
     area = 0.5 * np.abs((x * np.roll(y, -1, 1) - y * np.roll(x, -1, 1)).sum(1))  # shoelace, px²
@@ -45,9 +59,15 @@ def synthetic_example(
         demo_mask=mask,
         quality=case.quality,
         name=f"sim_{seed}_{index:06d}",
-        beat_how="ed_ed",
-        lv_area=(curve / curve[0]).astype(np.float32),
+        beat_how=how,
+        lv_area=(curve / (curve[0] if window_errors is None else curve.max())).astype(np.float32),
     )
+
+
+def is_perturbed(index: int, share: float) -> bool:
+    """Whether example ``index`` of a set is cut with window errors: a low-discrepancy choice (the
+    golden-ratio sequence), so any run of examples holds close to ``share`` of them."""
+    return (index * 0.6180339887498949) % 1.0 < share
 
 
 @dataclass
@@ -101,7 +121,7 @@ class ClipArrays:
         return out
 
 
-def _work(args: tuple[int, int, str | None, bool, int]) -> ClipSample:
+def _work(args: tuple[int, int, str | None, bool, int, WindowErrors | None]) -> ClipSample:
     return synthetic_example(*args)
 
 
@@ -113,11 +133,24 @@ def generate(
     workers: int = 2,
     desc: str = "simulating",
     generation: int = 1,
+    window_errors: WindowErrors | None = None,
+    perturbed_share: float = 0.0,
 ) -> ClipArrays:
     """Simulate n beats with a progress bar; ``balanced_quality`` cycles good/medium/poor in equal parts;
-    ``generation`` picks the simulator (1, the default, or 2)."""
+    ``generation`` picks the simulator (1, the default, or 2); ``perturbed_share`` of the beats
+    (:func:`is_perturbed`) are cut with ``window_errors``, the rest exactly ED→ED."""
+    if perturbed_share > 0 and window_errors is None:
+        raise ValueError("perturbed_share > 0 needs window_errors (how the windows are to be cut)")
     jobs = [
-        (seed, i, QUALITIES[i % 3] if balanced_quality else None, pediatric, generation) for i in range(n)
+        (
+            seed,
+            i,
+            QUALITIES[i % 3] if balanced_quality else None,
+            pediatric,
+            generation,
+            window_errors if is_perturbed(i, perturbed_share) else None,
+        )
+        for i in range(n)
     ]
     clips = np.empty((n, 32, 112, 112), np.uint8)
     ef = np.empty(n, np.float32)

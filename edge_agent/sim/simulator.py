@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from edge_agent.core.clip import WindowErrors, perturbed_bounds
 from edge_agent.sim.phantom import CaseParams, EchoPhantom, SimClip, draw_case1, label_clip
 from edge_agent.sim.phantom2 import EchoPhantom2, draw_case2
 
@@ -92,3 +93,23 @@ def simulate_beat(case: CaseParams, seed: int | np.random.Generator, jitter_fram
     start = clip.ed_frames[0] + int(rng.integers(-jitter_frames, jitter_frames + 1))
     end = start + round(beat.rr * fps) + int(rng.integers(-jitter_frames, jitter_frames + 1))
     return frames, start, min(end, n), clip
+
+
+def simulate_window(case: CaseParams, seed: int | np.random.Generator, errors: WindowErrors):
+    """One beat cut as a live windower may cut it, for training: (frames, start, end, clip, kind).
+
+    The beat is the phantom's second (ED to next ED, ``clip.beat_ef[0]`` its Simpson EF in %); the
+    window's bounds (frame indices into ``frames``) come from :func:`perturbed_bounds`, and
+    ``frames`` cover the whole beat and the whole window.
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    phantom = make_phantom(case, rng, duration_s=12.0)
+    beat = phantom.beats[1]
+    fps = case.fps
+    pad = errors.jitter_frames + 1
+    period = beat.rr * fps
+    start, end, kind = perturbed_bounds(pad, pad + period, rng, errors)
+    n = max(math.ceil(end), math.ceil(pad + period) + pad) + 2
+    times = beat.t_ed - pad / fps + np.arange(n) / fps
+    frames, contours = phantom.render(times)
+    return frames, start, min(end, n - 1.0), label_clip(phantom, frames, contours, times), kind

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.core.clip import beat_bounds, beat_sample_times, estimate_period, make_clip
+from edge_agent.core.clip import (
+    WindowErrors,
+    beat_bounds,
+    beat_sample_times,
+    estimate_period,
+    make_clip,
+    perturbed_bounds,
+)
 
 
 def _ramp(n: int, h: int = 112, w: int = 112) -> np.ndarray:
@@ -68,3 +75,27 @@ def test_fallbacks_are_named():
     still = np.full((60, 64, 64), 80, np.uint8)
     assert beat_bounds(still, 50.0) == (0.0, 50.0, "fixed")  # no periodicity: 1 s window
     assert beat_bounds(still, 50.0, heart_rate_bpm=75)[1:] == (40.0, "hr")
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(0, 20), period=st.floats(10, 60), seed=st.integers(0, 2**32 - 1))
+def test_perturbed_bounds_stay_within_the_stated_errors(start: float, period: float, seed: int) -> None:
+    errors = WindowErrors(p_phase=0.3)
+    s, e, kind = perturbed_bounds(start, start + period, np.random.default_rng(seed), errors)
+    j = errors.jitter_frames
+    first = start + (period if "phase" in kind else 0.0)  # a phase start lies within one period
+    assert s == 0 or (start - j - 1e-9 <= s <= first + j + 1e-9)
+    base = 2 * period if "double" in kind else period / 2 if "half" in kind else period
+    lo = base * (1 - errors.period_error) - 2 * j
+    hi = base * (1 + errors.period_error) + 2 * j
+    assert e - s >= 2.0 and (lo - 1e-9 <= e - s <= hi + 1e-9 or e - s == 2.0)
+
+
+def test_perturbation_kinds_follow_their_probabilities() -> None:
+    rng = np.random.default_rng(0)
+    plain = [perturbed_bounds(5.0, 45.0, rng, WindowErrors())[2] for _ in range(4000)]
+    assert abs(plain.count("double") / 4000 - 0.1) < 0.02 and abs(plain.count("half") / 4000 - 0.05) < 0.015
+    assert set(plain) == {"jitter", "double", "half"}
+    phased = [perturbed_bounds(5.0, 45.0, rng, WindowErrors(p_phase=0.5))[0] for _ in range(2000)]
+    # Half of the windows start anywhere in the cycle: their starts spread over [2, 45 + 3].
+    assert np.mean(np.asarray(phased) > 10) == pytest.approx(0.5 * 35 / 40, abs=0.05)
