@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -172,3 +172,16 @@ def select_splits(split: str | Sequence[str], known: Sequence[str], source: str)
     if unknown or not names:
         raise DatasetError(f"{source}: split {split!r} is not one of {[*known, 'ALL']} or a list of them")
     return names
+
+
+def filelist_rows(filelist: Path, columns: Sequence[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(where, video stem, row) for every row of a FileList.csv, ``where`` naming file and line; a
+    FileName that repeats an earlier row's is a DatasetError."""
+    seen: dict[str, int] = {}
+    for line, row in read_table(filelist, columns):
+        where = f"{filelist} line {line}"
+        stem = video_stem(row["FileName"])
+        if stem in seen:
+            raise DatasetError(f"{where}: FileName {stem!r} repeats line {seen[stem]}; remove one")
+        seen[stem] = line
+        yield where, stem, row

@@ -29,14 +29,13 @@ from edge_agent.core.clip import beat_bounds, make_clip
 from edge_agent.core.demographics import demographics_vector
 from edge_agent.core.sample import ClipSample, DatasetError
 from edge_agent.ml.datasets.base import (
+    filelist_rows,
     parse_ef,
     parse_number,
     parse_optional,
-    read_table,
     read_video,
     select_splits,
     video_file,
-    video_stem,
 )
 from edge_agent.ml.datasets.tracings import ed_es_from_areas, load_volume_tracings
 
@@ -133,14 +132,8 @@ class EchoNetDynamic(TracedVideoDataset):
         esv: list[float] = []
         edv: list[float] = []
         fps: list[float] = []
-        seen: dict[str, int] = {}
         # Every row is validated, not just the requested split: a bad label fails on day one.
-        for line, row in read_table(filelist, FILELIST_COLUMNS):
-            where = f"{filelist} line {line}"
-            stem = video_stem(row["FileName"])
-            if stem in seen:
-                raise DatasetError(f"{where}: FileName {stem!r} repeats line {seen[stem]}; remove one")
-            seen[stem] = line
+        for where, stem, row in filelist_rows(filelist, FILELIST_COLUMNS):
             row_split = row["Split"].upper()
             if row_split not in SPLITS:
                 raise DatasetError(f"{where}: Split={row['Split']!r} is not one of {list(SPLITS)}")

@@ -27,13 +27,12 @@ import numpy as np
 from edge_agent.core.demographics import demographics_vector
 from edge_agent.core.sample import DatasetError
 from edge_agent.ml.datasets.base import (
+    filelist_rows,
     parse_ef,
     parse_number,
     parse_optional,
     parse_sex,
-    read_table,
     video_file,
-    video_stem,
 )
 from edge_agent.ml.datasets.echonet import TracedVideoDataset
 
@@ -90,13 +89,7 @@ class EchoNetPediatric(TracedVideoDataset):
         efs: list[float] = []
         folds: list[int] = []
         self.demographics: list[tuple[np.ndarray, np.ndarray]] = []
-        seen: dict[str, int] = {}
-        for line, row in read_table(filelist, FILELIST_COLUMNS):
-            where = f"{filelist} line {line}"
-            stem = video_stem(row["FileName"])
-            if stem in seen:
-                raise DatasetError(f"{where}: FileName {stem!r} repeats line {seen[stem]}; remove one")
-            seen[stem] = line
+        for where, stem, row in filelist_rows(filelist, FILELIST_COLUMNS):
             fold = parse_number(row["Split"], where, "Split")
             if fold not in FOLDS:
                 raise DatasetError(f"{where}: Split={row['Split']!r} must be a fold number 0–9")
