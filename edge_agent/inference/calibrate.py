@@ -48,7 +48,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,13 +68,10 @@ from tqdm import tqdm
 
 from edge_agent.core.artefacts import file_sha256, write_sidecar
 from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE
-from edge_agent.core.demographics import demographics_vector
 from edge_agent.core.metrics import crps, picp
-from edge_agent.live.beats import WarmUp, beat_demographics, cut, forget_old_frames, middle_frame
+from edge_agent.live.beats import NoBeatsError, source_windows
 from edge_agent.live.capture import CaptureConfig
-from edge_agent.live.cycles import CycleConfig, CycleDetector
-from edge_agent.live.preprocess import Preprocessor
-from edge_agent.live.sources import open_source
+from edge_agent.live.cycles import CycleConfig
 from edge_agent.live.worker import WorkerConfig, starting_noises
 from edge_agent.model.posterior import recalibrate
 from edge_agent.sim.clips import generate
@@ -92,9 +89,6 @@ SIM_SEED = 1000
 # spaced), so a small set still spans several patients per quality level.
 PATIENT_S = 6.0
 SIM_STRIDE = 3
-# Frames one source may take at most per window asked for (a source that never yields beats or
-# fixed windows must not loop for ever; fixed windows come every 1 s after 3 s of nothing).
-MAX_FRAMES_PER_WINDOW = 500
 # Quantised op types: those with weights (see excluded_nodes for the ones kept float).
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 # Below this many input channels a Conv stays float (see excluded_nodes).
@@ -139,61 +133,20 @@ def simulator_sources(n: int) -> list[tuple[str, int]]:
     return out
 
 
-def source_windows(
-    uri: str, limit: int | None, cycles: CycleConfig, warmup_frames: int, desc: str = ""
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, str, float]]:
-    """Windows of one source as the live agent cuts them: (clip (32, 112, 112) uint8, demo (4,),
-    mask (4,) bool, beat rule, heart rate bpm or NaN).
-
-    One loop over the live path of :mod:`edge_agent.live.beats`: the capture's (source →
-    Preprocessor, the warm-up frames kept in order) feeding the windower's (CycleDetector → cut,
-    the demographics of the beat's middle frame by the windower's rule). Files end at their last
-    frame (no looping); endless sources stop after ``limit`` windows.
-    """
-    source = open_source(uri, loop=False)
-    source.open()
-    try:
-        opened = dict(source.demographics)  # what the capture's ring info would say
-        warm: WarmUp[tuple[int, float, bool]] = WarmUp(
-            Preprocessor(region="auto", size=CLIP_SIZE, warmup_frames=warmup_frames)
-        )
-        detector = CycleDetector(cycles, source.fps)
-        demo_at: dict[int, dict[str, float]] = {}  # frame index → the source's demographics then
-        taken, k = 0, 0
-        max_frames = None if limit is None else MAX_FRAMES_PER_WINDOW * limit
-        bar = tqdm(total=limit, desc=desc or uri, unit="window", leave=False)
-        while limit is None or taken < limit:
-            if max_frames is not None and k >= max_frames:
-                raise CalibrationError(
-                    f"{uri}: {k} frames gave only {taken} of {limit} windows; the detector finds no beats "
-                    "and no fixed windows in it — check the source plays a moving echo"
-                )
-            frame = source.read()
-            if frame is None:
-                break
-            demo_at[k] = dict(source.demographics)
-            for (idx, t, r_wave), pixels in warm.push(frame.pixels, (k, frame.t, frame.r_wave)):
-                for beat in detector.push(idx, t, pixels, r_wave):
-                    demo = beat_demographics(demo_at.get(middle_frame(beat), {}), opened)
-                    values, mask = demographics_vector(**demo)
-                    hr = np.nan if beat.hr_bpm is None else beat.hr_bpm
-                    yield cut(beat), values, mask, beat.how, hr
-                    taken += 1
-                    bar.update()
-            forget_old_frames(demo_at, k, source.fps)
-            k += 1
-        bar.close()
-    finally:
-        source.close()
-
-
 def draw_windows(
     sources: Sequence[tuple[str, int | None]], cycles: CycleConfig, warmup_frames: int
 ) -> Windows:
     """Windows from each (URI, limit) in turn, in source order; limit None: the whole recording."""
     clips, demos, masks, src, hows, hrs = [], [], [], [], [], []
     for i, (uri, limit) in enumerate(tqdm(sources, desc="calibration sources", unit="source")):
-        got = list(source_windows(uri, limit, cycles, warmup_frames, desc=f"source {i}"))
+        try:
+            got = list(
+                source_windows(
+                    uri, limit=limit, cycles=cycles, warmup_frames=warmup_frames, desc=f"source {i}"
+                )
+            )
+        except NoBeatsError as e:
+            raise CalibrationError(str(e)) from None
         if not got:
             raise CalibrationError(
                 f"{uri}: no window could be cut (too short for the sector warm-up and one beat); "

@@ -4,24 +4,46 @@ The live agent runs it in two processes — the capture (frames through the :cla
 :class:`WarmUp` keeping them in order while the sector is found) and the windower (the
 :class:`~edge_agent.live.cycles.CycleDetector`'s beats cut by :func:`cut`, the demographics of
 :func:`beat_demographics` attached) — and INT8 calibration (:mod:`edge_agent.inference.calibrate`)
-runs the same pieces in one loop, so its windows are the ones the agent would send.
+and the evaluation of recorded files (:mod:`edge_agent.ml.evaluate`) run the same pieces in one
+loop (:func:`source_windows`), so their windows are the ones the agent would send.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
-from edge_agent.core.clip import make_clip
-from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
-from edge_agent.live.cycles import BeatWindow
+from edge_agent.core.clip import CLIP_SIZE, make_clip
+from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS, demographics_vector
+from edge_agent.live.cycles import BeatWindow, CycleConfig, CycleDetector
 from edge_agent.live.preprocess import Preprocessor
+from edge_agent.live.sources import open_source
 
 # Per-frame values are kept this long after their frame: longer than any beat or fixed window.
 FRAME_MEMORY_S = 10.0
+# Frames one source may take at most per window asked for (a source that never yields beats or
+# fixed windows must not loop for ever; fixed windows come every 1 s after 3 s of nothing).
+MAX_FRAMES_PER_WINDOW = 500
+
+
+class NoBeatsError(RuntimeError):
+    """A source played many frames and gave no window; the message names it and what to check."""
+
+
+class SourceWindow(NamedTuple):
+    """One window cut from a source: clip (32, 112, 112) uint8, demo (4,) float32, mask (4,) bool,
+    the detector's beat rule (ed_ed, r_wave, fixed) and the heart rate (bpm, NaN when unknown)."""
+
+    clip: np.ndarray
+    demo: np.ndarray
+    mask: np.ndarray
+    how: str
+    hr_bpm: float
+
 
 M = TypeVar("M")
 
@@ -72,3 +94,59 @@ def beat_demographics(at_middle: Mapping[str, float], default: Mapping[str, floa
 def cut(beat: BeatWindow) -> np.ndarray:
     """A beat → the model's clip, (32, 112, 112) uint8, by the function the model was trained with."""
     return make_clip(beat.frames, beat.start, beat.end)
+
+
+def source_windows(
+    uri: str,
+    *,
+    limit: int | None,
+    cycles: CycleConfig,
+    warmup_frames: int,
+    fps: float | None = None,
+    demographics: Mapping[str, float] | None = None,
+    desc: str = "",
+) -> Iterator[SourceWindow]:
+    """Windows of one source as the live agent cuts them, in one loop (calibration, evaluation).
+
+    The capture's path (source → Preprocessor, the warm-up frames kept in order) feeds the
+    windower's (CycleDetector → :func:`cut`, the demographics of the beat's middle frame by
+    :func:`beat_demographics`). ``fps`` and ``demographics`` override the file's, as a stream's
+    YAML does. Files end at their last frame (no looping); endless sources stop after ``limit``
+    windows, and raise :class:`NoBeatsError` when MAX_FRAMES_PER_WINDOW frames per window asked
+    for gave none.
+    """
+    source = open_source(uri, loop=False, fps=fps, demographics=demographics)
+    source.open()
+    try:
+        opened = dict(source.demographics)  # what the capture's ring info would say
+        warm: WarmUp[tuple[int, float, bool]] = WarmUp(
+            Preprocessor(region="auto", size=CLIP_SIZE, warmup_frames=warmup_frames)
+        )
+        detector = CycleDetector(cycles, source.fps)
+        demo_at: dict[int, dict[str, float]] = {}  # frame index → the source's demographics then
+        taken, k = 0, 0
+        max_frames = None if limit is None else MAX_FRAMES_PER_WINDOW * limit
+        bar = tqdm(total=limit, desc=desc or uri, unit="window", leave=False)
+        while limit is None or taken < limit:
+            if max_frames is not None and k >= max_frames:
+                raise NoBeatsError(
+                    f"{uri}: {k} frames gave only {taken} of {limit} windows; the detector finds no beats "
+                    "and no fixed windows in it — check the source plays a moving echo"
+                )
+            frame = source.read()
+            if frame is None:
+                break
+            demo_at[k] = dict(source.demographics)
+            for (idx, t, r_wave), pixels in warm.push(frame.pixels, (k, frame.t, frame.r_wave)):
+                for beat in detector.push(idx, t, pixels, r_wave):
+                    demo = beat_demographics(demo_at.get(middle_frame(beat), {}), opened)
+                    values, mask = demographics_vector(**demo)
+                    hr = np.nan if beat.hr_bpm is None else beat.hr_bpm
+                    yield SourceWindow(cut(beat), values, mask, beat.how, hr)
+                    taken += 1
+                    bar.update()
+            forget_old_frames(demo_at, k, source.fps)
+            k += 1
+        bar.close()
+    finally:
+        source.close()
