@@ -203,6 +203,12 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/eval", help="folder for report.md, metrics.json and plots")
     p.add_argument("--json", help="also write the metrics JSON here")
     p.add_argument("--record", action="store_true", help="store the figures in the model's sidecar JSON")
+    p.add_argument(
+        "--beats",
+        choices=["traced", "detector"],
+        default="traced",
+        help="traced: the dataset's ED frame; detector: the live agent's windows, pooled per clip",
+    )
 
 
 @verb("evaluate", "evaluate a model: Markdown table, JSON and plots", _evaluate_arguments)
@@ -222,6 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         json_path=args.json,
         record=args.record,
+        beats=args.beats,
     )
     result = run_evaluation(req)
     print(json.dumps({k: result["raw"][k] for k in ("n", "mae", "rmse", "crps", "picp90")}, indent=None))

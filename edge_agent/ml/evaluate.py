@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from edge_agent.core import metrics
+from edge_agent.ml.detector_eval import clip_summary, detector_windows
 from edge_agent.ml.train import sample_arrays
 from edge_agent.model.artefact import load_model
 from edge_agent.model.posterior import recalibrate
@@ -80,6 +81,9 @@ class EvalRequest:
     seed: simulator seed, and the seed of the K starting noises (for datasets too).
     k: posterior samples per clip. baselines: also score the regression and Gaussian heads.
     out: output folder; json_path: an extra copy of metrics.json. workers: simulator processes.
+    beats: ``traced`` (the dataset's traced ED frame, else the clip's periodicity) or ``detector``
+        (EchoNet formats: every window the live agent's detector cuts, scored per beat and pooled
+        per clip, :mod:`edge_agent.ml.detector_eval`).
     """
 
     model: str
@@ -95,8 +99,16 @@ class EvalRequest:
     json_path: str | None = None
     record: bool = False  # also store the figures in the model's sidecar JSON
     workers: int = 2
+    beats: str = "traced"
 
     def __post_init__(self) -> None:
+        if self.beats not in ("traced", "detector"):
+            raise ValueError(f"EvalRequest.beats: {self.beats!r} is not one of traced, detector")
+        if self.beats == "detector" and (self.data is None or self.format not in ("echonet", "pediatric")):
+            raise ValueError(
+                "EvalRequest.beats=detector plays the videos of an EchoNet-Dynamic or -Pediatric folder "
+                "through the live detector: give --data with --format echonet or pediatric"
+            )
         if self.data is not None and self.synthetic:
             raise ValueError(
                 f"EvalRequest: both data={self.data!r} and synthetic=True were given; evaluate either a "
@@ -133,6 +145,27 @@ def regression_metrics(pred: np.ndarray, truth: np.ndarray, quality: list[str] |
 
 def _load_clips(req: EvalRequest, sidecar: dict) -> tuple[ClipArrays, dict[str, Any]]:
     """The evaluation clips and a JSON description of where they came from."""
+    if req.data is not None and req.beats == "detector":
+        from edge_agent.ml.datasets import open_dataset
+
+        ds = open_dataset(req.data, req.format, req.split)
+        windows = detector_windows(ds)
+        if len(windows.arr) == 0:
+            raise ValueError(
+                f"{req.data}: the live detector cut no window from any video of split {req.split!r}; "
+                "check the videos play a moving echo at the FileList's frame rate"
+            )
+        return windows.arr, {
+            "source": "dataset",
+            "path": str(req.data),
+            "format": req.format,
+            "split": req.split,
+            "n": len(windows.arr),
+            "beats": "detector",
+            "n_clips": len(ds),
+            "windows": windows,
+            "clip_efs": np.asarray(ds.efs, np.float64),
+        }
     if req.data is not None:
         from edge_agent.ml.datasets import open_dataset
 
@@ -301,15 +334,40 @@ REPORT_ROWS = (
 )
 
 
+def _per_clip_lines(c: dict[str, Any]) -> list[str]:
+    """The report's section on clips found by the live detector (per-beat figures are the table)."""
+    w = c["windows_per_clip"]
+    return [
+        "## Per clip: the live detector's windows, pooled as the running estimate",
+        "",
+        "The table above scores every window the detector cut (truth: its clip's EF). A clip's estimate",
+        "is the pooled published posterior of its last 5 windows:",
+        "",
+        "| clips | MAE | RMSE | CRPS | PICP90 | mean std | AUROC EF<40 | AUROC EF<50 | windows per clip |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {c['n']} | {_fmt(c['mae'], 2)} | {_fmt(c['rmse'], 2)} | {_fmt(c['crps'], 2)} | "
+        f"{_fmt(c['picp90'], 3)} | {_fmt(c['mean_std'], 2)} | {_fmt(c['auroc_ef40'], 3)} | "
+        f"{_fmt(c['auroc_ef50'], 3)} | {w['min']:.0f}–{w['max']:.0f} (median {w['p50']:.0f}) |",
+        "",
+        "Windows by beat rule: "
+        + ", ".join(f"{k} {v}" for k, v in c["windows_by_rule"].items())
+        + f"; clips without any window: {len(c['clips_without_window'])}.",
+    ]
+
+
 def render_report(result: dict[str, Any]) -> str:
     """Markdown report of a metrics.json dict: headline table (metric × method) and std by quality."""
     cols = [(key, label) for key, label in METHODS if key in result]
     data = result["data"]
-    source = (
-        f"{data['n']} simulated clips, seed {data['seed']}"
-        if data["source"] == "synthetic"
-        else f"{data['path']} ({data['format']}, split {data['split']}, {data['n']} clips)"
-    )
+    if data["source"] == "synthetic":
+        source = f"{data['n']} simulated clips, seed {data['seed']}"
+    elif data.get("beats") == "detector":
+        source = (
+            f"{data['path']} ({data['format']}, split {data['split']}): {data['n']} windows cut by the "
+            f"live detector from {data['n_clips']} clips"
+        )
+    else:
+        source = f"{data['path']} ({data['format']}, split {data['split']}, {data['n']} clips)"
     lines = [
         "# MCSDR evaluation",
         "",
@@ -331,6 +389,8 @@ def render_report(result: dict[str, Any]) -> str:
             "Regression is a point prediction: its CRPS is its absolute error, its PICP ≈ 0 by "
             "construction, and its AUROCs rank clips by the negative predicted EF.",
         ]
+    if "per_clip" in result:
+        lines += ["", *_per_clip_lines(result["per_clip"])]
     lines += ["", "## Posterior std by image quality (EF %)", ""]
     by_q = result["raw"].get("std_by_quality")
     if by_q is None:
@@ -360,6 +420,7 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
     scale = (sidecar.get("recalibration") or {}).get("scale")
     t0 = time.perf_counter()
     arr, data_desc = _load_clips(req, sidecar)
+    windows, clip_efs = data_desc.pop("windows", None), data_desc.pop("clip_efs", None)
     t1 = time.perf_counter()
     pred = sample_arrays(model, arr, k=req.k, seed=req.seed, desc="sampling posterior")
     t2 = time.perf_counter()
@@ -384,6 +445,9 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
         scores["regression"] = regression_metrics(arrays["regression"], truth, quality)
         scores["gaussian"] = metrics.evaluate_samples(pred["gauss_samples"], truth, quality)
 
+    if windows is not None:  # each window scored above; here the clip's estimate: its pooled posterior
+        published = arrays.get("samples_recalibrated", samples)
+        scores["per_clip"] = clip_summary(windows, published, clip_efs, data_desc["n_clips"])
     raw = scores["raw"]
     result: dict[str, Any] = {key: raw.get(key) for key in FLAT_KEYS}  # std_by_quality None without grades
     model_pt = Path(req.model).with_suffix(".pt")  # the same resolution as train.load_model

@@ -315,8 +315,12 @@ class RunningPosterior:
         """Beats in the pool now (1 ≤ beats ≤ n_beats once one was added)."""
         return len(self._beats)
 
-    def summary(self) -> PosteriorSummary:
-        """Summary of the pooled samples; raises ValueError before the first beat."""
+    def pooled(self) -> np.ndarray:
+        """The pooled samples (beats × K,) EF %; raises ValueError before the first beat."""
         if not self._beats:
             raise ValueError("running posterior: no beat yet")
-        return summarize(np.concatenate(list(self._beats.values())))
+        return np.concatenate(list(self._beats.values()))
+
+    def summary(self) -> PosteriorSummary:
+        """Summary of the pooled samples; raises ValueError before the first beat."""
+        return summarize(self.pooled())

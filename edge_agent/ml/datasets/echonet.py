@@ -100,6 +100,11 @@ class TracedVideoDataset(ABC):
         """Frames per second of video i, whose AVI header says ``header_fps``."""
 
     @abstractmethod
+    def stream_of(self, i: int) -> tuple[Path, float | None, dict[str, float]]:
+        """Video i as a stream of the live agent would be configured to play it: (file, fps to pace
+        it at, None to trust its header; demographics by field name, the absent ones left out)."""
+
+    @abstractmethod
     def _demographics(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Video i's demographics: ((4,) float32 values, (4,) bool known mask), fresh arrays."""
 
@@ -158,6 +163,9 @@ class EchoNetDynamic(TracedVideoDataset):
 
     def _fps(self, i: int, header_fps: float) -> float:
         return float(self.fps[i])  # the header fps is ignored on purpose (module docstring)
+
+    def stream_of(self, i: int) -> tuple[Path, float | None, dict[str, float]]:
+        return self.files[i], float(self.fps[i]), {}
 
     def _demographics(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return demographics_vector()

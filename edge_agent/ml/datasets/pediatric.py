@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.core.demographics import demographics_vector
+from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS, demographics_vector
 from edge_agent.core.sample import DatasetError
 from edge_agent.ml.datasets.base import (
     filelist_rows,
@@ -123,3 +123,8 @@ class EchoNetPediatric(TracedVideoDataset):
     def _demographics(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         demographics, mask = self.demographics[i]
         return demographics.copy(), mask.copy()
+
+    def stream_of(self, i: int) -> tuple[Path, float | None, dict[str, float]]:
+        values, mask = self.demographics[i]
+        known = {f: float(v) for f, v, k in zip(DEMOGRAPHIC_FIELDS, values, mask, strict=True) if k}
+        return self.files[i], self.fps_override, known
