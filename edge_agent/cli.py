@@ -255,6 +255,7 @@ def _robustness_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=4242, help="simulator seed, never one used in training")
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window")
     p.add_argument("--phases", type=COUNT, default=8, help="window start phases per beat")
+    p.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
     p.add_argument("--out", default="runs/robustness", help="folder for report.md, robustness.json, plot")
 
 
@@ -267,7 +268,13 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from edge_agent.ml.robustness import RobustnessRequest, run_robustness
 
     req = RobustnessRequest(
-        model=args.model, n=args.n, seed=args.seed, k=args.k, phases=args.phases, out=args.out
+        model=args.model,
+        n=args.n,
+        seed=args.seed,
+        k=args.k,
+        phases=args.phases,
+        out=args.out,
+        generation=args.generation,
     )
     result = run_robustness(req)
     print(json.dumps({t["metric"] + " " + t["target"]: t["value"] for t in result["targets"]}))

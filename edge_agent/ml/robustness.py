@@ -77,7 +77,8 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
 class RobustnessRequest:
     """model: artefact (.pt + .json); n: cines; seed: simulator seed (never a training seed);
     k: posterior samples per window; phases: start phases per beat; out: report folder.
-    errors: how the perturbed windows are cut (exact-phase starts: the phases are scored apart)."""
+    errors: how the perturbed windows are cut (exact-phase starts: the phases are scored apart).
+    generation: the simulator generation of the cines (1, or 2: edge_agent.sim.phantom2)."""
 
     model: str = "engines/mcsdr_default.pt"
     n: int = 500
@@ -86,6 +87,7 @@ class RobustnessRequest:
     phases: int = 8
     out: str = "runs/robustness"
     errors: WindowErrors = field(default_factory=WindowErrors)
+    generation: int = 1
     transforms: tuple[str, ...] = field(default_factory=lambda: tuple(VIEW_TRANSFORMS))
 
 
@@ -126,7 +128,7 @@ def simulate_windows(req: RobustnessRequest) -> _Windows:
     kinds = []
     for i in tqdm(range(req.n), desc="simulating cines", unit="cine"):
         rng = np.random.default_rng(np.random.SeedSequence([req.seed, i]))
-        case = draw_case(rng, quality=QUALITIES[i % len(QUALITIES)])
+        case = draw_case(rng, quality=QUALITIES[i % len(QUALITIES)], generation=req.generation)
         # Start just before an ED; 3.5 beats leave room for late phases and double beats.
         sim = simulate_clip(case, rng, n_beats=3.5, start_phase=0.95)
         start, end = float(sim.ed_frames[0]), float(sim.ed_frames[1])
@@ -240,7 +242,8 @@ def render_report(result: dict[str, Any]) -> str:
     lines = [
         f"# Robustness of `{result['model']['path']}`",
         "",
-        f"{result['request']['n']} simulated cines, seed {result['request']['seed']}, "
+        f"{result['request']['n']} simulated cines (generation {result['request']['generation']}), "
+        f"seed {result['request']['seed']}, "
         f"K = {result['request']['k']}; published posterior (recalibration scale "
         f"{_fmt(result['model']['recalibration_scale'])}). Perturbed windows: "
         + ", ".join(f"{k} {v}" for k, v in result["perturbation_kinds"].items()),
