@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_agent.core import metrics
-from edge_agent.core.clip import CLIP_FRAMES
+from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE
 from edge_agent.live.beats import source_windows
 from edge_agent.live.capture import CaptureConfig
 from edge_agent.live.cycles import CycleConfig
@@ -67,13 +67,11 @@ def detector_windows(ds: TracedVideoDataset, cycles: CycleConfig | None = None) 
             owner.append(i)
             hows.append(w.how)
     m = len(clips)
-    arr = ClipArrays(
-        np.stack(clips) if m else np.empty((0, CLIP_FRAMES, 112, 112), np.uint8),
+    arr = ClipArrays.ungraded(
+        np.stack(clips) if m else np.empty((0, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE), np.uint8),
         np.asarray(efs, np.float32),
         np.asarray(demos, np.float32).reshape(m, 4),
         np.asarray(masks, bool).reshape(m, 4),
-        np.full(m, -1, np.int8),
-        np.full((m, CLIP_FRAMES), np.nan, np.float32),
     )
     return DetectorWindows(arr, np.asarray(owner, np.int64), hows, without)
 

@@ -110,7 +110,6 @@ class _Windows:
     truth: np.ndarray
     demo: np.ndarray
     mask: np.ndarray
-    quality: np.ndarray
     perturbation: list[str]
 
 
@@ -123,7 +122,7 @@ def simulate_windows(req: RobustnessRequest) -> _Windows:
     names = _variant_names(req)
     shape = (req.n, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE)
     clips = {name: np.empty(shape, np.uint8) for name in names}
-    truth, quality = np.empty(req.n), np.empty(req.n, np.int8)
+    truth = np.empty(req.n)
     demo, mask = np.empty((req.n, 4), np.float32), np.empty((req.n, 4), bool)
     kinds = []
     for i in tqdm(range(req.n), desc="simulating cines", unit="cine"):
@@ -133,7 +132,7 @@ def simulate_windows(req: RobustnessRequest) -> _Windows:
         sim = simulate_clip(case, rng, n_beats=3.5, start_phase=0.95)
         start, end = float(sim.ed_frames[0]), float(sim.ed_frames[1])
         period, last = end - start, len(sim.frames)
-        truth[i], quality[i] = sim.beat_ef[0], i % len(QUALITIES)
+        truth[i] = sim.beat_ef[0]
         demo[i], mask[i] = case_demographics(case.demographics)
         clips["aligned"][i] = make_clip(sim.frames, start, end)
         s, e, kind = perturbed_bounds(start, end, rng, req.errors)
@@ -144,19 +143,7 @@ def simulate_windows(req: RobustnessRequest) -> _Windows:
             clips[f"phase_{j}"][i] = make_clip(sim.frames, s, min(s + period, last))
         for name in req.transforms:
             clips[name][i] = view_transform(clips["aligned"][i], *VIEW_TRANSFORMS[name])
-    return _Windows(clips, truth, demo, mask, quality, kinds)
-
-
-def _as_arrays(w: _Windows, name: str) -> ClipArrays:
-    n = len(w.truth)
-    return ClipArrays(
-        w.clips[name],
-        w.truth.astype(np.float32),
-        w.demo,
-        w.mask,
-        w.quality,
-        np.full((n, 32), np.nan, np.float32),
-    )
+    return _Windows(clips, truth, demo, mask, kinds)
 
 
 def _scores(samples: np.ndarray, reg: np.ndarray, gauss: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -212,7 +199,13 @@ def run_robustness(req: RobustnessRequest, progress: Callable[[str], None] = pri
     w = simulate_windows(req)
     means, scores = {}, {}
     for name in _variant_names(req):
-        pred = sample_arrays(model, _as_arrays(w, name), k=req.k, seed=req.seed, desc=f"posterior: {name}")
+        pred = sample_arrays(
+            model,
+            ClipArrays.ungraded(w.clips[name], w.truth, w.demo, w.mask),
+            k=req.k,
+            seed=req.seed,
+            desc=f"posterior: {name}",
+        )
         published = recalibrate(pred["samples"], float(scale)) if scale else pred["samples"]
         means[name] = published.mean(axis=1)
         reg = model.transform.inverse_np(pred["reg"])

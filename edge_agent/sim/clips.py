@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent.core.clip import WindowErrors, beat_sample_times, make_clip
+from edge_agent.core.clip import CLIP_FRAMES, WindowErrors, beat_sample_times, make_clip
 from edge_agent.core.demographics import demographics_vector
 from edge_agent.core.sample import ClipSample
 from edge_agent.sim.phantom import QUALITIES, Demographics
@@ -95,6 +95,14 @@ class ClipArrays:
 
     def __len__(self) -> int:
         return len(self.ef)
+
+    @classmethod
+    def ungraded(cls, clips: np.ndarray, ef: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> ClipArrays:
+        """Clips (N, 32, 112, 112) uint8 with their EF (N,) %, demo (N, 4), mask (N, 4) and neither an
+        image-quality grade nor an LV-area curve (windows cut from recordings or transformed)."""
+        n = len(clips)
+        no_area = np.full((n, CLIP_FRAMES), np.nan, np.float32)
+        return cls(clips, np.asarray(ef, np.float32), demo, mask, np.full(n, -1, np.int8), no_area)
 
     @classmethod
     def from_dataset(cls, ds, desc: str = "reading") -> ClipArrays:
