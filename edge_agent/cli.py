@@ -163,6 +163,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generation_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
+
+
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=COUNT, default=100)
@@ -170,7 +174,7 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["echonet", "pediatric"], default="echonet")
     p.add_argument("--beats", type=SECONDS, default=3.0, help="beats per clip (random start phase)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
+    _generation_option(p)
 
 
 @verb("simulate", "write a simulated dataset in EchoNet-Dynamic or -Pediatric format", _simulate_arguments)
@@ -238,7 +242,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _stats_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=24)
     p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
+    _generation_option(p)
 
 
 @verb("sim-stats", "image statistics of simulated clips next to real EchoNet clips", _stats_arguments)
@@ -255,7 +259,7 @@ def _robustness_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=4242, help="simulator seed, never one used in training")
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window")
     p.add_argument("--phases", type=COUNT, default=8, help="window start phases per beat")
-    p.add_argument("--generation", type=int, choices=[1, 2], default=1, help="simulator generation")
+    _generation_option(p)
     p.add_argument("--out", default="runs/robustness", help="folder for report.md, robustness.json, plot")
 
 
