@@ -260,12 +260,20 @@ def _robustness_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window")
     p.add_argument("--phases", type=COUNT, default=8, help="window start phases per beat")
     _generation_option(p)
+    p.add_argument(
+        "--real",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a recording (DICOM cine, video) whose live-cut windows join the OOD table; repeatable",
+    )
     p.add_argument("--out", default="runs/robustness", help="folder for report.md, robustness.json, plot")
 
 
 @verb(
     "robustness",
-    "posterior under misaligned windows and other views (phase, period, zoom, aspect, rotation, gain)",
+    "posterior under misaligned windows and other views (phase, period, zoom, aspect, rotation, gain), "
+    "and the OOD score on corrupted and real inputs",
     _robustness_arguments,
 )
 def cmd_robustness(args: argparse.Namespace) -> int:
@@ -279,6 +287,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         phases=args.phases,
         out=args.out,
         generation=args.generation,
+        real=tuple(args.real),
     )
     result = run_robustness(req)
     print(json.dumps({t["metric"] + " " + t["target"]: t["value"] for t in result["targets"]}))
@@ -518,6 +527,13 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="calibration", help="folder for the windows and their manifest")
     p.add_argument("--model", default=DEFAULT_MODEL + ".onnx", help="the fp32 fused graph")
     p.add_argument("--force", action="store_true", help="redraw and requantise even when cached")
+    p.add_argument(
+        "--generation",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="simulator generation of the calibration and test windows (the shipped model's: 2)",
+    )
 
 
 @verb("calibrate", "INT8: calibration windows, quantised ONNX models, their evaluation", _calibrate_arguments)
@@ -526,7 +542,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     try:
         result = run_calibration(
-            n=args.n, recordings=args.recordings, out=args.out, model=args.model, force=args.force
+            n=args.n,
+            recordings=args.recordings,
+            out=args.out,
+            model=args.model,
+            force=args.force,
+            generation=args.generation,
         )
     except CalibrationError as e:
         print(f"edge-agent: calibration failed: {e}", file=sys.stderr)

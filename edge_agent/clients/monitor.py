@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_agent.clients.subscriber import T_RECEIVED, Subscriber
+from edge_agent.core.reliability import is_reliable
 
 TREND_BEATS = 30  # beat means kept for the sparkline
 STALE_BEATS = 3  # an estimate is overdue after this many beat periods (when longer than stale_after_s)
@@ -231,6 +232,64 @@ def _fmt_hr(hr: float | None) -> str:
     return "HR — bpm" if hr is None else f"HR {hr:.0f} bpm"
 
 
+def _estimate_lines(est: dict[str, Any], view: StreamView, alarm: bool) -> list[RenderableType]:
+    """The panel's lines for the latest estimate; ``alarm``: it is stale, shown dimmed."""
+    lines: list[RenderableType] = []
+    running, beat = est["running"], est["beat"]
+    category = ef_category(running["mean"])
+    lo, hi = running["ci90"]
+    low_confidence = not est["reliable"]
+    if low_confidence:
+        # The model's interval is only honest on inputs like its training data: withhold it.
+        lines.append(Text(" LOW CONFIDENCE ", style="bold yellow reverse"))
+        lines.append(Text("input unlike the training data", style="yellow"))
+        lines.append(Text(f"OOD score {est['ood_score']:.1f} (familiar ≤ 1)", style="yellow"))
+    head = Table.grid(padding=(0, 2))
+    head.add_row(
+        # Dimmed when stale (the last number known, not the current one) or low confidence.
+        Text(big_number(f"{running['mean']:.0f}"), style="dim" if alarm or low_confidence else "bold"),
+        Text.assemble(
+            ("LVEF ", "bold"),
+            (f"{running['mean']:.1f} %", "dim" if alarm or low_confidence else "bold"),
+            "\ninterval withheld: low confidence"
+            if low_confidence
+            else f"\n90 % interval {lo:.1f}–{hi:.1f} %",
+            f"\nrunning over {_count(running['n_beats'], 'beat')}",
+        ),
+    )
+    lines.append(head)
+    lines.append(
+        Text.assemble(
+            (category, _CATEGORY_STYLE[category]),
+            f" ({_CATEGORY_BAND[category]})",
+            "   ",
+            _fmt_hr(view.hr_bpm),
+        )
+    )
+    lines.append(
+        Text.assemble(
+            "P(EF<40) ",
+            (f"{running['p_ef_lt_40']:.2f}", _p_style(running["p_ef_lt_40"])),
+            " running · ",
+            (f"{beat['p_ef_lt_40']:.2f}", _p_style(beat["p_ef_lt_40"])),
+            " beat",
+        )
+    )
+    blo, bhi = beat["ci90"]
+    beat_interval = f"[{blo:.1f}–{bhi:.1f}]" if is_reliable(est["beat_ood_score"]) else "(low confidence)"
+    beat_line = Text(f"beat #{est['seq']} {beat['mean']:.1f} % {beat_interval}")
+    if beat["multimodal"]:
+        beat_line.append(" multimodal", style="yellow")
+    lines.append(beat_line)
+    trend = list(view.trend)
+    # Oldest beat left; the labels give the range the blocks span (▁ = min, █ = max).
+    lines.append(Text.assemble("trend ", (sparkline(trend), "cyan"), f" {min(trend):.0f}–{max(trend):.0f} %"))
+    lines.append(Text(f"latency {est['latency_ms']:.0f} ms · {est['backend']}", style="dim"))
+    if "ef" in est.get("truth", {}):
+        lines.append(Text(f"simulator truth EF {est['truth']['ef']:.1f} %", style="dim"))
+    return lines
+
+
 def _stream_panel(view: StreamView, state: MonitorState, now: float, stale_after_s: float) -> Panel:
     reason = state.stale_reason(view.stream, now, stale_after_s)
     signal = None if view.status is None else view.status["signal"]
@@ -246,51 +305,7 @@ def _stream_panel(view: StreamView, state: MonitorState, now: float, stale_after
     if est is None:
         lines.append(Text("waiting for the first estimate…", style="dim"))
     else:
-        running, beat = est["running"], est["beat"]
-        category = ef_category(running["mean"])
-        lo, hi = running["ci90"]
-        head = Table.grid(padding=(0, 2))
-        head.add_row(
-            # Dimmed when stale: the number is the last one known, not the current one.
-            Text(big_number(f"{running['mean']:.0f}"), style="dim" if alarm else "bold"),
-            Text.assemble(
-                ("LVEF ", "bold"),
-                (f"{running['mean']:.1f} %", "dim" if alarm else "bold"),
-                f"\n90 % interval {lo:.1f}–{hi:.1f} %",
-                f"\nrunning over {_count(running['n_beats'], 'beat')}",
-            ),
-        )
-        lines.append(head)
-        lines.append(
-            Text.assemble(
-                (category, _CATEGORY_STYLE[category]),
-                f" ({_CATEGORY_BAND[category]})",
-                "   ",
-                _fmt_hr(view.hr_bpm),
-            )
-        )
-        lines.append(
-            Text.assemble(
-                "P(EF<40) ",
-                (f"{running['p_ef_lt_40']:.2f}", _p_style(running["p_ef_lt_40"])),
-                " running · ",
-                (f"{beat['p_ef_lt_40']:.2f}", _p_style(beat["p_ef_lt_40"])),
-                " beat",
-            )
-        )
-        blo, bhi = beat["ci90"]
-        beat_line = Text(f"beat #{est['seq']} {beat['mean']:.1f} % [{blo:.1f}–{bhi:.1f}]")
-        if beat["multimodal"]:
-            beat_line.append(" multimodal", style="yellow")
-        lines.append(beat_line)
-        trend = list(view.trend)
-        # Oldest beat left; the labels give the range the blocks span (▁ = min, █ = max).
-        lines.append(
-            Text.assemble("trend ", (sparkline(trend), "cyan"), f" {min(trend):.0f}–{max(trend):.0f} %")
-        )
-        lines.append(Text(f"latency {est['latency_ms']:.0f} ms · {est['backend']}", style="dim"))
-        if "ef" in est.get("truth", {}):
-            lines.append(Text(f"simulator truth EF {est['truth']['ef']:.1f} %", style="dim"))
+        lines += _estimate_lines(est, view, alarm)
     if view.status is not None:
         st = view.status
         lines.append(
@@ -346,12 +361,19 @@ def render(state: MonitorState, now: float, stale_after_s: float = 5.0) -> Rende
 # ---------------------------------------------------------------- live loop
 
 
+def _unfamiliar(msg: dict[str, Any]) -> str:
+    """Why an estimate is low confidence, for a person: its out-of-distribution score."""
+    return f"input unlike the training data, OOD score {msg['ood_score']:.1f} (familiar ≤ 1)"
+
+
 def estimate_line(msg: dict[str, Any]) -> str:
-    """One log line for an estimate: stream, seq, running LVEF with 90 % interval, beat, P(EF<40), HR."""
+    """One log line for an estimate: stream, seq, running LVEF with 90 % interval (or LOW CONFIDENCE
+    in its place), beat, P(EF<40), HR."""
     running, beat = msg["running"], msg["beat"]
     lo, hi = running["ci90"]
+    interval = f"[90 % {lo:.1f}–{hi:.1f}]" if msg["reliable"] else f"LOW CONFIDENCE, {_unfamiliar(msg)}"
     return (
-        f"{msg['stream']} #{msg['seq']}: LVEF {running['mean']:.1f} % [90 % {lo:.1f}–{hi:.1f}] "
+        f"{msg['stream']} #{msg['seq']}: LVEF {running['mean']:.1f} % {interval} "
         f"({_count(running['n_beats'], 'beat')}, {ef_category(running['mean'])}) · "
         f"beat {beat['mean']:.1f} % · "
         f"P(EF<40) {running['p_ef_lt_40']:.2f} · {_fmt_hr(msg['hr_bpm'])} · {msg['latency_ms']:.0f} ms"

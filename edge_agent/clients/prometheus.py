@@ -16,6 +16,8 @@ Metrics (labels in braces; durations in seconds, the Prometheus base unit):
 | `edge_agent_stage_seconds{stream,stage}`         | histogram | each entry of the estimate's `stages`      |
 | `edge_agent_lvef_running_percent{stream}`        | gauge     | running posterior mean, EF %               |
 | `edge_agent_p_ef_lt_40_running_ratio{stream}`    | gauge     | running P(EF < 40 %)                       |
+| `edge_agent_reliable{stream}`                    | gauge     | 1 reliable, 0 LOW CONFIDENCE (`reliable`)  |
+| `edge_agent_ood_score{stream}`                   | gauge     | running `ood_score` (NaN: model has none)  |
 | `edge_agent_estimate_seq_gaps_total{stream}`     | counter   | skips in the estimate numbering            |
 | `edge_agent_estimates_missing_total{stream}`     | counter   | estimates skipped by them                  |
 | `edge_agent_estimate_seq_restarts_total{stream}` | counter   | numbering restarts (windower restarted)    |
@@ -168,6 +170,17 @@ class MetricsExporter:
         self._define(self.registry)
 
     def _define(self, r: CollectorRegistry) -> None:
+        self._define_estimates(r)
+        self._define_status(r)
+        self.uptime = Gauge(
+            "edge_agent_publisher_uptime_seconds", "Publisher uptime from its heartbeat", ["host"], registry=r
+        )
+        self.messages = Counter(
+            "edge_agent_exporter_messages", "Messages this exporter received", ["kind"], registry=r
+        )
+        r.register(_Received(self))
+
+    def _define_estimates(self, r: CollectorRegistry) -> None:
         s = ["stream"]
         self.estimates = Counter("edge_agent_estimates", "Estimates received", s, registry=r)
         self.latency = Histogram(
@@ -195,6 +208,15 @@ class MetricsExporter:
         self.p_reduced = Gauge(
             "edge_agent_p_ef_lt_40_running_ratio", "Running posterior P(EF < 40 %)", s, registry=r
         )
+        self.reliable = Gauge(
+            "edge_agent_reliable",
+            "1 when the running estimate is reliable, 0 when low confidence",
+            s,
+            registry=r,
+        )
+        self.ood = Gauge(
+            "edge_agent_ood_score", "Running out-of-distribution score (familiar <= 1)", s, registry=r
+        )
         self.seq_gaps = Counter(
             "edge_agent_estimate_seq_gaps", "Breaks in a stream's estimate numbering", s, registry=r
         )
@@ -207,6 +229,9 @@ class MetricsExporter:
             s,
             registry=r,
         )
+
+    def _define_status(self, r: CollectorRegistry) -> None:
+        s = ["stream"]
         self.fps = Gauge("edge_agent_fps", "Measured capture rate, frames/s", s, registry=r)
         self.hr = Gauge(
             "edge_agent_heart_rate_bpm", "Latest heart rate, beats/min (NaN: unknown)", s, registry=r
@@ -232,13 +257,6 @@ class MetricsExporter:
         self.signal = Enum(
             "edge_agent_signal", "Signal state of the stream", s, states=list(wire.SIGNAL_STATES), registry=r
         )
-        self.uptime = Gauge(
-            "edge_agent_publisher_uptime_seconds", "Publisher uptime from its heartbeat", ["host"], registry=r
-        )
-        self.messages = Counter(
-            "edge_agent_exporter_messages", "Messages this exporter received", ["kind"], registry=r
-        )
-        r.register(_Received(self))
 
     def start(self) -> None:
         server_key, client_key = self.curve_keys
@@ -300,6 +318,8 @@ class MetricsExporter:
             self.stage.labels(stream, name).observe(ms / 1000.0)
         self.lvef.labels(stream).set(msg["running"]["mean"])
         self.p_reduced.labels(stream).set(msg["running"]["p_ef_lt_40"])
+        self.reliable.labels(stream).set(1.0 if msg["reliable"] else 0.0)
+        self.ood.labels(stream).set(math.nan if msg["ood_score"] is None else msg["ood_score"])
         step = classify_seq(self.last_seq.get(stream), msg["seq"])
         self.last_seq[stream] = msg["seq"]
         if step.kind == "gap":

@@ -13,8 +13,9 @@ matters, ``synchronous=FULL`` fsyncs the log at every commit (one fsync per mess
 second per stream). Messages arrive at ~1–4 per second per stream, so a transaction per message
 costs well under a millisecond and no batching is needed (a batch would be what a crash loses).
 
-Tables (``DB_SCHEMA_VERSION`` 1; times ``t…`` are the publisher's monotonic seconds as on the wire,
-``received_utc`` is the recorder's wall clock, ISO 8601 UTC, and ``received_unix`` the same in s):
+Tables (``DB_SCHEMA_VERSION`` 2: version 2 added ``reliable``, ``ood_score`` and ``beat_ood_score``;
+times ``t…`` are the publisher's monotonic seconds as on the wire, ``received_utc`` is the
+recorder's wall clock, ISO 8601 UTC, and ``received_unix`` the same in s):
 
 * ``schema_version``: one row, the database schema version, the wire schema version, creation time.
 * ``sessions``: one row per recorder run: start, end (NULL when it crashed), endpoints, topics and,
@@ -54,7 +55,7 @@ from edge_agent.protocol.transport import TransportConfig
 
 log = logging.getLogger(__name__)
 
-DB_SCHEMA_VERSION = 1
+DB_SCHEMA_VERSION = 2
 DEFAULT_ENDPOINT = TransportConfig.publish  # the agent's default publish endpoint
 SYNCHRONOUS_LEVELS = ("NORMAL", "FULL")
 # The counters of a run, written into its sessions row on a clean stop (Recorder.summary()).
@@ -113,6 +114,9 @@ ESTIMATE_COLUMNS: tuple[tuple[str, str], ...] = (
     *_summary_types("beat"),
     *_summary_types("running"),
     ("running_n_beats", "INTEGER NOT NULL"),
+    ("reliable", "INTEGER NOT NULL"),
+    ("ood_score", "REAL"),
+    ("beat_ood_score", "REAL"),
     ("hr_bpm", "REAL"),
     ("latency_ms", "REAL NOT NULL"),
     ("latency_from_ready_ms", "REAL NOT NULL"),
@@ -180,6 +184,9 @@ def estimate_row(msg: Mapping[str, Any], received_unix: float) -> dict[str, Any]
         **_summary_values("beat", msg["beat"]),
         **_summary_values("running", msg["running"]),
         "running_n_beats": msg["running"]["n_beats"],
+        "reliable": int(msg["reliable"]),
+        "ood_score": msg["ood_score"],
+        "beat_ood_score": msg["beat_ood_score"],
         "hr_bpm": msg["hr_bpm"],
         "latency_ms": msg["latency_ms"],
         # Both times are on the capture host's clock: the delay after the beat was complete.

@@ -122,14 +122,17 @@ class Windows:
         return len(self.video)
 
 
-def simulator_sources(n: int) -> list[tuple[str, int]]:
+def simulator_sources(n: int, generation: int = 1) -> list[tuple[str, int]]:
     """(URI, windows to take) per simulator feed: one feed per quality level, n split evenly
-    (the first levels take the remainder), a new random patient every PATIENT_S seconds."""
+    (the first levels take the remainder), a new random patient every PATIENT_S seconds, rendered
+    by simulator ``generation`` (that of the model's training data)."""
+    gen = "" if generation == 1 else f"&gen={generation}"
     out = []
     for i, quality in enumerate(QUALITIES):
         count = n // len(QUALITIES) + (i < n % len(QUALITIES))
         if count:
-            out.append((f"synthetic://?seed={SIM_SEED + i}&quality={quality}&patient_s={PATIENT_S:g}", count))
+            uri = f"synthetic://?seed={SIM_SEED + i}&quality={quality}&patient_s={PATIENT_S:g}{gen}"
+            out.append((uri, count))
     return out
 
 
@@ -216,7 +219,7 @@ def _json_sha256(data: Any) -> str:
 
 
 def calibration_request(
-    n: int, recordings: Sequence[str], cycles: CycleConfig, warmup_frames: int
+    n: int, recordings: Sequence[str], cycles: CycleConfig, warmup_frames: int, generation: int = 1
 ) -> dict[str, Any]:
     """What defines a calibration set (its hash decides reuse): the sources and how windows are cut.
 
@@ -234,7 +237,7 @@ def calibration_request(
         "manifest_version": MANIFEST_VERSION,
         "simulator": [
             {"uri": uri, "windows": count, "drawn": SIM_STRIDE * count, "kept": f"every {SIM_STRIDE}th"}
-            for uri, count in simulator_sources(n)
+            for uri, count in simulator_sources(n, generation)
         ],
         "recordings": recs,
         "beat_rule": {
@@ -312,10 +315,12 @@ def calibration_set(
     cycles: CycleConfig | None = None,
     warmup_frames: int | None = None,
     force: bool = False,
+    generation: int = 1,
 ) -> tuple[Windows, dict[str, Any]]:
     """The calibration windows of ``out`` (drawn and stored, or reused) and their manifest.
 
-    n: windows from the simulator (split over the quality levels), and at most n per recording.
+    n: windows from the simulator (split over the quality levels; simulator ``generation``), and at
+    most n per recording.
     A stored set is reused when its manifest's request hash equals this request's and the npz's
     sha256 matches; ``force`` redraws.
     """
@@ -324,11 +329,11 @@ def calibration_set(
     cycles = cycles or CycleConfig()
     warmup_frames = warmup_frames or CaptureConfig().warmup_frames
     out = Path(out)
-    request = calibration_request(n, recordings, cycles, warmup_frames)
+    request = calibration_request(n, recordings, cycles, warmup_frames, generation)
     request_sha = _json_sha256(request)
     if not force and (stored := _stored(out, request_sha)) is not None:
         return stored
-    sim = simulator_sources(n)
+    sim = simulator_sources(n, generation)
     sources = [(uri, SIM_STRIDE * count) for uri, count in sim] + [(r, None) for r in recordings]
     t0 = time.perf_counter()
     windows = draw_windows(sources, cycles, warmup_frames)
@@ -457,6 +462,21 @@ def quantized_path(model: str | Path, spec: QuantSpec) -> Path:
     return model.with_name(f"{model.stem}.{spec.suffix}.onnx")
 
 
+def _ancestors(graph: Any, output: str) -> set[str]:
+    """Names of the nodes ``output`` depends on (all of them for a graph without that output)."""
+    if output not in {o.name for o in graph.output}:
+        return {n.name for n in graph.node}
+    producer = {o: n for n in graph.node for o in n.output}
+    seen: set[str] = set()
+    todo = [output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and node.name not in seen:
+            seen.add(node.name)
+            todo.extend(node.input)
+    return seen
+
+
 def excluded_nodes(graph_path: Path, spec: QuantSpec) -> dict[str, str]:
     """Nodes of the (pre-processed) graph kept float, with the reason: node name → why.
 
@@ -469,13 +489,21 @@ def excluded_nodes(graph_path: Path, spec: QuantSpec) -> dict[str, str]:
       run 10 times on the K trajectories. Its int8 MatMuls (d = 64) gain nothing in speed, and
       their errors compound over the 10 steps: the posterior mean moved by 0.48 EF on average
       (max 4.6) with them quantised, 0.25 (max 0.9) without, on 100 test beats.
+    * Nodes that only compute the out-of-distribution score (nothing of "samples" depends on
+      them): its precision matrix spans orders of magnitude that int8 cannot hold, and its
+      threshold was fitted on float embeddings.
     * Names containing one of ``spec.exclude``.
     """
     graph = onnx.load(str(graph_path), load_external_data=False).graph
     weights = {i.name: i for i in graph.initializer}
     noisy = {"noise"} if spec.float_denoiser else set()
+    feeds_samples = _ancestors(graph, "samples")
     out = {}
     for n in graph.node:  # nodes are topologically sorted
+        if n.name not in feeds_samples:
+            if n.op_type in OP_TYPES:
+                out[n.name] = "out-of-distribution score only"
+            continue
         if noisy.intersection(n.input):
             noisy.update(n.output)
             if n.op_type in OP_TYPES:
@@ -685,12 +713,14 @@ def evaluate_quantized(
     seed: int = EVAL_SEED,
     noise_seed: int = WorkerConfig.seed,
     workers: int = 1,
+    generation: int = 1,
 ) -> dict[str, Any]:
     """Accuracy and CPU speed of quantised graphs against the fp32 ``model``, on the same beats.
 
-    n fresh simulator beats (:func:`edge_agent.sim.clips.generate`, ``seed``, qualities
-    balanced), one window per call (batch 1) with the worker's K starting noises, each graph on
-    ONNX Runtime's CPU provider with one thread, interleaved window by window so load changes hit
+    n fresh simulator beats (:func:`edge_agent.sim.clips.generate`, ``seed``, simulator
+    ``generation``, qualities balanced), one window per call (batch 1) with the worker's K starting
+    noises, each graph on ONNX Runtime's CPU provider with one thread, interleaved window by window
+    so load changes hit
     every graph alike. Per graph: MAE (EF points) of the posterior mean after the sidecar's
     recalibration (the worker's) against the true EF, its change vs fp32, the posterior's
     calibration (PICP of the central 90 % interval, mean CRPS in EF points), the mean and largest
@@ -701,7 +731,9 @@ def evaluate_quantized(
     sidecar = json.loads(Path(f"{model}.json").read_text())
     scale = (sidecar.get("recalibration") or {}).get("scale")
     noise = starting_noises(int(sidecar["k"]), noise_seed)[None]
-    arr = generate(n, seed, balanced_quality=True, workers=workers, desc="simulating test beats")
+    arr = generate(
+        n, seed, balanced_quality=True, workers=workers, desc="simulating test beats", generation=generation
+    )
     graphs = {"fp32": model, **quantized}
     sessions = {name: _session(path) for name, path in graphs.items()}
     samples = {name: np.empty((n, noise.shape[1])) for name in graphs}
@@ -724,7 +756,13 @@ def evaluate_quantized(
     ref_mae = float(np.abs(means["fp32"] - truth).mean())
     ref_ms = float(np.median(ms["fp32"]))
     result: dict[str, Any] = {
-        "data": {"source": "synthetic", "n": n, "seed": seed, "balanced_quality": True},
+        "data": {
+            "source": "synthetic",
+            "n": n,
+            "seed": seed,
+            "balanced_quality": True,
+            "generation": generation,
+        },
         "k": int(noise.shape[1]),
         "noise_seed": noise_seed,
         "recalibration_scale": scale,
@@ -770,6 +808,7 @@ def run_calibration(
     evaluate: bool = True,
     eval_n: int = 200,
     force: bool = False,
+    generation: int = 1,
 ) -> dict[str, Any]:
     """``edge-agent calibrate [--n N] [--recordings PATH ...] [--out calibration/] [--model ONNX]``.
 
@@ -778,11 +817,12 @@ def run_calibration(
     tensorrt_cache: True builds the TensorRT 10.x calibration cache (CalibrationError without
     TensorRT), False skips it, None builds it when ``tensorrt`` is importable. evaluate: compare
     the INT8 models with fp32 on ``eval_n`` test beats (reused when the JSON already holds the same
-    models and n). force: redraw, requantise and re-evaluate even when reusable.
+    models, n and generation). force: redraw, requantise and re-evaluate even when reusable.
+    generation: the simulator generation of the calibration and test windows (the model's data).
     Returns a summary dict (paths, counts, the evaluation figures).
     """
     onnx_model = Path(model) if Path(model).suffix == ".onnx" else Path(model).with_suffix(".onnx")
-    windows, manifest = calibration_set(out, n=n, recordings=recordings, force=force)
+    windows, manifest = calibration_set(out, n=n, recordings=recordings, force=force, generation=generation)
     digest = manifest["windows"]["sha256"]
     models = {
         spec.suffix: quantize(onnx_model, windows, digest, spec, force=force) for spec in (CPU_INT8, TRT_QDQ)
@@ -814,6 +854,7 @@ def run_calibration(
         old = json.loads(path.read_text()) if path.is_file() and not force else {}
         same = (
             old.get("data", {}).get("n") == eval_n
+            and old.get("data", {}).get("generation", 1) == generation
             and {name: m.get("sha256") for name, m in old.get("models", {}).items()} == shas
             and all("picp90" in m for m in old.get("models", {}).values())  # older files lack it
         )
@@ -821,7 +862,7 @@ def run_calibration(
             log.info("evaluation: reusing %s", path)
             result = old
         else:
-            result = evaluate_quantized(onnx_model, models, n=eval_n)
+            result = evaluate_quantized(onnx_model, models, n=eval_n, generation=generation)
             path.write_text(json.dumps(result, indent=2) + "\n")
         summary["evaluation"] = {"path": str(path), **result["models"]}
     return summary

@@ -3,14 +3,17 @@
 ``<artefact>.onnx`` — the fused graph every fast backend runs:
 
     video uint8 (B, 32, 112, 112), demo float32 (B, 4), demo_mask float32 (B, 4) (1 known, 0 missing),
-    noise float32 (B, K)  →  samples float32 (B, K), EF %
+    noise float32 (B, K)  →  samples float32 (B, K), EF %;  ood_score float32 (B,)
 
 The encoder runs once; the 10 DDIM steps (x ← a_i·x + b_i·ε_θ(x, t_i), DDIM eq. 12 with η = 0) are
 unrolled over the K trajectories inside the graph, and the bounded-target inverse (EF = 100·σ(yσ+μ))
 ends it, so a backend does one call per window (or per batch of windows: B is dynamic, K static).
 The dispersion recalibration is not in the graph: it is the worker's, identical for every backend.
+``ood_score`` is the window's out-of-distribution score (:meth:`MCSDR.ood_score`, fitted by
+:mod:`edge_agent.ml.ood`; ≤ 1 familiar, NaN for an artefact fitted without one).
 
-``<artefact>.encoder.onnx`` (video, demo, demo_mask → k0, v0, …: the per-block keys and values) and
+``<artefact>.encoder.onnx`` (video, demo, demo_mask → k0, v0, …, ood_score: the per-block keys and
+values and the score) and
 ``<artefact>.step.onnx`` (y (B, K), t (B, K) int64, k0, v0, … → eps (B, K)) are the same network cut
 in two, for tools and backends that want to drive the sampler themselves.
 
@@ -59,20 +62,21 @@ class FusedPosterior(nn.Module):
 
     def forward(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor, noise: torch.Tensor):
         # Traced: the sampler's loop unrolls into the graph, its grid and coefficients become constants.
-        kv = self.model.condition(video, demo, demo_mask > 0.5)
+        kv, ood = self.model.condition(video, demo, demo_mask > 0.5)
         y = ddim_sample(self.model.denoiser(kv), noise, self.model.schedule)
-        return self.model.transform.inverse(y)
+        return self.model.transform.inverse(y), ood
 
 
 class Encoder(nn.Module):
-    """(video, demo, demo_mask) → [k0, v0, k1, v1, …], the condition encoded once per window."""
+    """(video, demo, demo_mask) → (k0, v0, k1, v1, …, ood_score), the condition encoded once per window."""
 
     def __init__(self, model: MCSDR) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor):
-        return tuple(self.model.condition(video, demo, demo_mask > 0.5))
+        kv, ood = self.model.condition(video, demo, demo_mask > 0.5)
+        return (*kv, ood)
 
 
 class Step(nn.Module):
@@ -154,20 +158,28 @@ def _export(
 
 
 def _check(
-    path: Path, feeds: dict[str, np.ndarray], expected: list[np.ndarray], tol: float, what: str
+    path: Path, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray], tol: float, what: str
 ) -> float:
-    """Run the ONNX with ONNX Runtime (CPU) and compare; returns the largest absolute difference."""
+    """Run the ONNX with ONNX Runtime (CPU) and compare; returns the largest difference."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, feeds)
-    worst = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
+    got = session.run(list(expected), feeds)
+    worst = max(_difference(g, e, n == "ood_score") for g, (n, e) in zip(got, expected.items(), strict=True))
     if not worst <= tol:
         raise ExportError(
             f"{path}: {what} differs from the torch model by {worst:.3g} (tolerance {tol:g}) on random "
             "inputs; the export is not faithful — check the opset and the ops the model uses"
         )
     return worst
+
+
+def _difference(got: np.ndarray, expected: np.ndarray, relative: bool) -> float:
+    """Largest absolute difference, or relative where values exceed 1 (the OOD score of a random
+    window is ~1e4, and fp32 keeps digits, not decimals); NaN in both agrees (no fitted score)."""
+    both_nan = np.isnan(got) & np.isnan(expected)
+    diff = np.abs(got - expected) / (np.maximum(1.0, np.abs(expected)) if relative else 1.0)
+    return float(np.where(both_nan, 0.0, diff).max())
 
 
 @dataclass(frozen=True)
@@ -201,8 +213,8 @@ def _parts(model: MCSDR, k: int, seed: int) -> list[_Part]:
     args = _torch_inputs(feeds)
     with torch.no_grad():  # not inference_mode: the tracer re-uses these tensors as example inputs
         fused, enc, step = FusedPosterior(model), Encoder(model), Step(model)
-        samples = fused(*args).numpy()
-        kv = enc(*args[:3])
+        samples, ood = (x.numpy() for x in fused(*args))
+        *kv, _ood = enc(*args[:3])
         t = torch.full((2, k), int(model.schedule.timesteps()[0]), dtype=torch.int64)
         eps = step(args[3], t, *kv).numpy()
     kv_np = dict(zip(kv_names, (x.numpy() for x in kv), strict=True))  # strict: one k and v per block
@@ -213,7 +225,7 @@ def _parts(model: MCSDR, k: int, seed: int) -> list[_Part]:
             fused,
             args,
             {n: feeds[n] for n in INPUTS_FUSED},
-            {"samples": samples},
+            {"samples": samples, "ood_score": ood},
             TOLERANCE_EF,
             "the posterior samples (EF %)",
             checked_key="checked_max_abs_diff_ef",
@@ -224,7 +236,7 @@ def _parts(model: MCSDR, k: int, seed: int) -> list[_Part]:
             enc,
             args[:3],
             {n: feeds[n] for n in INPUTS_FUSED[:3]},
-            kv_np,
+            {**kv_np, "ood_score": ood},
             TOLERANCE_RAW,
             "the keys and values",
         ),
@@ -250,8 +262,7 @@ def _export_checked(parts: list[_Part], paths: dict[str, Path], opset: int) -> d
         for part in parts:
             path = tmp[part.name]
             _export(part.module, part.args, path, list(part.inputs), list(part.outputs), opset)
-            expected = list(part.outputs.values())
-            worst[part.name] = _check(path, part.inputs, expected, part.tolerance, part.what)
+            worst[part.name] = _check(path, part.inputs, part.outputs, part.tolerance, part.what)
     except BaseException:
         for p in tmp.values():
             p.unlink(missing_ok=True)
@@ -283,6 +294,7 @@ def export(req: ExportRequest) -> dict[str, Path]:
         "diffusion": side["diffusion"],
         "target_transform": side["target_transform"],
         "recalibration": side.get("recalibration"),
+        "ood": side.get("ood"),
         "max_batch": req.max_batch,
     }
     parts = _parts(model, req.k, req.seed)

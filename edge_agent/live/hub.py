@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from edge_agent.core.reliability import is_reliable
 from edge_agent.model.posterior import RunningPosterior, summarize
 from edge_agent.protocol import security, wire
 from edge_agent.protocol.transport import TransportConfig, socket
@@ -313,8 +314,10 @@ class Hub:
             t=result.t[1],
             truth_ef=truth.get("ef"),
             fixed=result.beat == "fixed",
+            ood_score=result.ood_score,
         )
         running_truth = st.running.truth_mean()
+        running_ood = st.running.ood_score()
         if running_truth is not None:
             truth["ef_running"] = running_truth
         now = time.monotonic()
@@ -327,6 +330,9 @@ class Hub:
             t_published=now,
             beat=summarize(result.samples).to_dict(),
             running={**st.running.summary().to_dict(), "n_beats": st.running.beats},
+            reliable=is_reliable(running_ood),
+            ood_score=running_ood,
+            beat_ood_score=result.ood_score,
             hr_bpm=result.hr_bpm,
             backend=result.backend,
             latency_ms=1000.0 * (now - result.t[1]),

@@ -123,14 +123,16 @@ class Worker:
             self.endpoint,
         )
 
-    def infer(self, window: wire.Window) -> np.ndarray:
-        """One window → its posterior samples (K,) EF %, recalibrated when configured.
+    def infer(self, window: wire.Window) -> tuple[np.ndarray, float | None]:
+        """One window → its posterior samples (K,) EF %, recalibrated when configured, and its
+        out-of-distribution score (None when the model has none).
 
         Raises WireError when the backend's samples are not K finite EFs in [0, 100] % — checked
         before the recalibration too, whose clipping would hide an infinite sample: such a
         posterior is never sent (a broken engine, an fp16 overflow)."""
         demo, mask = window.demographics_arrays()
-        raw = np.asarray(self.backend.posterior(window.frames[None], demo[None], mask[None], self.noise))
+        out = self.backend.posterior(window.frames[None], demo[None], mask[None], self.noise)
+        raw = np.asarray(out.samples)
         if raw.shape != (1, self.cfg.k):
             raise wire.WireError(
                 f"{self.backend.name} backend samples: shape {raw.shape}, expected (1, {self.cfg.k})"
@@ -138,7 +140,9 @@ class Worker:
         wire.check_samples(raw[0], f"{self.backend.name} backend samples")
         samples = recalibrate(raw[0], self.scale) if self.scale else raw[0]
         wire.check_samples(samples, "recalibrated samples")
-        return samples
+        # d² is ≥ 0; float rounding of a window at the training mean may give -1e-7.
+        score = float(out.ood_score[0])
+        return samples, (max(0.0, score) if np.isfinite(score) else None)
 
     def _fail(self, reason: str, error: wire.WireError, window: wire.Window | None = None) -> None:
         """Tell the hub this window has no posterior (it counts it in the stream's windows_failed
@@ -171,7 +175,7 @@ class Worker:
             self._fail("invalid_window", e)
             return True
         try:
-            samples = self.infer(window)
+            samples, ood_score = self.infer(window)
         except wire.WireError as e:
             self.failed += 1
             log.error(
@@ -184,7 +188,9 @@ class Worker:
             self._fail("bad_samples", e, window)
             return True
         done = time.monotonic()
-        result = wire.encode_result(window, samples, self.backend.name, 1000.0 * (done - t0), done)
+        result = wire.encode_result(
+            window, samples, self.backend.name, 1000.0 * (done - t0), done, ood_score=ood_score
+        )
         self.sock.send_multipart([wire.RESULT, *result], copy=False)
         self._last_ready = time.monotonic()  # a result is also a request for the next window
         self.served += 1

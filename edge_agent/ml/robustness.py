@@ -14,9 +14,13 @@ windows, and each variant is scored with the same posterior sampler:
   gain (:func:`view_transform`).
 
 Reported (``robustness.json``, ``report.md``, two plots): MAE, PICP90, CRPS against the regression and
-Gaussian baselines and AUROC(EF < 40 %) for aligned and perturbed windows; the median over cines of
-the phase spread; the median |Δ posterior mean| of every view transform. The targets are those of
-issue 12 (:data:`TARGETS`). EF in %, frames (F, H, W) uint8.
+Gaussian baselines (and the area-length estimate of the LV-area head, a third baseline) and
+AUROC(EF < 40 %) for aligned and perturbed windows; the median over cines of the phase spread; the
+median |Δ posterior mean| of every view transform; the out-of-distribution score's share above its
+threshold on every variant, and how it separates familiar windows (aligned and perturbed) from
+corrupted ones (:data:`edge_agent.ml.ood.CORRUPTIONS`, made from the aligned beats) and from
+windows cut by the live path from real recordings (``real``). The targets are those of issue 12
+(:data:`TARGETS`). EF in %, frames (F, H, W) uint8.
 """
 
 from __future__ import annotations
@@ -36,7 +40,11 @@ from tqdm import tqdm
 
 from edge_agent.core import metrics
 from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE, WindowErrors, make_clip, perturbed_bounds
+from edge_agent.live.beats import source_windows
+from edge_agent.live.capture import CaptureConfig
+from edge_agent.live.cycles import CycleConfig
 from edge_agent.ml.augment import views_about_apex
+from edge_agent.ml.ood import CORRUPTIONS, corrupt, separation
 from edge_agent.ml.train import sample_arrays
 from edge_agent.model.artefact import load_model
 from edge_agent.model.posterior import recalibrate
@@ -70,6 +78,9 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     # CRPS of the published posterior minus the better baseline's: below 0 beats both.
     ("aligned.crps_minus_baselines", "<=", 0.0),
     ("perturbed.crps_minus_baselines", "<=", 0.0),
+    # The epistemic score: every corrupted kind told apart, and never shown as a tight interval.
+    *((f"ood.{kind}.auroc", ">=", 0.95) for kind in CORRUPTIONS),
+    *((f"ood.{kind}.handled", ">=", 0.95) for kind in CORRUPTIONS),
 )
 
 
@@ -78,7 +89,8 @@ class RobustnessRequest:
     """model: artefact (.pt + .json); n: cines; seed: simulator seed (never a training seed);
     k: posterior samples per window; phases: start phases per beat; out: report folder.
     errors: how the perturbed windows are cut (exact-phase starts: the phases are scored apart).
-    generation: the simulator generation of the cines (1, or 2: edge_agent.sim.phantom2)."""
+    generation: the simulator generation of the cines (1, or 2: edge_agent.sim.phantom2).
+    real: recordings (files or source URIs) whose live-cut windows are scored for the OOD table."""
 
     model: str = "engines/mcsdr_default.pt"
     n: int = 500
@@ -89,6 +101,7 @@ class RobustnessRequest:
     errors: WindowErrors = field(default_factory=WindowErrors)
     generation: int = 1
     transforms: tuple[str, ...] = field(default_factory=lambda: tuple(VIEW_TRANSFORMS))
+    real: tuple[str, ...] = ()
 
 
 def view_transform(clip: np.ndarray, kind: str, amount: float) -> np.ndarray:
@@ -111,6 +124,10 @@ class _Windows:
     demo: np.ndarray
     mask: np.ndarray
     perturbation: list[str]
+
+    def arrays(self, clips: np.ndarray) -> ClipArrays:
+        """One variant's clips (n, 32, 112, 112) with the cines' truth and demographics."""
+        return ClipArrays.ungraded(clips, self.truth, self.demo, self.mask)
 
 
 def _variant_names(req: RobustnessRequest) -> list[str]:
@@ -146,8 +163,16 @@ def simulate_windows(req: RobustnessRequest) -> _Windows:
     return _Windows(clips, truth, demo, mask, kinds)
 
 
-def _scores(samples: np.ndarray, reg: np.ndarray, gauss: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """Headline metrics of the published posterior and the two baselines' CRPS, for one variant."""
+def _scores(
+    samples: np.ndarray,
+    reg: np.ndarray,
+    gauss: np.ndarray,
+    area_ef: np.ndarray,
+    ood: np.ndarray,
+    truth: np.ndarray,
+) -> dict[str, Any]:
+    """Headline metrics of the published posterior, the baselines' CRPS and the share of windows
+    the OOD score flags, for one variant."""
     s = metrics.evaluate_samples(samples, truth)
     crps_regression = float(np.abs(reg - truth).mean())  # CRPS of a point prediction
     crps_gaussian = float(metrics.crps(gauss, truth).mean())
@@ -160,11 +185,19 @@ def _scores(samples: np.ndarray, reg: np.ndarray, gauss: np.ndarray, truth: np.n
         "crps_minus_baselines": s["crps"] - min(crps_regression, crps_gaussian),
         "auroc_ef40": s["auroc_ef40"],
         "mean_std": s["mean_std"],
+        "crps_area_length": float(np.abs(area_ef - truth).mean()),
+        "ood_flagged": float(np.mean(ood > 1.0)) if np.isfinite(ood).all() else None,
     }
 
 
-def summarize(means: dict[str, np.ndarray], scores: dict[str, dict[str, Any]], phases: int) -> dict[str, Any]:
-    """Issue 12's table from per-variant posterior means (n,) and per-variant scores (pure)."""
+def summarize(
+    means: dict[str, np.ndarray],
+    scores: dict[str, dict[str, Any]],
+    phases: int,
+    ood: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Issue 12's table from per-variant posterior means (n,), per-variant scores and the OOD
+    section (:func:`ood_section`) (pure)."""
     phase_means = np.stack([means["aligned"], *(means[f"phase_{j}"] for j in range(1, phases))])
     spread = phase_means.max(axis=0) - phase_means.min(axis=0)
     views = {
@@ -179,6 +212,7 @@ def summarize(means: dict[str, np.ndarray], scores: dict[str, dict[str, Any]], p
         "phase_spread_p90": float(np.quantile(spread, 0.9)),
         "view_shift_median": views,
         "view_shift_median_max": max(views.values()) if views else None,
+        "ood": ood or {},
     }
     out["targets"] = [_check_target(out, *t) for t in TARGETS]
     return out
@@ -192,25 +226,74 @@ def _check_target(summary: dict[str, Any], key: str, op: str, bound: float) -> d
     return {"metric": key, "target": f"{op} {bound}", "value": value, "met": met}
 
 
+def _posterior(
+    model: Any, scale: float | None, arr: ClipArrays, req: RobustnessRequest, name: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Published posterior samples (n, K) EF % of the windows ``arr``, and sample_arrays' dict."""
+    pred = sample_arrays(model, arr, k=req.k, seed=req.seed, desc=f"posterior: {name}")
+    return (recalibrate(pred["samples"], float(scale)) if scale else pred["samples"]), pred
+
+
+def _width90(published: np.ndarray) -> np.ndarray:
+    """Width (N,) EF points of each published posterior's central 90 % interval."""
+    lo, hi = np.quantile(published, [0.05, 0.95], axis=1)
+    return hi - lo
+
+
+def _real_windows(uri: str) -> ClipArrays:
+    """Windows cut from a recording by the live path (detector and clip function), EF unknown (NaN)."""
+    got = list(
+        source_windows(
+            uri, limit=None, cycles=CycleConfig(), warmup_frames=CaptureConfig().warmup_frames, desc=uri
+        )
+    )
+    if not got:
+        raise ValueError(f"--real {uri}: the live path found no beat in it; give a longer recording")
+    stack = [np.stack([getattr(x, f) for x in got]) for f in ("clip", "demo", "mask")]
+    return ClipArrays.ungraded(stack[0], np.full(len(got), np.nan), stack[1], stack[2])
+
+
+def ood_section(
+    model: Any,
+    scale: float | None,
+    w: _Windows,
+    req: RobustnessRequest,
+    familiar: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """Every corrupted kind and every real recording against the familiar windows' (scores, widths):
+    :func:`edge_agent.ml.ood.separation`. Empty when the model carries no fitted score."""
+    if not np.isfinite(familiar[0]).all():
+        return {}
+    out: dict[str, Any] = {}
+    for j, kind in enumerate(CORRUPTIONS):
+        rngs = (np.random.default_rng([req.seed, i, j]) for i in range(req.n))
+        clips = np.stack([corrupt(c, kind, rng) for c, rng in zip(w.clips["aligned"], rngs, strict=True)])
+        published, pred = _posterior(model, scale, w.arrays(clips), req, kind)
+        out[kind] = separation(*familiar, pred["ood_score"], _width90(published))
+    for uri in req.real:
+        arr = _real_windows(uri)
+        published, pred = _posterior(model, scale, arr, req, Path(uri).name)
+        out[f"real:{Path(uri).name}"] = {
+            **separation(*familiar, pred["ood_score"], _width90(published)),
+            "windows": len(arr),
+            "mean_ef": float(published.mean()),
+        }
+    return out
+
+
 def run_robustness(req: RobustnessRequest, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole check (module docstring); writes robustness.json, report.md and plots to req.out."""
     model, sidecar = load_model(req.model)
     scale = (sidecar.get("recalibration") or {}).get("scale")
     w = simulate_windows(req)
-    means, scores = {}, {}
+    means, scores, ood, widths = {}, {}, {}, {}
     for name in _variant_names(req):
-        pred = sample_arrays(
-            model,
-            ClipArrays.ungraded(w.clips[name], w.truth, w.demo, w.mask),
-            k=req.k,
-            seed=req.seed,
-            desc=f"posterior: {name}",
-        )
-        published = recalibrate(pred["samples"], float(scale)) if scale else pred["samples"]
-        means[name] = published.mean(axis=1)
+        published, pred = _posterior(model, scale, w.arrays(w.clips[name]), req, name)
+        means[name], widths[name], ood[name] = published.mean(axis=1), _width90(published), pred["ood_score"]
         reg = model.transform.inverse_np(pred["reg"])
-        scores[name] = _scores(published, reg, pred["gauss_samples"], w.truth)
-    result = summarize(means, scores, req.phases)
+        scores[name] = _scores(published, reg, pred["gauss_samples"], pred["area_ef"], ood[name], w.truth)
+    familiar = tuple(np.r_[x["aligned"], x["perturbed"]] for x in (ood, widths))
+    result = summarize(means, scores, req.phases, ood_section(model, scale, w, req, familiar))
     result.update(
         request=dataclasses.asdict(req),
         model={"path": req.model, "sha256": sidecar["sha256"], "recalibration_scale": scale},
@@ -247,11 +330,16 @@ def render_report(result: dict[str, Any]) -> str:
     for t in result["targets"]:
         met = "–" if t["met"] is None else "yes" if t["met"] else "**no**"
         lines.append(f"| {t['metric']} | {t['target']} | {_fmt(t['value'])} | {met} |")
-    lines += ["", "| variant | MAE | PICP90 | CRPS | CRPS regression | CRPS Gaussian | AUROC<40 | mean std |"]
-    lines.append("|---|" + "---:|" * 7)
+    keys = ("mae", "picp90", "crps", "crps_regression", "crps_gaussian", "crps_area_length", "auroc_ef40")
+    keys += ("mean_std", "ood_flagged")
+    lines += [
+        "",
+        "| variant | MAE | PICP90 | CRPS | CRPS regression | CRPS Gaussian | CRPS area-length | AUROC<40 "
+        "| mean std | OOD flagged |",
+    ]
+    lines.append("|---|" + "---:|" * len(keys))
     for name, s in result["by_variant"].items():
-        cells = [s[k] for k in ("mae", "picp90", "crps", "crps_regression", "crps_gaussian", "auroc_ef40")]
-        lines.append(f"| {name} | " + " | ".join(_fmt(c) for c in [*cells, s["mean_std"]]) + " |")
+        lines.append(f"| {name} | " + " | ".join(_fmt(s[k]) for k in keys) + " |")
     lines += [
         "",
         f"Phase spread of the posterior mean over {result['request']['phases']} start phases: "
@@ -259,6 +347,18 @@ def render_report(result: dict[str, Any]) -> str:
     ]
     lines += ["", "| view transform | median |Δ mean| (EF points) |", "|---|---:|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in result["view_shift_median"].items()]
+    if result["ood"]:
+        lines += [
+            "",
+            "Out-of-distribution score against the familiar (aligned and perturbed) windows; "
+            "flagged: score > 1 (published as not reliable); handled: flagged or a 90 % interval "
+            "≥ 3× the familiar median width.",
+            "",
+            "| input | AUROC | flagged | median score | width ratio | handled |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        cols = ("auroc", "flagged", "median_score", "width_ratio", "handled")
+        lines += [f"| {k} | " + " | ".join(_fmt(v[c]) for c in cols) + " |" for k, v in result["ood"].items()]
     return "\n".join(lines) + "\n"
 
 

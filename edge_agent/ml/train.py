@@ -1,9 +1,9 @@
 """Training: DDPM ε-prediction for MCSDR plus the two baseline heads, on any dataset format.
 
 Loss (summed, one encoder pass per clip):
-  * auxiliary (simulated data only): the LV cavity area over the beat relative to ED, predicted per
-    encoder time step — a dense, easy signal that teaches the encoder where the cavity is long
-    before the scalar EF alone would;
+  * auxiliary (simulated data only): the LV cavity area over the beat relative to ED (phase-free
+    models: to the window's largest area), predicted per encoder time step — a dense, easy signal
+    that teaches the encoder where the cavity is long before the scalar EF alone would;
   * diffusion, Ho et al. 2020 eq. 14 (L_simple): ||ε − ε_θ(√ᾱ_t y₀ + √(1−ᾱ_t) ε, t, c)||², with
     ``noise_draws`` (t, ε) pairs per clip — the head is cheap next to the encoder, so several
     draws per encoder pass cut the variance of the diffusion loss at almost no cost;
@@ -32,8 +32,8 @@ from edge_agent.config import from_mapping, load_sections, to_mapping
 from edge_agent.core.artefacts import file_sha256
 from edge_agent.core.clip import WindowErrors
 from edge_agent.ml.augment import ViewRanges, random_views
-from edge_agent.model.ddim import DiffusionSchedule
-from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
+from edge_agent.model.ddim import DiffusionSchedule, ddim_sample
+from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform, area_length_ef
 from edge_agent.sim.clips import ClipArrays, generate
 
 
@@ -55,6 +55,11 @@ class DataConfig:
     # ±3 frames, period ±20 %, 10 % double, 5 % half), and of those the share starting at any phase.
     perturbed_windows: float = 0.0
     window_phase: float = 0.0
+    # synthetic, generation 2 only: this many generation-1 beats (seed ``mix_seed``, cut the same
+    # way) join the training set, so the model stays right on the generation-1 feed the live demo
+    # and tests play. Validation stays generation 2.
+    mix_generation1: int = 0
+    mix_seed: int = 3
 
     def window_errors(self) -> WindowErrors | None:
         """How perturbed training windows are cut, or None when every window is exact ED→ED."""
@@ -82,6 +87,10 @@ class TrainConfig:
     ema: float = 0.998
     baseline_weight: float = 1.0
     recal_min_picp90: float = 0.85  # recalibration: CRPS-optimal among scales covering ≥ this on val
+    # Out-of-distribution score (ml/ood.py): fitted on this many training windows; its threshold is
+    # this quantile of the validation windows' distances.
+    ood_n_fit: int = 2000
+    ood_quantile: float = 0.99
     area_weight: float = 1.0  # auxiliary LV-area curve loss (simulated data; 0 contribution without it)
     # Random views per training clip (ml/augment.py ViewRanges half-widths; all 0: gain ±20 % only).
     view_zoom: float = 0.0
@@ -101,31 +110,38 @@ class TrainConfig:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "diffusion": DiffusionSchedule, "train": TrainConfig}
 
 
+def _simulated(cfg: DataConfig, name: str, n: int, seed: int) -> ClipArrays:
+    """One simulated set, from the cache when it holds it (the file name says what is in it)."""
+    path = Path(cfg.cache or ".") / cfg.cache_name(name, n, seed)
+    if cfg.cache and path.exists():
+        return ClipArrays.load(str(path))
+    arr = generate(
+        n,
+        seed,
+        pediatric=cfg.pediatric,
+        workers=cfg.workers,
+        desc=f"simulating {name}",
+        generation=cfg.generation,
+        # Validation windows are cut like training's, so recalibration sees live-like windows.
+        window_errors=cfg.window_errors(),
+        perturbed_share=cfg.perturbed_windows,
+    )
+    if cfg.cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arr.save(str(path))
+    return arr
+
+
 def load_data(cfg: DataConfig) -> tuple[ClipArrays, ClipArrays]:
     """Training and validation arrays for the configured source."""
     if cfg.format == "synthetic":
-        sets = []
-        for name, n, seed in (("train", cfg.n_train, cfg.train_seed), ("val", cfg.n_val, cfg.val_seed)):
-            path = Path(cfg.cache or ".") / cfg.cache_name(name, n, seed)
-            if cfg.cache and path.exists():
-                sets.append(ClipArrays.load(str(path)))
-                continue
-            arr = generate(
-                n,
-                seed,
-                pediatric=cfg.pediatric,
-                workers=cfg.workers,
-                desc=f"simulating {name}",
-                generation=cfg.generation,
-                # Validation windows are cut like training's, so recalibration sees live-like windows.
-                window_errors=cfg.window_errors(),
-                perturbed_share=cfg.perturbed_windows,
-            )
-            if cfg.cache:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                arr.save(str(path))
-            sets.append(arr)
-        return sets[0], sets[1]
+        train = _simulated(cfg, "train", cfg.n_train, cfg.train_seed)
+        if cfg.mix_generation1 > 0:
+            if cfg.generation == 1:
+                raise ValueError("data.mix_generation1: mixes generation-1 beats into generation 2; set 0")
+            gen1 = dataclasses.replace(cfg, generation=1)
+            train = ClipArrays.concat([train, _simulated(gen1, "train", cfg.mix_generation1, cfg.mix_seed)])
+        return train, _simulated(cfg, "val", cfg.n_val, cfg.val_seed)
     from edge_agent.ml.datasets import open_dataset
 
     if cfg.root is None:
@@ -162,7 +178,10 @@ def losses(model: MCSDR, batch: dict[str, torch.Tensor], draws: int, gen: torch.
     out = {"eps": eps_loss, "reg": reg_loss, "nll": nll}
     if "lv_area" in batch:  # auxiliary: LV area curve, where the data knows it (the simulator)
         pred = model.area(f).float()
-        target = (1 - batch["lv_area"]) / 0.2
+        area = batch["lv_area"]  # (B, 32) LV area / ED area, NaN where unknown
+        if model.cfg.phase_free:  # relative to the window's largest area: no ED frame is assumed
+            area = area / area.nan_to_num(-1.0).amax(dim=1, keepdim=True)
+        target = (1 - area) / 0.2
         target = target.reshape(len(target), pred.shape[1], -1).mean(-1)  # pool to T' steps
         known = torch.isfinite(target)
         out["area"] = (pred - target.nan_to_num()).pow(2)[known].mean() if known.any() else pred.sum() * 0
@@ -203,36 +222,50 @@ def _batch(
 def sample_arrays(
     model: MCSDR, arr: ClipArrays, k: int = 40, batch: int = 16, seed: int = 0, desc: str | None = None
 ) -> dict[str, np.ndarray]:
-    """Posterior samples (N, K) EF % for every clip, plus the two baselines' predictions.
+    """Posterior samples (N, K) EF % for every clip, the three baselines' predictions and the
+    out-of-distribution score, from one encoder pass per clip.
 
     Noises are drawn from ``seed`` per clip so results do not depend on the batch size.
     Returns keys ``samples``, ``reg`` (N,), ``gauss_mu`` (N,), ``gauss_sigma`` (N,) — the last three
-    in the standardised target space y — and ``gauss_samples`` (N, K) EF % from the Gaussian head.
+    in the standardised target space y — ``gauss_samples`` (N, K) EF % from the Gaussian head,
+    ``area_ef`` (N,) EF % by the area-length method from the LV-area head (:func:`area_length_ef`)
+    and ``ood_score`` (N,) (NaN when the model has no fitted score).
     """
     model.eval()
     device = next(model.parameters()).device
     n = len(arr)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, k, generator=gen)
-    ys, regs, mus, sds = [], [], [], []
+    out: dict[str, list[np.ndarray]] = {key: [] for key in ("y", "reg", "mu", "sd", "area", "ood")}
     rng = range(0, n, batch)
     for s in tqdm(rng, desc=desc, unit="batch", disable=desc is None):
         sl = np.arange(s, min(n, s + batch))
         b = _batch(arr, sl, gen, augment=False, device=str(device))
-        ys.append(model.sample(b["clips"], b["demo"], b["mask"], noise[sl].to(device)).cpu().numpy())
-        reg, mu, logvar = model.baselines(model.tokens(b["clips"], b["demo"], b["mask"]))
-        regs.append(reg.cpu().numpy())
-        mus.append(mu.cpu().numpy())
-        sds.append(np.exp(0.5 * logvar.cpu().numpy()))
-    y = np.concatenate(ys)
-    mu, sd = np.concatenate(mus), np.concatenate(sds)
+        maps = model.stage_maps(b["clips"])
+        tok = model.tokens_from(maps[-1], b["demo"], b["mask"])
+        kv = [x for blk in model.blocks for x in blk.keys_values(tok)]
+        y = ddim_sample(model.denoiser(kv), noise[sl].to(device), model.schedule)
+        reg, mu, logvar = model.baselines(tok)
+        parts = (
+            y,
+            reg,
+            mu,
+            torch.exp(0.5 * logvar),
+            model.area(maps[-1]),
+            model.ood_score(model.embedding(maps)),
+        )
+        for key, value in zip(out, parts, strict=True):
+            out[key].append(value.cpu().numpy())
+    cat = {key: np.concatenate(v) for key, v in out.items()}
     tr = model.transform
     return {
-        "samples": tr.inverse_np(y),
-        "reg": np.concatenate(regs),
-        "gauss_mu": mu,
-        "gauss_sigma": sd,
-        "gauss_samples": tr.inverse_np(mu[:, None] + sd[:, None] * noise.numpy()),
+        "samples": tr.inverse_np(cat["y"]),
+        "reg": cat["reg"],
+        "gauss_mu": cat["mu"],
+        "gauss_sigma": cat["sd"],
+        "gauss_samples": tr.inverse_np(cat["mu"][:, None] + cat["sd"][:, None] * noise.numpy()),
+        "area_ef": area_length_ef(cat["area"]),
+        "ood_score": cat["ood"].astype(np.float64),
     }
 
 
@@ -343,15 +376,22 @@ def train(sections: dict, resume: bool = True) -> Path:
         if state.step % tcfg.checkpoint_every == 0 or state.step == tcfg.steps:
             save_checkpoint(state, ckpt_path, sections)
     bar.close()
-    return save_artefact(state, sections, val_arr, time.time() - t_start)
+    return save_artefact(state, sections, train_arr, val_arr, time.time() - t_start)
 
 
-def save_artefact(state: TrainState, sections: dict, val_arr: ClipArrays, seconds: float) -> Path:
-    """Write <artefact>.pt (EMA weights) and its sidecar JSON, with the dispersion recalibration fitted
-    on the validation set (posterior.fit_dispersion_scale)."""
+def save_artefact(
+    state: TrainState, sections: dict, train_arr: ClipArrays, val_arr: ClipArrays, seconds: float
+) -> Path:
+    """Write <artefact>.pt (EMA weights with the fitted out-of-distribution statistics, ml/ood.py) and
+    its sidecar JSON, with the dispersion recalibration fitted on the validation set
+    (posterior.fit_dispersion_scale)."""
+    from edge_agent.ml.ood import fit_ood
     from edge_agent.model.posterior import fit_dispersion_scale
 
     tcfg: TrainConfig = sections["train"]
+    ood = fit_ood(
+        state.ema, train_arr, val_arr, view_ranges(tcfg), quantile=tcfg.ood_quantile, n_fit=tcfg.ood_n_fit
+    )
     res = sample_arrays(state.ema, val_arr, k=40, seed=2, desc="validation posterior")
     scale = fit_dispersion_scale(res["samples"], val_arr.ef, min_picp90=tcfg.recal_min_picp90)
     path = Path(tcfg.artefact).with_suffix(".pt")
@@ -371,6 +411,7 @@ def save_artefact(state: TrainState, sections: dict, val_arr: ClipArrays, second
             "fit_on": "validation set",
             "rule": f"min CRPS subject to PICP90 >= {tcfg.recal_min_picp90}",
         },
+        "ood": ood.sidecar(),
         "input": {
             "video": "uint8 (B, 32, 112, 112), one beat ED→ED via cycles.make_clip",
             "demographics": "float32 (B, 4) [age y, sex 1=M, weight kg, height cm]",

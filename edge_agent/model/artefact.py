@@ -32,6 +32,12 @@ def load_model(path: str | Path) -> tuple[MCSDR, dict]:
         TargetTransform(mu=side["target_transform"]["mu"], sigma=side["target_transform"]["sigma"]),
         DiffusionSchedule.from_dict(side["diffusion"]),
     )
-    model.load_state_dict(torch.load(path, weights_only=True)["ema"])
+    missing, unexpected = model.load_state_dict(torch.load(path, weights_only=True)["ema"], strict=False)
+    # Artefacts from before the out-of-distribution score lack its buffers: they load, unscored (NaN).
+    if unexpected or set(missing) - {"ood_mean", "ood_precision", "ood_inv_threshold"}:
+        raise ValueError(
+            f"{path}: weights do not fit the sidecar's model section (missing {missing}, "
+            f"unexpected {unexpected}); re-train or restore the matching {side_path.name}"
+        )
     model.eval()
     return model, side

@@ -50,6 +50,15 @@ class ModelConfig:
     # resolve that (its last jump shrinks a Gaussian of std s by ≈ s/√(s² + 0.38²)). At 8 the
     # posterior is ~1 wide and survives 10 steps.
     target_scale: float = 8.0
+    # Phase-free encoder (issue 12): live windows rarely start exactly at ED, and EF does not depend
+    # on where a beat is cut. The motion channel is the change from the window's temporal mean (not
+    # from its first frame), temporal convolutions wrap around the beat (a one-beat window is one
+    # period), and video tokens carry no temporal position: a cyclic shift of the window shifts the
+    # tokens, and attention over a set of tokens does not see the order.
+    phase_free: bool = False
+    # The LV-area curve of the auxiliary head, summarised (max, min, mean, std over the beat; all
+    # unchanged by a cyclic shift) as one more condition token.
+    area_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,19 @@ class TargetTransform:
         return cls(mu=float(z.mean()), sigma=float(z.std() + 1e-6) / scale)
 
 
+def area_length_ef(area: np.ndarray) -> np.ndarray:
+    """The classical single-plane estimate from the LV-area head's curve (N, T') → EF (N,) %.
+
+    The head predicts (1 − A/A_ref)/0.2 per encoder time step, so the largest value gives the
+    end-systolic area ratio A_ES/A_ED = 1 − 0.2·max. Area-length: V = 8A²/(3πL); with the long
+    axis shortening as √A (a shape that scales uniformly), V ∝ A^1.5 and EF = 1 − (A_ES/A_ED)^1.5.
+    Each time step pools 4 frames, which blunts the systolic peak: a baseline, not a calibrated
+    estimate.
+    """
+    ratio = np.clip(1.0 - 0.2 * np.asarray(area, dtype=np.float64).max(axis=1), 0.0, 1.0)
+    return 100.0 * (1.0 - ratio**1.5)
+
+
 def _norm(c: int) -> nn.GroupNorm:
     """GroupNorm, not BatchNorm: the agent infers one window at a time, and batch statistics from
     training batches of 16 do not transfer to it (measured: a toy model's error grew 7× in eval mode)."""
@@ -91,13 +113,20 @@ def _norm(c: int) -> nn.GroupNorm:
 
 
 class Conv2Plus1D(nn.Module):
-    """(2+1)D residual block: spatial k×k conv, then temporal 3-tap conv, with a 1×1×1 shortcut."""
+    """(2+1)D residual block: spatial k×k conv, then temporal 3-tap conv, with a 1×1×1 shortcut.
 
-    def __init__(self, cin: int, cout: int, stride_t: int, stride_s: int):
+    ``cyclic``: the temporal conv pads by wrapping the beat around (last frame next to the first), so
+    the block commutes with cyclic shifts of the window (exactly for shifts that are multiples of
+    the temporal stride). The wrap is two slices and a concat, which every exporter and TensorRT run.
+    """
+
+    def __init__(self, cin: int, cout: int, stride_t: int, stride_s: int, cyclic: bool = False):
         super().__init__()
+        self.cyclic = cyclic
         self.spatial = nn.Conv3d(cin, cout, (1, 3, 3), (1, stride_s, stride_s), (0, 1, 1), bias=False)
         self.norm1 = _norm(cout)
-        self.temporal = nn.Conv3d(cout, cout, (3, 1, 1), (stride_t, 1, 1), (1, 0, 0), bias=False)
+        pad_t = 0 if cyclic else 1
+        self.temporal = nn.Conv3d(cout, cout, (3, 1, 1), (stride_t, 1, 1), (pad_t, 0, 0), bias=False)
         self.norm2 = _norm(cout)
         self.short = nn.Sequential(
             nn.Conv3d(cin, cout, 1, (stride_t, stride_s, stride_s), bias=False), _norm(cout)
@@ -105,28 +134,36 @@ class Conv2Plus1D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.norm1(self.spatial(x)))
+        if self.cyclic:
+            h = torch.cat([h[:, :, -1:], h, h[:, :, :1]], dim=2)
         return F.relu(self.norm2(self.temporal(h)) + self.short(x))
 
 
 class LightVideoEncoder(nn.Module):
-    """(B, 2, 32, 112, 112) float → features (B, 8w, 8, 7, 7): a stride-4 stem then three (2+1)D stages."""
+    """(B, 2, 32, 112, 112) float → the three stages' feature maps, the last (B, 8w, 8, 7, 7):
+    a stride-4 stem then three (2+1)D stages."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, cyclic: bool = False):
         super().__init__()
         w = width
         self.stem = nn.Sequential(
             nn.Conv3d(2, w, (1, 7, 7), (1, 4, 4), (0, 3, 3), bias=False), _norm(w), nn.ReLU()
         )
         self.stages = nn.Sequential(
-            Conv2Plus1D(w, 2 * w, stride_t=1, stride_s=2),  # 32 × 14 × 14
-            Conv2Plus1D(2 * w, 4 * w, stride_t=2, stride_s=1),  # 16 × 14 × 14
-            Conv2Plus1D(4 * w, 8 * w, stride_t=2, stride_s=2),  # 8 × 7 × 7
+            Conv2Plus1D(w, 2 * w, stride_t=1, stride_s=2, cyclic=cyclic),  # 32 × 14 × 14
+            Conv2Plus1D(2 * w, 4 * w, stride_t=2, stride_s=1, cyclic=cyclic),  # 16 × 14 × 14
+            Conv2Plus1D(4 * w, 8 * w, stride_t=2, stride_s=2, cyclic=cyclic),  # 8 × 7 × 7
         )
         self.out_channels = 8 * w
+        self.embed_channels = 14 * w  # pooled stage outputs, for the out-of-distribution score
         self.grid = (8, 7, 7)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps, h = [], self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+            maps.append(h)
+        return maps
 
 
 class R2Plus1DEncoder(nn.Module):
@@ -145,10 +182,11 @@ class R2Plus1DEncoder(nn.Module):
         net = r2plus1d_18(weights=None)
         self.trunk = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
         self.out_channels = 512
+        self.embed_channels = 512
         self.grid = (4, 7, 7)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(torch.cat([x, x[:, 1:2]], dim=1))  # (frame, change, change) as RGB
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.trunk(torch.cat([x, x[:, 1:2]], dim=1))]  # (frame, change, change) as RGB
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -201,10 +239,12 @@ class MCSDR(nn.Module):
         super().__init__()
         self.cfg, self.transform, self.schedule = cfg, transform, schedule
         d = cfg.d_model
-        self.video = LightVideoEncoder(cfg.width) if cfg.encoder == "light" else R2Plus1DEncoder()
+        light = cfg.encoder == "light"
+        self.video = LightVideoEncoder(cfg.width, cyclic=cfg.phase_free) if light else R2Plus1DEncoder()
         gt, gh, gw = self.video.grid
         self.proj = nn.Linear(self.video.out_channels, d)
-        self.pos_t = nn.Parameter(torch.randn(gt, 1, d) * 0.02)
+        # Temporal position only where windows are ED-aligned; a phase-free model must not know it.
+        self.pos_t = None if cfg.phase_free else nn.Parameter(torch.randn(gt, 1, d) * 0.02)
         self.pos_s = nn.Parameter(torch.randn(1, gh * gw, d) * 0.02)
         self.global_tok = nn.Linear(self.video.out_channels, d)
         # Demographic tokens: value·w + b + type when known, a learned "missing" token when not.
@@ -216,8 +256,18 @@ class MCSDR(nn.Module):
         ab = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
         self.register_buffer("alphas_cumprod", ab, persistent=False)
         self.token_norm = nn.LayerNorm(d)
-        # Auxiliary head (training only): LV cavity area over the beat, per encoder time step.
+        # LV cavity area over the beat, per encoder time step (auxiliary loss on the simulator's
+        # masks; the area-length baseline; with area_token, a condition token).
         self.area_head = nn.Linear(self.video.out_channels, 1)
+        self.area_tok = nn.Linear(4, d) if cfg.area_token else None
+        # Out-of-distribution statistics of the pooled encoder embedding (fitted after training,
+        # :func:`fit_ood`): a Mahalanobis distance d² = (e − m)ᵀ P (e − m) (Lee et al. 2018),
+        # divided by its in-distribution threshold, so the score is 1 at the threshold. NaN until
+        # fitted (artefacts from before the score carry none).
+        e = self.video.embed_channels
+        self.register_buffer("ood_mean", torch.zeros(e))
+        self.register_buffer("ood_precision", torch.zeros(e, e))
+        self.register_buffer("ood_inv_threshold", torch.tensor(float("nan")))
         # Noise predictor.
         self.y_in = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
         self.t_in = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -230,41 +280,69 @@ class MCSDR(nn.Module):
         self.gauss_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2))
 
     # ----- condition -----------------------------------------------------------------------------
-    def features(self, video: torch.Tensor) -> torch.Tensor:
-        """video (B, 32, 112, 112) uint8 → feature map (B, C, T', H', W').
+    def stage_maps(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """video (B, 32, 112, 112) uint8 → each encoder stage's feature map, the last (B, C, T', H', W').
 
-        Two input channels: the frame, and its change since the first frame (the clip starts at ED,
-        so the change image is where the walls moved in — the signal EF is made of).
+        Two input channels: the frame, and its change from a reference — the first frame (an
+        ED-aligned window starts at ED, so it is where the walls moved in) or, phase-free, the
+        window's temporal mean (the same image wherever the beat was cut).
         """
         x = (video.to(torch.float32)[:, None] - PIXEL_MEAN) / PIXEL_STD
-        return self.video(torch.cat([x, x - x[:, :, :1]], dim=1))
+        ref = x.mean(dim=2, keepdim=True) if self.cfg.phase_free else x[:, :, :1]
+        return self.video(torch.cat([x, x - ref], dim=1))
+
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, 32, 112, 112) uint8 → the last stage's feature map (B, C, T', H', W')."""
+        return self.stage_maps(video)[-1]
 
     def area(self, f: torch.Tensor) -> torch.Tensor:
-        """Auxiliary prediction from features (B, C, T', H', W') → (B, T') of (1 − LV area/ED area)/0.2."""
+        """LV area curve from features (B, C, T', H', W') → (B, T') of (1 − area/reference)/0.2, the
+        reference being the ED area (ED-aligned model) or the window's largest area (phase-free)."""
         return self.area_head(f.mean(dim=(3, 4)).transpose(1, 2))[..., 0]
+
+    @staticmethod
+    def embedding(maps: list[torch.Tensor]) -> torch.Tensor:
+        """Stage feature maps → (B, E): every stage's channels averaged over time and space (a shift of
+        the window's phase leaves it unchanged); the out-of-distribution score's input."""
+        return torch.cat([m.mean(dim=(2, 3, 4)) for m in maps], dim=1)
+
+    def ood_score(self, emb: torch.Tensor) -> torch.Tensor:
+        """Embedding (B, E) → (B,) Mahalanobis d² over its in-distribution threshold (≤ 1: familiar)."""
+        z = emb - self.ood_mean
+        return ((z @ self.ood_precision) * z).sum(dim=1) * self.ood_inv_threshold
 
     def tokens(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
         """video (B, 32, 112, 112) uint8, demo (B, 4), demo_mask (B, 4) bool → tokens (B, N, D)."""
         return self.tokens_from(self.features(video), demo, demo_mask)
 
     def tokens_from(self, f: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
-        """Feature map (B, C, T', H', W') + demographics → tokens (B, 1 + T'H'W' + 4, D)."""
+        """Feature map (B, C, T', H', W') + demographics → tokens (B, 1 + T'H'W' [+ 1] + 4, D)."""
         b = f.shape[0]
         grid = f.flatten(3).permute(0, 2, 3, 1)  # (B, T', H'W', C)
-        vid = self.proj(grid) + self.pos_t + self.pos_s
+        vid = self.proj(grid) + self.pos_s
+        if self.pos_t is not None:
+            vid = vid + self.pos_t
         vid = vid.reshape(b, -1, vid.shape[-1])
-        glob = self.global_tok(f.mean(dim=(2, 3, 4)))[:, None]
+        glob = [self.global_tok(f.mean(dim=(2, 3, 4)))[:, None]]
+        if self.area_tok is not None:
+            # Detached: the area head learns the cavity from the masks alone, not from the EF loss.
+            a = self.area(f).detach()
+            stats = torch.stack([a.amax(1), a.amin(1), a.mean(1), a.std(1)], dim=1)
+            glob.append(self.area_tok(stats)[:, None])
         z = ((demo - self.demo_centre) / self.demo_scale)[..., None]  # (B, 4, 1)
         known = demo_mask.to(z.dtype)[..., None]
         dem = known * (z * self.demo_w + self.demo_b) + (1 - known) * self.demo_missing
-        return self.token_norm(torch.cat([glob, vid, dem], dim=1))
+        return self.token_norm(torch.cat([*glob, vid, dem], dim=1))
 
     def condition(
         self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """Encode one batch of windows once: per-block keys and values, flattened as [k0, v0, k1, v1, …]."""
-        tok = self.tokens(video, demo, demo_mask)
-        return [kv for blk in self.blocks for kv in blk.keys_values(tok)]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Encode one batch of windows once → (per-block keys and values flattened as [k0, v0, k1, v1, …],
+        out-of-distribution score (B,))."""
+        maps = self.stage_maps(video)
+        tok = self.tokens_from(maps[-1], demo, demo_mask)
+        kv = [x for blk in self.blocks for x in blk.keys_values(tok)]
+        return kv, self.ood_score(self.embedding(maps))
 
     # ----- diffusion head ------------------------------------------------------------------------
     def eps(self, y_t: torch.Tensor, t: torch.Tensor, kv: list[torch.Tensor]) -> torch.Tensor:
@@ -299,7 +377,7 @@ class MCSDR(nn.Module):
         The condition is encoded once; the K trajectories run as the batch; the sampler owns the
         update y ← a_i·y + b_i·ε_θ(y, t_i) (DDIM eq. 12, :func:`ddim_sample`).
         """
-        kv = self.condition(video, demo, demo_mask)
+        kv, _ood = self.condition(video, demo, demo_mask)
         return ddim_sample(self.denoiser(kv), noise, self.schedule, num_inference_steps)
 
     # ----- baselines -----------------------------------------------------------------------------
@@ -319,5 +397,5 @@ class MCSDR(nn.Module):
 
     def diffusion_parameters(self) -> int:
         """Parameters on the diffusion path (encoder, tokens, noise predictor), without baseline heads."""
-        skip = ("base_", "regress_out", "gauss_out", "area_head")
+        skip = ("base_", "regress_out", "gauss_out") + (() if self.cfg.area_token else ("area_head",))
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(skip))

@@ -257,6 +257,7 @@ class RunningPosterior:
         self.max_gap_s = max_gap_s
         self._beats: dict[int, np.ndarray] = {}
         self._truth: dict[int, float] = {}
+        self._ood: dict[int, float] = {}  # beats' out-of-distribution scores, where the model has one
         self._fixed: set[int] = set()  # seqs of pooled fixed-length windows
         self._view: int | None = None
         self._t_last: float | None = None
@@ -270,9 +271,11 @@ class RunningPosterior:
         t: float | None = None,
         truth_ef: float | None = None,
         fixed: bool = False,
+        ood_score: float | None = None,
     ) -> bool:
         """Add one beat's samples (K,) EF %; ``t`` is its last frame's time (s); ``truth_ef`` its
-        true EF (%) when the source knows it (simulator); ``fixed``: a fixed-length window, not an
+        true EF (%) when the source knows it (simulator); ``ood_score`` its out-of-distribution
+        score when the model has one; ``fixed``: a fixed-length window, not an
         ED→ED beat. Fixed windows are pooled only while no real beat is (they are what there is when
         no periodicity is found; the model was trained on ED→ED beats), and the first real beat
         replaces them. Returns False when the window is not pooled (an older view, or a fixed
@@ -282,17 +285,14 @@ class RunningPosterior:
         if fixed and view == self._view and any(k not in self._fixed for k in self._beats):
             return False
         if not fixed and self._fixed:
-            for old in self._fixed:
-                self._beats.pop(old, None)
-                self._truth.pop(old, None)
-            self._fixed.clear()
+            for old in list(self._fixed):
+                self._drop(old)
         if fixed:
             self._fixed.add(seq)
         gap = t is not None and self._t_last is not None and t - self._t_last > self.max_gap_s
         if self._view is not None and (view != self._view or gap):
-            self._beats.clear()
-            self._truth.clear()
-            self._fixed.clear()
+            for old in list(self._beats):
+                self._drop(old)
             self.resets += 1
         self._view = view
         if t is not None:
@@ -300,11 +300,22 @@ class RunningPosterior:
         self._beats[seq] = np.asarray(samples, dtype=np.float64).reshape(-1)
         if truth_ef is not None:
             self._truth[seq] = float(truth_ef)
+        if ood_score is not None:
+            self._ood[seq] = float(ood_score)
         for old in sorted(self._beats)[: -self.n_beats]:
-            del self._beats[old]
-            self._truth.pop(old, None)
-            self._fixed.discard(old)
+            self._drop(old)
         return True
+
+    def _drop(self, seq: int) -> None:
+        self._beats.pop(seq, None)
+        self._truth.pop(seq, None)
+        self._ood.pop(seq, None)
+        self._fixed.discard(seq)
+
+    def ood_score(self) -> float | None:
+        """The pool's out-of-distribution score: the median of its beats' scores (None when no beat
+        has one). The median: the running estimate is unreliable once half its beats are."""
+        return float(np.median(list(self._ood.values()))) if self._ood else None
 
     def truth_mean(self) -> float | None:
         """Mean true EF (%) of the pooled beats that carry one: what the running mean estimates."""

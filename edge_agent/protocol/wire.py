@@ -53,9 +53,10 @@ Window header (frame 0); frame 1 holds exactly ``prod(shape)`` bytes:
 
 Result (worker → hub, over the hub's ROUTER socket; not published): frame 0 the msgpack header, the
 window header's fields but `shape`/`dtype`, plus `backend` (str), `infer_ms` (float ≥ 0, decode +
-posterior time in the worker, ms), `t_done` (float, s) and `n_samples` (int ≥ 1); frame 1 the
-posterior samples, ``n_samples`` float32 EF % (already recalibrated), native byte order;
-1 ≤ ``n_samples`` ≤ 4096, every sample finite and in [0, 100].
+posterior time in the worker, ms), `t_done` (float, s) and `n_samples` (int ≥ 1), and optionally
+`ood_score` (float ≥ 0, the window's out-of-distribution score; absent when the model has none);
+frame 1 the posterior samples, ``n_samples`` float32 EF % (already recalibrated), native byte
+order; 1 ≤ ``n_samples`` ≤ 4096, every sample finite and in [0, 100].
 
 Failure (worker → hub, after the ``FAILED`` frame, instead of a result): one msgpack map, `v`,
 `kind` (`"failure"`), `reason` (`"invalid_window"`: the window did not decode; `"bad_samples"`: the
@@ -76,6 +77,13 @@ Estimate body (topic ``lvef.<stream>``):
 | `t_published` | float                | time the estimate was published, s                               |
 | `beat`        | summary              | posterior of this window (one beat)                              |
 | `running`     | summary + `n_beats`  | running posterior over the last `n_beats` (int ≥ 1) beats        |
+| `reliable`    | bool                 | false: the running estimate rests on inputs unlike the model's   |
+|               |                      | training data (`ood_score` > 1): show it as LOW CONFIDENCE, not  |
+|               |                      | as a tight interval                                              |
+| `ood_score`   | float ≥ 0 or nil     | out-of-distribution score of the running estimate, the median of |
+|               |                      | its beats' (≤ 1 familiar; 1 = the 99th percentile of validation  |
+|               |                      | windows); nil when the model carries no score                    |
+| `beat_ood_score` | float ≥ 0 or nil  | this beat's out-of-distribution score                            |
 | `hr_bpm`      | float > 0 or nil     | heart rate, beats/min                                            |
 | `backend`     | str                  | inference backend: `"torch"`, `"onnxruntime"`, `"tensorrt"`      |
 | `latency_ms`  | float                | window's last frame capture → publish, ms                        |
@@ -363,6 +371,7 @@ _SEQ = _int(0)
 _TIME = _float()
 _HR = _optional(_float(gt=0.0))
 _EF = _float(0.0, 100.0)
+_OOD = _optional(_float(lo=0.0))  # out-of-distribution score, nil when the model has none
 _SHARE = _float(0.0, 1.0)
 _TRUTH = _number_map(None, MAX_TRUTH_KEYS)
 # Sex is coded 1 male / 0 female; ages, weights and heights cannot be negative.
@@ -413,6 +422,9 @@ _ESTIMATE_FIELDS: dict[str, Check] = {
     "backend": _text(NAME_PATTERN, "a backend name such as 'torch', 'onnxruntime' or 'tensorrt'"),
     "latency_ms": _float(),
     "stages": _number_map(None, 16),
+    "reliable": _bool,
+    "ood_score": _OOD,
+    "beat_ood_score": _OOD,
 }
 _PUB_SEQ = _int(0)  # the publisher's per-topic message count (see the estimate table)
 _ESTIMATE_OPTIONAL: dict[str, Check] = {"demo": _DEMO, "truth": _TRUTH, "pub_seq": _PUB_SEQ}
@@ -679,6 +691,7 @@ _RESULT_OWN: dict[str, Check] = {
     "t_done": _TIME,
 }
 _RESULT_FIELDS: dict[str, Check] = {**_WINDOW_FIELDS, **_RESULT_OWN, "n_samples": _int(1, MAX_SAMPLES)}
+_RESULT_OPTIONAL: dict[str, Check] = {**_WINDOW_OPTIONAL, "ood_score": _OOD}
 
 
 def check_samples(samples: Any, name: str = "result.samples") -> np.ndarray:
@@ -714,13 +727,15 @@ class Result(WindowMeta):
     t_done: when the worker finished, s (monotonic clock).
     samples: (K,) float32 EF %, the posterior of this one window (already recalibrated), every one
         finite and in [0, 100], 1 <= K <= MAX_SAMPLES (:func:`check_samples`).
+    ood_score: the window's out-of-distribution score (≥ 0; ≤ 1 familiar), None when the model has none.
     """
 
     backend: str
     infer_ms: float
     t_done: float
     samples: np.ndarray = field(repr=False)
-    _KIND, _FIELDS = "result", {**_WINDOW_FIELDS, **_RESULT_OWN}
+    ood_score: float | None = None
+    _KIND, _FIELDS, _OPTIONAL = "result", {**_WINDOW_FIELDS, **_RESULT_OWN}, _RESULT_OPTIONAL
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -729,7 +744,7 @@ class Result(WindowMeta):
     def encode(self) -> list[bytes | memoryview]:
         """→ [msgpack header, float32 samples]; the samples go as a memoryview, not a copy."""
         header = {"v": SCHEMA_VERSION, "kind": "result", **self.body(), "n_samples": self.samples.size}
-        fields = _check_message(header, "result", "result", _RESULT_FIELDS, _WINDOW_OPTIONAL)
+        fields = _check_message(header, "result", "result", _RESULT_FIELDS, _RESULT_OPTIONAL)
         return [_pack(fields), memoryview(self.samples).cast("B")]
 
     @classmethod
@@ -740,14 +755,21 @@ class Result(WindowMeta):
 
 
 def encode_result(
-    window: WindowMeta, samples: np.ndarray, backend: str, infer_ms: float, t_done: float
+    window: WindowMeta,
+    samples: np.ndarray,
+    backend: str,
+    infer_ms: float,
+    t_done: float,
+    ood_score: float | None = None,
 ) -> list[bytes | memoryview]:
     """A window's posterior → [msgpack header, float32 samples]: the :class:`Result` of ``window``.
 
-    samples: (K,) EF %, the posterior of this one window.
+    samples: (K,) EF %, the posterior of this one window; ood_score: its out-of-distribution score.
     """
     meta = {key: getattr(window, key) for key in (*_WINDOW_FIELDS, *_WINDOW_OPTIONAL)}
-    return Result(**meta, backend=backend, infer_ms=infer_ms, t_done=t_done, samples=samples).encode()
+    return Result(
+        **meta, backend=backend, infer_ms=infer_ms, t_done=t_done, samples=samples, ood_score=ood_score
+    ).encode()
 
 
 def decode_result(parts: Sequence[FrameLike]) -> tuple[dict[str, Any], np.ndarray]:
@@ -755,7 +777,7 @@ def decode_result(parts: Sequence[FrameLike]) -> tuple[dict[str, Any], np.ndarra
     if len(parts) != 2:
         raise WireError(f"result: expected 2 frames (msgpack header, samples), got {len(parts)}")
     header = _unpack(parts[0], "result header", MAX_HEADER_BYTES)
-    fields = _check_message(header, "result", "result", _RESULT_FIELDS, _WINDOW_OPTIONAL)
+    fields = _check_message(header, "result", "result", _RESULT_FIELDS, _RESULT_OPTIONAL)
     view = _view(parts[1], "result samples")
     if view.nbytes != 4 * fields["n_samples"]:
         raise WireError(
@@ -930,8 +952,10 @@ class Estimate(_Message):
 
     frame_seq, t, t_ready: the window's; t_published: s (monotonic clock). beat: the summary map
     (``PosteriorSummary.to_dict()``); running: the same plus ``n_beats``. latency_ms: the window's
-    last frame → published, ms; stages: ms per stage. demo, truth: empty maps are left off the wire;
-    pub_seq: None leaves it off.
+    last frame → published, ms; stages: ms per stage. reliable: the running estimate's inputs are
+    familiar; ood_score, beat_ood_score: the running (median of its beats) and this beat's
+    out-of-distribution scores, None when the model has none. demo, truth: empty maps are left off
+    the wire; pub_seq: None leaves it off.
     """
 
     stream: str
@@ -946,6 +970,9 @@ class Estimate(_Message):
     backend: str
     latency_ms: float
     stages: Mapping[str, float]
+    reliable: bool
+    ood_score: float | None
+    beat_ood_score: float | None
     demo: Mapping[str, float] = field(default_factory=dict)
     truth: Mapping[str, float] = field(default_factory=dict)
     pub_seq: int | None = None

@@ -96,6 +96,15 @@ class ClipArrays:
     def __len__(self) -> int:
         return len(self.ef)
 
+    def take(self, idx: np.ndarray) -> ClipArrays:
+        """The beats at ``idx``, in that order."""
+        return ClipArrays(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    @classmethod
+    def concat(cls, parts: list[ClipArrays]) -> ClipArrays:
+        """One set of every part's beats, in order."""
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
     @classmethod
     def ungraded(cls, clips: np.ndarray, ef: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> ClipArrays:
         """Clips (N, 32, 112, 112) uint8 with their EF (N,) %, demo (N, 4), mask (N, 4) and neither an

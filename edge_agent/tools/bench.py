@@ -149,17 +149,22 @@ def posterior_variants(model: str | Path, threads: int = 1) -> dict[str, Callabl
     out: dict[str, Callable[..., np.ndarray]] = {}
     for name in available_backends():
         try:
-            out[name] = load_backend(name, pt, threads=threads).posterior
+            out[name] = _samples_of(load_backend(name, pt, threads=threads))
         except BackendError:
             continue  # e.g. tensorrt without a GPU: not a variant of this machine
     int8 = pt.with_suffix(".int8.onnx")
     if "onnxruntime" in out and int8.exists():
-        out["onnxruntime-int8"] = load_backend("onnxruntime", int8, threads=threads).posterior
+        out["onnxruntime-int8"] = _samples_of(load_backend("onnxruntime", int8, threads=threads))
     if "torch" in out:
         from edge_agent.model.artefact import load_model
 
         out["naive"] = _naive_loop(load_model(pt)[0])
     return out
+
+
+def _samples_of(backend: Any) -> Callable[..., np.ndarray]:
+    """A backend's posterior as ``fn(frames, demo, mask, noise) -> (B, K) EF %`` (its score dropped)."""
+    return lambda frames, demo, mask, noise: backend.posterior(frames, demo, mask, noise).samples
 
 
 def _naive_loop(net: Any) -> Callable[..., np.ndarray]:
@@ -175,7 +180,7 @@ def _naive_loop(net: Any) -> Callable[..., np.ndarray]:
         known, y = torch.from_numpy(np.asarray(mask, bool)), torch.from_numpy(np.asarray(noise, np.float32))
 
         def eps_fn(y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return net.denoiser(net.condition(video, d, known))(y_t, t)  # the whole model at every step
+            return net.denoiser(net.condition(video, d, known)[0])(y_t, t)  # the whole model at every step
 
         return net.transform.inverse_np(ddim_sample(eps_fn, y, net.schedule).numpy())
 

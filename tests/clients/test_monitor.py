@@ -21,6 +21,7 @@ from edge_agent.clients.monitor import (
     MonitorState,
     big_number,
     ef_category,
+    estimate_line,
     render,
     run_monitor,
     sparkline,
@@ -51,6 +52,9 @@ def estimate_parts(stream: str = "bed1", seq: int = 0, ef: float = 55.0, **overr
         "backend": "torch",
         "latency_ms": 180.0,
         "stages": {"detect": 150.0, "infer": 20.0},
+        "reliable": True,
+        "ood_score": 0.3,
+        "beat_ood_score": 0.3,
         "truth": {"ef": ef},
     }
     # Summaries only when not overridden: summarize() is the slow part of building a message.
@@ -208,6 +212,25 @@ def test_render_shows_ef_interval_hr_category_and_sparkline() -> None:
     for row in big_number(f"{running['mean']:.0f}").splitlines():
         assert row in text
     assert "STALE" not in text
+
+
+def test_an_unreliable_estimate_is_low_confidence_and_its_interval_withheld() -> None:
+    state = fed_state(beats=3)
+    state.apply(
+        decoded(estimate_parts(seq=3, ef=50.0, reliable=False, ood_score=7.3, beat_ood_score=9.0)), 103.0
+    )
+    est = state.streams["bed1"].estimate
+    assert est is not None
+    lo, hi = est["running"]["ci90"]
+    text = screen(state, now=103.2)
+    assert " LOW CONFIDENCE " in text and "OOD score 7.3 (familiar ≤ 1)" in text
+    assert "interval withheld: low confidence" in text and f"{lo:.1f}–{hi:.1f} %" not in text
+    assert f"beat #3 {est['beat']['mean']:.1f} % (low confidence)" in text  # beat score 9.0
+    line = estimate_line(est)
+    assert "LOW CONFIDENCE" in line and "[90 %" not in line
+    # A reliable estimate after it shows its interval again.
+    state.apply(decoded(estimate_parts(seq=4, ef=50.0)), 104.0)
+    assert "LOW CONFIDENCE" not in screen(state, now=104.2)
 
 
 def test_render_warns_stale_and_signal_lost() -> None:

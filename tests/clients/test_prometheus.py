@@ -50,6 +50,9 @@ def estimate_body(seq: int, latency_ms: float, infer_ms: float, running_mean: fl
         "backend": "onnxruntime",
         "latency_ms": latency_ms,
         "stages": {"detect": 100.0, "infer": infer_ms, "publish": 2.0},
+        "reliable": True,
+        "ood_score": 0.6,
+        "beat_ood_score": 0.7,
     }
 
 

@@ -51,6 +51,9 @@ def estimate(stream: str, seq: int, t_published: float, **extra: Any) -> list[by
         "backend": "onnxruntime",
         "latency_ms": 500.0 + seq,
         "stages": {"detect": 200.0, "window": 1.0, "to_worker": 2.0, "infer": 290.0, "publish": 7.0 + seq},
+        "reliable": True,
+        "ood_score": 0.5,
+        "beat_ood_score": 0.5,
         "truth": {"ef": 55.0},
         **extra,
     }
@@ -399,7 +402,7 @@ def test_store_refuses_databases_it_did_not_make(tmp_path: Path) -> None:
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(record.RecordError, match="schema version 99, this edge-agent writes version 1"):
+    with pytest.raises(record.RecordError, match=f"schema version 99, this edge-agent writes version {record.DB_SCHEMA_VERSION}"):
         record.RecordStore(newer)
     with pytest.raises(record.RecordError, match="does not exist; create it first"):
         record.RecordStore(tmp_path / "missing" / "x.db")
@@ -503,6 +506,9 @@ ESTIMATES = st.fixed_dictionaries(
         "backend": st.sampled_from(["torch", "onnxruntime", "tensorrt"]),
         "latency_ms": FINITE,
         "stages": st.dictionaries(st.sampled_from([*record.STAGES, "extra"]), FINITE, max_size=6),
+        "reliable": st.booleans(),
+        "ood_score": st.none() | st.floats(min_value=0.0, allow_infinity=False, allow_nan=False),
+        "beat_ood_score": st.none() | st.floats(min_value=0.0, allow_infinity=False, allow_nan=False),
     },
     optional={"truth": st.dictionaries(st.sampled_from(["ef", "ef_running", "other"]), FINITE)},
 )

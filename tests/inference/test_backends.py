@@ -38,13 +38,16 @@ def test_shipped_onnx_agrees_with_torch_within_005_ef_points() -> None:
     ort_backend = load_backend("onnxruntime", MODEL, threads=1)
     torch_backend = load_backend("torch", MODEL, threads=1)
     try:
-        a = ort_backend.posterior(frames, demo, mask, noise)
-        b = torch_backend.posterior(frames, demo, mask, noise)
+        a, ood_a = ort_backend.posterior(frames, demo, mask, noise)
+        b, ood_b = torch_backend.posterior(frames, demo, mask, noise)
     finally:
         ort_backend.close()
         torch_backend.close()
     assert a.shape == b.shape == (3, 40)
     assert np.abs(a.mean(1) - b.mean(1)).max() < 0.05 and np.abs(a - b).max() < 0.05
+    # The shipped model carries a fitted out-of-distribution score: finite, the same on both.
+    assert ood_a.shape == ood_b.shape == (3,) and np.isfinite(ood_a).all()
+    np.testing.assert_allclose(ood_a, ood_b, rtol=1e-3, atol=1e-3)
     sidecar = json.loads((MODEL.parent / "mcsdr_default.onnx.json").read_text())
     assert sidecar["model_sha256"] == json.loads(MODEL.with_suffix(".json").read_text())["sha256"]
     assert sidecar["sha256"] == file_sha256(MODEL.with_suffix(".onnx")), "re-run `edge-agent export`"
@@ -56,7 +59,10 @@ def test_export_writes_the_fused_graph_its_parts_and_sidecars(tmp_path: Path) ->
     fused = json.loads(Path(f"{paths['fused']}.json").read_text())
     assert [i["name"] for i in fused["inputs"]] == ["video", "demo", "demo_mask", "noise"]
     assert fused["inputs"][0] == {"name": "video", "shape": ["B", 32, 112, 112], "dtype": "uint8"}
-    assert fused["outputs"][0] == {"name": "samples", "shape": ["B", 8], "dtype": "float32"}
+    assert fused["outputs"] == [
+        {"name": "samples", "shape": ["B", 8], "dtype": "float32"},
+        {"name": "ood_score", "shape": ["B"], "dtype": "float32"},
+    ]
     assert fused["k"] == 8 and fused["diffusion"]["num_inference_steps"] == 10 and fused["opset"] == 17
     assert fused["checked_max_abs_diff_ef"] < 0.05
     step = json.loads(Path(f"{paths['step']}.json").read_text())
@@ -97,9 +103,10 @@ worker = Worker(WorkerConfig(backend="onnxruntime", model={str(MODEL)!r}), Trans
 worker.start()
 window = wire.Window(stream="a", seq=0, frame_seq=(0, 49), t=(0.0, 1.0), t_sent=1.0, fps=50.0, hr_bpm=60.0,
                      beat="ed_ed", frames=np.full((32, 112, 112), 40, np.uint8), demo={{"age_years": 60.0}})
-samples = worker.infer(window)
+samples, ood_score = worker.infer(window)
 worker.stop()
 assert samples.shape == (40,) and 0 < samples.min() <= samples.max() < 100
+assert ood_score > 1.0, ood_score  # a flat grey window is nothing like an echo beat
 print("torch" in sys.modules, worker.backend.name)
 """
     done = subprocess.run(
@@ -198,7 +205,10 @@ def test_precision_selects_the_int8_model_or_is_refused() -> None:
     try:
         assert int8.sidecar["quantization"] and "quantization" not in fp32.sidecar
         # The calibrated model: close to fp32, but not the same graph.
-        a, b = int8.posterior(frames, demo, mask, noise), fp32.posterior(frames, demo, mask, noise)
+        a, b = (
+            int8.posterior(frames, demo, mask, noise).samples,
+            fp32.posterior(frames, demo, mask, noise).samples,
+        )
         assert 0 < abs(a.mean() - b.mean()) < 2.0
     finally:
         int8.close()

@@ -276,7 +276,8 @@ def _onnxruntime(onnx: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _posterior(backend: TensorRTBackend, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    return backend.posterior(inputs["video"], inputs["demo"], inputs["demo_mask"], inputs["noise"])
+    """The engine's posterior samples (B, K); its OOD scores are checked in their own test."""
+    return backend.posterior(inputs["video"], inputs["demo"], inputs["demo_mask"], inputs["noise"]).samples
 
 
 def _trt_major() -> int:
@@ -295,6 +296,9 @@ def test_tiny_fp32_engine_matches_onnxruntime(tmp_path):
             got = _posterior(backend, inputs)
             assert got.shape == (b, K) and got.dtype == np.float64
             np.testing.assert_allclose(got, _onnxruntime(onnx, inputs), rtol=1e-3)
+            # A graph without the ood_score output (exported before the score): unknown, NaN.
+            ood = backend.posterior(inputs["video"], inputs["demo"], inputs["demo_mask"], inputs["noise"])[1]
+            assert ood.shape == (b,) and np.isnan(ood).all()
     finally:
         backend.close()
         backend.close()  # idempotent

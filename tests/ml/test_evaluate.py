@@ -40,9 +40,10 @@ def artefact(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data": DataConfig(n_train=6, n_val=6, cache=None, workers=1),
         "model": model.cfg,
         "diffusion": model.schedule,
-        "train": TrainConfig(steps=3, artefact=str(root / "tiny")),
+        "train": TrainConfig(steps=3, artefact=str(root / "tiny"), ood_n_fit=4),
     }
-    path = save_artefact(state, sections, generate(3, seed=5, workers=1), seconds=1.0)
+    beats = generate(3, seed=5, workers=1)
+    path = save_artefact(state, sections, beats, beats, seconds=1.0)
     # The fitted scale of an untrained model is arbitrary; pin it (the sidecar is not hashed).
     side_path = path.with_suffix(".json")
     side = json.loads(side_path.read_text())

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
+from edge_agent.ml.ood import CORRUPTIONS
 from edge_agent.ml.robustness import (
     VIEW_TRANSFORMS,
     RobustnessRequest,
@@ -78,6 +80,7 @@ def test_a_small_real_run_writes_the_report(tmp_path: Path) -> None:
         phases=2,
         out=str(tmp_path),
         transforms=("zoom_1.25", "gain_-6dB"),
+        real=(get_testdata_file("color3d_jpeg_baseline.dcm"),),
     )
     result = run_robustness(req, progress=lambda _msg: None)
     saved = json.loads((tmp_path / "robustness.json").read_text())
@@ -87,3 +90,8 @@ def test_a_small_real_run_writes_the_report(tmp_path: Path) -> None:
     assert "| aligned.mae | <= 3.0 |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
     assert set(VIEW_TRANSFORMS) >= set(saved["view_shift_median"])
+    # The shipped model has a fitted OOD score: every corrupted kind and the real cine are scored.
+    assert set(saved["ood"]) == {*CORRUPTIONS, "real:color3d_jpeg_baseline.dcm"}
+    assert saved["ood"]["real:color3d_jpeg_baseline.dcm"]["windows"] >= 1
+    assert all(0 <= v["auroc"] <= 1 and 0 <= v["flagged"] <= 1 for v in saved["ood"].values())
+    assert "| ood.blank_sector.auroc | >= 0.95 |" in (tmp_path / "report.md").read_text()

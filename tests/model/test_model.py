@@ -41,7 +41,7 @@ def test_shapes_and_encode_once():
         y = model.sample(video, demo, mask, noise)
         # The fused path (condition once, K trajectories as the batch) equals the textbook sampler
         # that calls the network once per trajectory step with the window's condition.
-        kv = model.condition(video[:1], demo[:1], mask[:1])
+        kv, _ood = model.condition(video[:1], demo[:1], mask[:1])
 
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return model.eps(x.T, t[None, :], kv).T
@@ -49,6 +49,54 @@ def test_shapes_and_encode_once():
         ref = ddim_sample(eps_fn, noise[0][:, None], model.schedule)
     assert y.shape == (2, 40)
     torch.testing.assert_close(y[0], ref[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_phase_free_model_does_not_see_where_the_beat_was_cut():
+    """A cyclic shift of the window by a multiple of the encoder's temporal stride (4 frames) leaves
+    the phase-free model's posterior, baseline and OOD score unchanged; the ED-aligned model's moves."""
+    video, demo, mask = _inputs(2)
+    shifted = torch.roll(video, 8, dims=1)
+    noise = torch.randn(2, 40)
+    for phase_free in (True, False):
+        torch.manual_seed(0)
+        cfg = ModelConfig(width=4, d_model=16, n_heads=2, n_blocks=1, phase_free=phase_free, area_token=True)
+        model = MCSDR(cfg, TargetTransform(), DiffusionSchedule()).eval()
+        model.ood_inv_threshold.fill_(1.0)
+        model.ood_precision.copy_(torch.eye(len(model.ood_mean)))
+        with torch.no_grad():
+            a, b = (model.sample(v, demo, mask, noise) for v in (video, shifted))
+            ood_a, ood_b = (model.condition(v, demo, mask)[1] for v in (video, shifted))
+            reg_a, reg_b = (model.baselines(model.tokens(v, demo, mask))[0] for v in (video, shifted))
+        if phase_free:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(reg_a, reg_b, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(ood_a, ood_b, rtol=1e-4, atol=1e-4)
+        else:
+            assert (a - b).abs().max() > 1e-2
+    assert (
+        model.pos_t is not None
+        and MCSDR(ModelConfig(phase_free=True), TargetTransform(), DiffusionSchedule()).pos_t is None
+    )
+
+
+def test_ood_score_is_the_mahalanobis_distance_over_its_threshold():
+    torch.manual_seed(0)
+    model = MCSDR(TINY, TargetTransform(), DiffusionSchedule()).eval()
+    video, demo, mask = _inputs(3)
+    with torch.no_grad():
+        assert torch.isnan(model.condition(video, demo, mask)[1]).all()  # not fitted: unknown
+        emb = model.embedding(model.stage_maps(video)).double()
+        e = emb.shape[1]
+        a = torch.randn(e, e, dtype=torch.float64)
+        precision = a @ a.T / e + torch.eye(e, dtype=torch.float64)
+        mean = emb.mean(0)
+        model.ood_mean.copy_(mean.float())
+        model.ood_precision.copy_(precision.float())
+        model.ood_inv_threshold.fill_(0.25)
+        _kv, score = model.condition(video, demo, mask)
+    z = emb - mean
+    expected = 0.25 * torch.einsum("ne,ef,nf->n", z, precision, z)
+    torch.testing.assert_close(score.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_target_transform_is_bounded_and_invertible():

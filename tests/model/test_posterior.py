@@ -11,6 +11,7 @@ import pytest
 
 from edge_agent.core import metrics
 from edge_agent.core.metrics import picp
+from edge_agent.core.reliability import is_reliable
 from edge_agent.model import posterior
 from edge_agent.model.posterior import RunningPosterior, fit_dispersion_scale, recalibrate
 
@@ -229,3 +230,19 @@ def test_running_posterior_prefers_real_beats_to_fixed_windows() -> None:
     assert run.beats == 1 and run.summary().mean == pytest.approx(50.0)
     assert not run.add(3, np.full(40, 10.0), fixed=True)  # not pooled beside a real beat
     assert run.beats == 1 and run.summary().mean == pytest.approx(50.0)
+
+
+def test_running_ood_score_is_the_median_of_the_pooled_beats_and_sets_reliability() -> None:
+    run = RunningPosterior(n_beats=3)
+    assert run.ood_score() is None and is_reliable(None)  # a model without a score: nothing to flag
+    samples = np.full(8, 50.0)
+    run.add(0, samples, ood_score=0.2)
+    run.add(1, samples, ood_score=5.0)
+    assert run.ood_score() == pytest.approx(2.6) and not is_reliable(run.ood_score())
+    run.add(2, samples, ood_score=0.4)
+    assert run.ood_score() == pytest.approx(0.4) and is_reliable(run.ood_score())  # one odd beat of three
+    run.add(3, samples, ood_score=7.0)
+    run.add(4, samples, ood_score=9.0)  # beats 0-1 left the pool with their scores
+    assert run.ood_score() == pytest.approx(7.0) and not is_reliable(7.0)
+    run.add(5, samples, view=1)  # a new view: the old scores go with the old beats
+    assert run.ood_score() is None

@@ -63,6 +63,9 @@ def estimate_body(**overrides: Any) -> dict[str, Any]:
         "backend": "torch",
         "latency_ms": 180.0,
         "stages": {"detect": 150.0, "infer": 20.0},
+        "reliable": True,
+        "ood_score": 0.42,
+        "beat_ood_score": 0.57,
         "truth": {"ef": 55.0},
     }
     return {**body, **overrides}
@@ -716,6 +719,7 @@ SUMMARIES = st.fixed_dictionaries(
         "multimodal": st.booleans(),
     }
 )
+OOD_SCORES = st.none() | st.floats(min_value=0.0, allow_infinity=False, allow_nan=False)
 ESTIMATES = st.fixed_dictionaries(
     {
         "seq": SEQS,
@@ -729,6 +733,9 @@ ESTIMATES = st.fixed_dictionaries(
         "backend": st.sampled_from(["torch", "onnxruntime", "tensorrt"]),
         "latency_ms": FINITE,
         "stages": st.dictionaries(st.sampled_from(["detect", "infer"]), FINITE),
+        "reliable": st.booleans(),
+        "ood_score": OOD_SCORES,
+        "beat_ood_score": OOD_SCORES,
     },
     optional={"truth": st.dictionaries(STREAMS, FINITE, max_size=wire.MAX_TRUTH_KEYS)},
 )

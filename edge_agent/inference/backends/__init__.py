@@ -4,7 +4,7 @@ A backend turns windows into raw posterior samples; everything around it (decodi
 recalibration, summaries) is the worker's and is identical for every backend::
 
     backend = load_backend("auto", "engines/mcsdr_default.pt")
-    samples = backend.posterior(frames, demo, mask, noise)   # (B, K) EF %
+    samples, ood_score = backend.posterior(frames, demo, mask, noise)   # (B, K) EF %, (B,)
 
 ``auto`` picks the first backend, in the order of ``_BACKENDS``, whose runtime is installed and which
 can load the artefact: TensorRT where it is installed and the worker's device is a GPU (it builds
@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,6 +34,18 @@ class BackendError(RuntimeError):
     """A backend cannot be loaded here; the message names the backend, the artefact and the fix."""
 
 
+class RawPosterior(NamedTuple):
+    """What a backend returns for a batch of B windows."""
+
+    samples: np.ndarray  # (B, K) float64 EF %, before the sidecar's dispersion recalibration
+    ood_score: np.ndarray  # (B,) float64 out-of-distribution score (≤ 1 familiar); NaN: none fitted
+
+
+def no_ood_score(b: int) -> np.ndarray:
+    """The score of B windows from an artefact exported before the score existed: unknown (NaN)."""
+    return np.full(b, np.nan)
+
+
 class Backend(ABC):
     """A loaded model. ``sidecar`` is the artefact's JSON (schedule, target transform, recalibration)."""
 
@@ -43,12 +55,13 @@ class Backend(ABC):
     @abstractmethod
     def posterior(
         self, frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray
-    ) -> np.ndarray:
-        """Posterior samples of a batch of windows.
+    ) -> RawPosterior:
+        """Posterior samples and out-of-distribution scores of a batch of windows.
 
         frames (B, 32, 112, 112) uint8; demo (B, 4) float32 (age y, sex 1 male, weight kg, height
         cm); mask (B, 4) bool, True where known; noise (B, K) float32 starting noises y_T.
-        Returns (B, K) float64 EF %, before the sidecar's dispersion recalibration.
+        Returns samples (B, K) float64 EF %, before the sidecar's dispersion recalibration, and
+        ood_score (B,).
         """
 
     @abstractmethod

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_agent.inference.backends import Backend, BackendError
+from edge_agent.inference.backends import Backend, BackendError, RawPosterior, no_ood_score
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class OnnxRuntimeBackend(Backend):
         self.session = session
         self.sidecar = sidecar
         self.k = int(sidecar["k"])
+        # Graphs exported before the out-of-distribution score have "samples" only.
+        self.outputs = [o.name for o in session.get_outputs() if o.name in ("samples", "ood_score")]
 
     @classmethod
     def load(
@@ -70,7 +72,7 @@ class OnnxRuntimeBackend(Backend):
 
     def posterior(
         self, frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray
-    ) -> np.ndarray:
+    ) -> RawPosterior:
         if noise.shape[-1] != self.k:
             raise BackendError(
                 f"worker.k: the ONNX graph was exported for K = {self.k} samples, the worker asks for "
@@ -82,8 +84,9 @@ class OnnxRuntimeBackend(Backend):
             "demo_mask": np.asarray(mask, dtype=np.float32),
             "noise": np.asarray(noise, dtype=np.float32),
         }
-        (samples,) = self.session.run(["samples"], feeds)
-        return samples.astype(np.float64)
+        samples, *ood = self.session.run(self.outputs, feeds)
+        score = ood[0].astype(np.float64) if ood else no_ood_score(len(samples))
+        return RawPosterior(samples.astype(np.float64), score)
 
     def close(self) -> None:
         self.session = None

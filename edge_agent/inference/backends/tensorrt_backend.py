@@ -6,8 +6,9 @@ its ``.onnx.json`` sidecar, builds or reuses the cached plan for this GPU (see
 device buffers sized for the engine's max batch, pinned host staging buffers and one CUDA stream.
 
 ``posterior()`` stages the inputs (mask bool -> float32) in pinned memory, copies them to the
-device, runs the engine and copies the samples back. The first call at a batch size enqueues with
-``execute_async_v3`` (TensorRT needs one plain enqueue after a shape change before capture); the
+device, runs the engine and copies the samples (and the out-of-distribution scores) back. The
+first call at a batch size enqueues with ``execute_async_v3`` (TensorRT needs one plain enqueue
+after a shape change before capture); the
 next call at that batch size captures the enqueue into a CUDA graph, which later calls replay. If
 capture fails (some engines, e.g. with DLA or data-dependent shapes, cannot be captured) the
 backend logs why and keeps enqueueing. A new batch size drops the graph and starts over.
@@ -29,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from edge_agent.inference import engine_build
-from edge_agent.inference.backends import Backend, BackendError
+from edge_agent.inference.backends import Backend, BackendError, RawPosterior, no_ood_score
 from edge_agent.inference.engine_build import CudaError, EngineBuildError, cuda_call
 
 log = logging.getLogger(__name__)
 
 INPUTS = ("video", "demo", "demo_mask", "noise")
 OUTPUT = "samples"
+OOD = "ood_score"  # absent from engines of graphs exported before the score
 
 
 def cuda_device_index(device: str) -> int:
@@ -126,17 +128,19 @@ class TensorRTBackend(Backend):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
-        if sorted(inputs) != sorted(INPUTS) or outputs != [OUTPUT]:
+        if sorted(inputs) != sorted(INPUTS) or sorted(outputs) not in ([OOD, OUTPUT], [OUTPUT]):
             raise BackendError(
                 f"worker.model: {self.plan.name} has inputs {inputs} and outputs {outputs}; "
-                f"expected {list(INPUTS)} and [{OUTPUT!r}]"
+                f"expected {list(INPUTS)} and [{OUTPUT!r}, {OOD!r}]"
             )
+        self.outputs = outputs
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         # Profile 0's max shapes size every buffer; the output's follows from the inputs' shapes.
         self.max_shapes = {n: tuple(engine.get_tensor_profile_shape(n, 0)[2]) for n in inputs}
         for n in inputs:
             self._context.set_input_shape(n, self.max_shapes[n])
-        self.max_shapes[OUTPUT] = tuple(self._context.get_tensor_shape(OUTPUT))
+        for n in outputs:
+            self.max_shapes[n] = tuple(self._context.get_tensor_shape(n))
         self.max_batch, self.k = self.max_shapes[OUTPUT]
         self._stream = cuda_call(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         for n in names:
@@ -204,9 +208,10 @@ class TensorRTBackend(Backend):
 
     def posterior(
         self, frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray
-    ) -> np.ndarray:
+    ) -> RawPosterior:
         """frames (B, 32, 112, 112) uint8, demo (B, 4) float32, mask (B, 4) bool, noise (B, K) float32
-        -> (B, K) float64 EF %, before recalibration. Batches over the engine's max batch are split."""
+        -> samples (B, K) float64 EF %, before recalibration, and ood_score (B,). Batches over the
+        engine's max batch are split."""
         frames, demo, mask, noise = (np.asarray(a) for a in (frames, demo, mask, noise))
         b = frames.shape[0]
         expected = {
@@ -220,15 +225,19 @@ class TensorRTBackend(Backend):
             if array.shape != expected[name]:
                 raise ValueError(f"{name}: shape {array.shape}, expected {expected[name]}")
         if b == 0:
-            return np.empty((0, self.k))
+            return RawPosterior(np.empty((0, self.k)), np.empty(0))
         chunks = [
             self._run({n: a[i : i + self.max_batch] for n, a in arrays.items()})
             for i in range(0, b, self.max_batch)
         ]
-        return np.concatenate(chunks).astype(np.float64)
+        samples = np.concatenate([c[OUTPUT] for c in chunks]).astype(np.float64)
+        if OOD not in self.outputs:
+            return RawPosterior(samples, no_ood_score(b))
+        return RawPosterior(samples, np.concatenate([c[OOD] for c in chunks]).astype(np.float64))
 
-    def _run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """One engine execution on at most max_batch windows; returns (b, K) in the output dtype."""
+    def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One engine execution on at most max_batch windows; returns each output, (b, K) samples and
+        (b,) scores, in the output dtype."""
         cudart, stream = self._cudart, self._stream
         b = arrays["video"].shape[0]
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -251,13 +260,17 @@ class TensorRTBackend(Backend):
             cuda_call(cudart, cudart.cudaGraphLaunch(self._graph_exec, stream), "cudaGraphLaunch")
         elif not self._context.execute_async_v3(int(stream)):
             raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.plan.name}; see its log")
-        out = self._host[OUTPUT]
-        count = b * self.k
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        nbytes = count * self.dtypes[OUTPUT].itemsize
-        cuda_call(cudart, cudart.cudaMemcpyAsync(out.ptr, self._device[OUTPUT], nbytes, d2h, stream), "D2H")
+        shapes = {OUTPUT: (b, self.k), OOD: (b,)}
+        for name in self.outputs:
+            out, count = self._host[name], int(np.prod(shapes[name]))
+            nbytes = count * self.dtypes[name].itemsize
+            cuda_call(cudart, cudart.cudaMemcpyAsync(out.ptr, self._device[name], nbytes, d2h, stream), "D2H")
         cuda_call(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        return out.array[:count].reshape(b, self.k).copy()
+        return {
+            name: self._host[name].array[: int(np.prod(shapes[name]))].reshape(shapes[name]).copy()
+            for name in self.outputs
+        }
 
     def _capture(self) -> None:
         """Capture one enqueue into a CUDA graph; on failure log why and stop trying."""
