@@ -201,7 +201,19 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="TEST")
     p.add_argument("--synthetic", action="store_true", help="fresh simulator clips instead of a dataset")
     p.add_argument("--n", type=COUNT, default=500, help="number of simulated clips (--synthetic)")
-    p.add_argument("--seed", type=int, default=3, help="simulator seed (--synthetic); training uses 1 and 2")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=6,
+        help="simulator seed (--synthetic); training uses 1, 2 and 3 (generation 1)",
+    )
+    p.add_argument(
+        "--generation",
+        type=int,
+        choices=[1, 2],
+        default=None,
+        help="simulator generation (--synthetic; default: the model's training data's)",
+    )
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per clip")
     p.add_argument("--baselines", action="store_true", help="also evaluate the regression and Gaussian heads")
     p.add_argument("--out", default="runs/eval", help="folder for report.md, metrics.json and plots")
@@ -227,6 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         synthetic=args.synthetic,
         n=args.n,
         seed=args.seed,
+        generation=args.generation,
         k=args.k,
         baselines=args.baselines,
         out=args.out,

@@ -93,7 +93,7 @@ SIM_STRIDE = 3
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 # Below this many input channels a Conv stays float (see excluded_nodes).
 MIN_INT8_CONV_CHANNELS = 8
-EVAL_SEED = 3  # the offline evaluation's simulator seed (edge_agent.ml.evaluate)
+EVAL_SEED = 6  # the offline evaluation's simulator seed (edge_agent.ml.evaluate; never a training seed)
 TARGET_MAE_CHANGE = 0.5  # EF points
 
 

@@ -92,7 +92,8 @@ class EvalRequest:
     split: str = "TEST"
     synthetic: bool = False
     n: int = 500
-    seed: int = 3
+    seed: int = 6
+    generation: int | None = None  # synthetic: simulator generation; None: the model's training data's
     k: int = 40
     baselines: bool = False
     out: str = "runs/eval"
@@ -183,7 +184,15 @@ def _load_clips(req: EvalRequest, sidecar: dict) -> tuple[ClipArrays, dict[str, 
             "n": len(arr),
         }
     train_data = sidecar.get("training", {}).get("data", {})
-    used = {name: train_data.get(name) for name in ("train_seed", "val_seed")}
+    generation = req.generation or int(train_data.get("generation", 1))
+    trained_on = int(train_data.get("generation", 1))
+    used = (
+        {name: train_data.get(name) for name in ("train_seed", "val_seed")}
+        if generation == trained_on
+        else {}
+    )
+    if generation == 1 and train_data.get("mix_generation1", 0):
+        used["mix_seed"] = train_data.get("mix_seed")
     if train_data.get("format") == "synthetic" and req.seed in used.values():
         # Sets with equal seeds share clips (datasets.synthetic), so the numbers would be optimistic.
         which = [name for name, s in used.items() if s == req.seed]
@@ -201,11 +210,13 @@ def _load_clips(req: EvalRequest, sidecar: dict) -> tuple[ClipArrays, dict[str, 
         pediatric=pediatric,
         workers=req.workers,
         desc="simulating clips",
+        generation=generation,
     )
     return arr, {
         "source": "synthetic",
         "n": req.n,
         "seed": req.seed,
+        "generation": generation,
         "pediatric": pediatric,
         "balanced_quality": True,
     }
