@@ -148,7 +148,7 @@ def _log_to_stderr(level: str, who: str) -> None:
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/train_synthetic.yaml")
+    p.add_argument("--config", default="configs/train.yaml", help="the shipped model's recipe by default")
     _set_option(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in train.out")
 

@@ -402,7 +402,10 @@ def test_store_refuses_databases_it_did_not_make(tmp_path: Path) -> None:
     conn.execute("UPDATE schema_version SET version = 99")
     conn.commit()
     conn.close()
-    with pytest.raises(record.RecordError, match=f"schema version 99, this edge-agent writes version {record.DB_SCHEMA_VERSION}"):
+    with pytest.raises(
+        record.RecordError,
+        match=f"schema version 99, this edge-agent writes version {record.DB_SCHEMA_VERSION}",
+    ):
         record.RecordStore(newer)
     with pytest.raises(record.RecordError, match="does not exist; create it first"):
         record.RecordStore(tmp_path / "missing" / "x.db")

@@ -132,6 +132,16 @@ def test_qdq_graph_is_symmetric_int8_and_keeps_the_denoiser_float(quantized) -> 
     assert not [
         n.name for n in graph.node if n.op_type == "MatMul" and "blocks" in n.name and dq & set(n.input)
     ]
+    # The out-of-distribution score's own MatMul (the precision matrix) stays float too.
+    feeds_samples = calibrate._ancestors(graph, "samples")
+    ood_only = [n for n in graph.node if n.op_type == "MatMul" and n.name not in feeds_samples]
+    assert ood_only and not [n.name for n in ood_only if dq & set(n.input[1:])]
+
+
+def test_simulator_sources_render_the_asked_generation() -> None:
+    assert all("gen=" not in uri for uri, _ in calibrate.simulator_sources(4))
+    sources = calibrate.simulator_sources(4, generation=2)
+    assert [count for _, count in sources] == [2, 1, 1] and all(uri.endswith("&gen=2") for uri, _ in sources)
 
 
 def test_a_quantised_model_is_reused_when_nothing_changed(drawn, quantized) -> None:

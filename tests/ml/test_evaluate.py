@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,22 @@ def test_training_seed_warns(artefact, tmp_path):
     with pytest.warns(UserWarning, match="train_seed"):
         result = run_evaluation(req)
     assert result["r2"] is None  # one clip: R² undefined, reported as null rather than failing
+
+
+def test_seeds_warn_per_generation_of_the_training_data(artefact, tmp_path, recwarn):
+    """A generation-2 model with a generation-1 mix: seed 3 is training data in generation 1 only."""
+    for suffix in (".pt", ".json"):
+        shutil.copy(artefact.with_suffix(suffix), tmp_path / f"m{suffix}")
+    side = json.loads((tmp_path / "m.json").read_text())
+    side["training"]["data"].update(generation=2, mix_generation1=10, mix_seed=3)
+    (tmp_path / "m.json").write_text(json.dumps(side))
+    req = EvalRequest(model=str(tmp_path / "m"), n=1, seed=3, k=2, out=str(tmp_path / "a"), workers=1)
+    with pytest.warns(UserWarning, match="mix_seed"):
+        run_evaluation(dataclasses.replace(req, generation=1))
+    recwarn.clear()
+    result = run_evaluation(req)  # generation 2 by default: the model's; seed 3 was never drawn there
+    assert not [w for w in recwarn if "seen in training" in str(w.message)]
+    assert result["data"]["generation"] == 2
 
 
 def test_quality_labels():
