@@ -23,6 +23,7 @@ from edge_agent.live.beats import source_windows
 from edge_agent.live.capture import CaptureConfig
 from edge_agent.live.cycles import CycleConfig
 from edge_agent.ml.datasets.echonet import TracedVideoDataset
+from edge_agent.ml.ood import reliability_summary
 from edge_agent.model.posterior import RunningPosterior
 from edge_agent.sim.clips import ClipArrays
 
@@ -76,14 +77,22 @@ def detector_windows(ds: TracedVideoDataset, cycles: CycleConfig | None = None) 
     return DetectorWindows(arr, np.asarray(owner, np.int64), hows, without)
 
 
-def pooled_posteriors(samples: np.ndarray, clip: np.ndarray, how: list[str]) -> dict[int, np.ndarray]:
-    """Per clip index, the pooled samples of its windows in playing order (samples (M, K) EF %),
-    pooled as the hub pools a stream's beats."""
+def pooled_posteriors(
+    samples: np.ndarray, clip: np.ndarray, how: list[str], ood: np.ndarray | None = None
+) -> dict[int, tuple[np.ndarray, float]]:
+    """Per clip index, the pooled samples of its windows in playing order (samples (M, K) EF %)
+    and the pool's OOD score (NaN without scores ``ood`` (M,)), pooled as the hub pools a stream's
+    beats."""
     pools: dict[int, RunningPosterior] = {}
     for j, (c, rule) in enumerate(zip(clip.tolist(), how, strict=True)):
         pool = pools.setdefault(c, RunningPosterior(n_beats=POOLED_BEATS))
-        pool.add(j, samples[j], fixed=rule == "fixed")
-    return {c: pool.pooled() for c, pool in pools.items()}
+        score = None if ood is None or not np.isfinite(ood[j]) else float(ood[j])
+        pool.add(j, samples[j], fixed=rule == "fixed", ood_score=score)
+    out = {}
+    for c, pool in pools.items():
+        score = pool.ood_score()
+        out[c] = (pool.pooled(), np.nan if score is None else score)
+    return out
 
 
 def pooled_metrics(pools: list[np.ndarray], truth: np.ndarray) -> dict[str, Any]:
@@ -108,14 +117,19 @@ def pooled_metrics(pools: list[np.ndarray], truth: np.ndarray) -> dict[str, Any]
 
 
 def clip_summary(
-    windows: DetectorWindows, samples: np.ndarray, truth_by_clip: np.ndarray, n_clips: int
+    windows: DetectorWindows, samples: np.ndarray, truth_by_clip: np.ndarray, n_clips: int, ood: np.ndarray
 ) -> dict[str, Any]:
-    """The per-clip part of metrics.json: pooled metrics, windows per clip, rules, clips without."""
-    pools = pooled_posteriors(samples, windows.clip, windows.how)
+    """The per-clip part of metrics.json: pooled metrics, reliability (ml.ood.reliability_summary of
+    the pooled posteriors), windows per clip, rules, clips without."""
+    pools = pooled_posteriors(samples, windows.clip, windows.how, ood)
     order = sorted(pools)
     counts = np.bincount(windows.clip, minlength=n_clips)
+    pooled = [pools[c][0] for c in order]
     return {
-        **pooled_metrics([pools[c] for c in order], truth_by_clip[order]),
+        **pooled_metrics(pooled, truth_by_clip[order]),
+        "reliability": reliability_summary(
+            pooled, truth_by_clip[order], np.array([pools[c][1] for c in order])
+        ),
         "windows_per_clip": metrics.distribution(counts[counts > 0].tolist()),
         "windows_by_rule": {r: windows.how.count(r) for r in sorted(set(windows.how))},
         "clips_without_window": windows.without,

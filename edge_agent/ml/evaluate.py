@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 
 from edge_agent.core import metrics
 from edge_agent.ml.detector_eval import clip_summary, detector_windows
+from edge_agent.ml.ood import reliability_summary
 from edge_agent.ml.train import sample_arrays
 from edge_agent.model.artefact import load_model
 from edge_agent.model.posterior import recalibrate
@@ -345,6 +346,36 @@ REPORT_ROWS = (
 )
 
 
+def _reliability_lines(result: dict[str, Any]) -> list[str]:
+    """The report's section on the reliability flag: per estimate (and per clip with the detector)."""
+    parts = [("every estimate", result["reliability"])]
+    if "per_clip" in result:
+        parts.append(("per clip (pooled)", result["per_clip"]["reliability"]))
+    if not parts[0][1]["scored"]:
+        return [
+            "",
+            "The model carries no out-of-distribution score: every estimate is published as reliable.",
+        ]
+    big = parts[0][1]["big_error"]
+    lines = [
+        "",
+        "## Reliability (the published posterior; flagged: out-of-distribution score > 1, LOW CONFIDENCE)",
+        "",
+        f"Confidently wrong: off by more than {big:g} points, the 90 % interval missing the truth, and "
+        "published as reliable.",
+        "",
+        "| | n | flagged | MAE reliable | MAE flagged | PICP90 reliable | PICP90 flagged | confidently wrong "
+        "| wrong but flagged |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in parts:
+        cells = [r["n"], _fmt(r["flagged"], 3), _fmt(r["mae_reliable"], 2), _fmt(r["mae_flagged"], 2)]
+        cells += [_fmt(r["picp90_reliable"], 3), _fmt(r["picp90_flagged"], 3)]
+        cells += [r["confidently_wrong"], r["wrong_but_flagged"]]
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
 def _per_clip_lines(c: dict[str, Any]) -> list[str]:
     """The report's section on clips found by the live detector (per-beat figures are the table)."""
     w = c["windows_per_clip"]
@@ -394,6 +425,7 @@ def render_report(result: dict[str, Any]) -> str:
     ]
     for key, label, digits in REPORT_ROWS:
         lines.append(f"| {label} | " + " | ".join(_fmt(result[c].get(key), digits) for c, _ in cols) + " |")
+    lines += _reliability_lines(result)
     if "regression" in result:
         lines += [
             "",
@@ -456,9 +488,13 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
         scores["regression"] = regression_metrics(arrays["regression"], truth, quality)
         scores["gaussian"] = metrics.evaluate_samples(pred["gauss_samples"], truth, quality)
 
+    published = arrays.get("samples_recalibrated", samples)
+    arrays["ood_score"] = pred["ood_score"]
+    scores["reliability"] = reliability_summary(published, truth, pred["ood_score"])
     if windows is not None:  # each window scored above; here the clip's estimate: its pooled posterior
-        published = arrays.get("samples_recalibrated", samples)
-        scores["per_clip"] = clip_summary(windows, published, clip_efs, data_desc["n_clips"])
+        scores["per_clip"] = clip_summary(
+            windows, published, clip_efs, data_desc["n_clips"], pred["ood_score"]
+        )
     raw = scores["raw"]
     result: dict[str, Any] = {key: raw.get(key) for key in FLAT_KEYS}  # std_by_quality None without grades
     model_pt = Path(req.model).with_suffix(".pt")  # the same resolution as train.load_model

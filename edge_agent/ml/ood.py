@@ -18,6 +18,7 @@ whose score is above 1 is published as not reliable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from edge_agent.core import metrics
+from edge_agent.core.reliability import is_reliable
 from edge_agent.ml.augment import ViewRanges, random_views
 from edge_agent.model.network import MCSDR
 from edge_agent.sim.clips import ClipArrays
@@ -174,4 +176,39 @@ def separation(
         "median_score": float(np.median(scores)),
         "width_ratio": float(np.median(widths) / typical),
         "handled": float(np.mean(handled)),
+    }
+
+
+def reliability_summary(
+    samples: list[np.ndarray] | np.ndarray, truth: np.ndarray, ood: np.ndarray, big_error: float = 15.0
+) -> dict[str, Any]:
+    """What the reliability flag does on labelled data (pure): published posteriors (each 1-D, EF %),
+    truth (N,) EF %, OOD scores (N,) (NaN: the model has none, every estimate reliable).
+
+    ``confidently_wrong``: estimates off by more than ``big_error`` points whose 90 % interval
+    misses the truth and that were still published as reliable — the one thing a monitor must not
+    show; ``wrong_but_flagged``: the same errors marked LOW CONFIDENCE. MAE and PICP90 are given for
+    the reliable and the flagged estimates apart (None where there are none).
+    """
+    means = np.array([np.mean(s) for s in samples])
+    lo, hi = np.array([np.quantile(s, [0.05, 0.95]) for s in samples]).T
+    reliable = np.array([is_reliable(None if not np.isfinite(x) else float(x)) for x in ood])
+    err = np.abs(means - truth)
+    wrong = (err > big_error) & ((truth < lo) | (truth > hi))
+    covered = (truth >= lo) & (truth <= hi)
+
+    def part(mask: np.ndarray, values: np.ndarray) -> float | None:
+        return float(values[mask].mean()) if mask.any() else None
+
+    return {
+        "n": len(means),
+        "scored": bool(np.isfinite(ood).any()),
+        "flagged": float(np.mean(~reliable)),
+        "mae_reliable": part(reliable, err),
+        "mae_flagged": part(~reliable, err),
+        "picp90_reliable": part(reliable, covered.astype(float)),
+        "picp90_flagged": part(~reliable, covered.astype(float)),
+        "big_error": big_error,
+        "confidently_wrong": int((wrong & reliable).sum()),
+        "wrong_but_flagged": int((wrong & ~reliable).sum()),
     }

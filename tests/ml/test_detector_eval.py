@@ -21,9 +21,15 @@ def test_pooling_keeps_the_last_five_beats_and_drops_fixed_windows_beside_beats(
     clip = np.array([0, 0, 0, 0, 0, 0, 0, 1])
     how = ["fixed", "ed_ed", "ed_ed", "ed_ed", "ed_ed", "ed_ed", "ed_ed", "fixed"]
     pools = pooled_posteriors(samples, clip, how)
-    assert sorted(np.unique(pools[0]).tolist()) == [20.0, 30.0, 40.0, 50.0, 60.0]  # last 5 beats
-    assert pools[0].size == 5 * k
-    assert pools[1].tolist() == [70.0] * k  # a clip with only a fixed window keeps it
+    assert sorted(np.unique(pools[0][0]).tolist()) == [20.0, 30.0, 40.0, 50.0, 60.0]  # last 5 beats
+    assert pools[0][0].size == 5 * k
+    assert pools[1][0].tolist() == [70.0] * k  # a clip with only a fixed window keeps it
+    assert np.isnan(pools[0][1])  # no scores given: unknown
+    ood = np.arange(len(clip), dtype=float)
+    scored = pooled_posteriors(samples, clip, how, ood)
+    # The pool's score is the median of its pooled windows' scores, as the hub's running estimate.
+    kept = [j for j in range(len(clip)) if clip[j] == 0][-5:]
+    assert scored[0][1] == np.median(ood[kept])
 
 
 def test_pooled_metrics_on_known_pools() -> None:

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.ml.ood import CORRUPTIONS, corrupt, fit_ood, gaussian_fit, mahalanobis_d2, separation
+from edge_agent.ml.ood import (
+    CORRUPTIONS,
+    corrupt,
+    fit_ood,
+    gaussian_fit,
+    mahalanobis_d2,
+    reliability_summary,
+    separation,
+)
 from edge_agent.model.ddim import DiffusionSchedule
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
 from edge_agent.sim.clips import generate
@@ -76,3 +84,17 @@ def test_fit_ood_calibrates_the_threshold_and_scores_corrupted_windows_higher(be
     # The threshold is the 0.75-quantile of the same windows: a quarter lies above it.
     assert float((ood > 1).float().mean()) == pytest.approx(0.25, abs=0.09)
     assert float(far.min()) > 1.0
+
+
+def test_reliability_summary_counts_confidently_wrong_estimates() -> None:
+    truth = np.array([50.0, 20.0, 20.0, 60.0])
+    posteriors = [np.full(40, 51.0), np.full(40, 50.0), np.linspace(10, 60, 40), np.full(40, 62.0)]
+    scores = np.array([0.3, 0.8, 0.5, 4.0])  # the last is flagged
+    out = reliability_summary(posteriors, truth, scores)
+    # Estimate 1 is 30 points off with an interval that misses: confidently wrong. Estimate 2 is as far
+    # off but its interval covers 20: honest. Estimate 3 is flagged (and 2 points off).
+    assert out["confidently_wrong"] == 1 and out["wrong_but_flagged"] == 0
+    assert out["flagged"] == 0.25 and out["mae_flagged"] == pytest.approx(2.0)
+    assert out["picp90_reliable"] == pytest.approx(1 / 3)
+    unscored = reliability_summary(posteriors, truth, np.full(4, np.nan))
+    assert not unscored["scored"] and unscored["flagged"] == 0.0 and unscored["mae_flagged"] is None
