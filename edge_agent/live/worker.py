@@ -29,6 +29,7 @@ from edge_agent.protocol.transport import TransportConfig, socket
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 READY_EVERY_S = 2.0
+MAX_OOD_SCORE = 1e9  # what an overflowed (infinite) score is sent as: finite on the wire, far above 1
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,10 @@ class Worker:
         wire.check_samples(raw[0], f"{self.backend.name} backend samples")
         samples = recalibrate(raw[0], self.scale) if self.scale else raw[0]
         wire.check_samples(samples, "recalibrated samples")
-        # d² is ≥ 0; float rounding of a window at the training mean may give -1e-7.
+        # NaN: the model has no score. A score past float range (an fp16 engine on an input very
+        # far from the training data) is still a score: far above 1, never "unknown".
         score = float(out.ood_score[0])
-        return samples, (max(0.0, score) if np.isfinite(score) else None)
+        return samples, (None if np.isnan(score) else min(max(score, 0.0), MAX_OOD_SCORE))
 
     def _fail(self, reason: str, error: wire.WireError, window: wire.Window | None = None) -> None:
         """Tell the hub this window has no posterior (it counts it in the stream's windows_failed

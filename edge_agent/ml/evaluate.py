@@ -544,11 +544,12 @@ def record_in_sidecar(model: str, result: dict[str, Any]) -> None:
     path = Path(model).with_suffix(".json")
     side = json.loads(path.read_text())
     d = result["data"]
+    gen = "" if d.get("generation", 1) == 1 else f"_gen{d['generation']}"
     key = (
-        f"synthetic_seed{d['seed']}_n{d['n']}"
+        f"synthetic{gen}_seed{d['seed']}_n{d['n']}"
         if d["source"] == "synthetic"
         else f"{d['format']}:{d['split']}"
     )
-    keep = ("raw", "recalibrated", "regression", "gaussian", "data", "k", "noise_seed")
+    keep = ("raw", "recalibrated", "regression", "gaussian", "reliability", "data", "k", "noise_seed")
     side.setdefault("metrics", {})[key] = {k: result[k] for k in keep if k in result}
     path.write_text(json.dumps(side, indent=2))

@@ -102,7 +102,8 @@ def fit_ood(
     shrinkage: float = 0.01,
 ) -> OodFit:
     """Fit the score's statistics on training windows, its threshold on validation windows, and store
-    them in the model's buffers (``ood_mean``, ``ood_precision``, ``ood_inv_threshold``)."""
+    them in the model's buffers (``ood_mean``, ``ood_precision``, ``ood_inv_threshold``; the
+    whitening the graph uses is derived from them)."""
     idx = np.random.default_rng(0).permutation(len(train))[:n_fit]
     mean, precision = gaussian_fit(
         embeddings(model, train.take(idx), views, seed=1, desc="OOD fit"), shrinkage
@@ -112,6 +113,7 @@ def fit_ood(
     model.ood_mean.copy_(torch.from_numpy(mean).float())
     model.ood_precision.copy_(torch.from_numpy(precision).float())
     model.ood_inv_threshold.fill_(1.0 / threshold)
+    model.refresh_ood()
     return OodFit(len(idx), len(val), quantile, shrinkage, threshold, len(mean))
 
 

@@ -268,6 +268,10 @@ class MCSDR(nn.Module):
         self.register_buffer("ood_mean", torch.zeros(e))
         self.register_buffer("ood_precision", torch.zeros(e, e))
         self.register_buffer("ood_inv_threshold", torch.tensor(float("nan")))
+        # Derived, not saved: W with W Wᵀ = P / threshold (Cholesky), so the graph computes the
+        # score as ‖(e − m) W‖², a sum of squares of O(1) numbers: no fp16 overflow in products
+        # of a precision matrix's large entries, and never negative.
+        self.register_buffer("ood_whiten", torch.full((e, e), float("nan")), persistent=False)
         # Noise predictor.
         self.y_in = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
         self.t_in = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -308,8 +312,23 @@ class MCSDR(nn.Module):
 
     def ood_score(self, emb: torch.Tensor) -> torch.Tensor:
         """Embedding (B, E) → (B,) Mahalanobis d² over its in-distribution threshold (≤ 1: familiar)."""
-        z = emb - self.ood_mean
-        return ((z @ self.ood_precision) * z).sum(dim=1) * self.ood_inv_threshold
+        return ((emb - self.ood_mean) @ self.ood_whiten).pow(2).sum(dim=1)
+
+    @torch.no_grad()
+    def refresh_ood(self) -> None:
+        """Derive the whitening of the score from its saved statistics (after loading or fitting)."""
+        inv = float(self.ood_inv_threshold)
+        if not (np.isfinite(inv) and inv > 0 and self.ood_precision.abs().sum() > 0):
+            self.ood_whiten.fill_(float("nan"))  # not fitted: every score is unknown
+            return
+        chol = torch.linalg.cholesky(self.ood_precision.double())
+        self.ood_whiten.copy_((chol * inv**0.5).to(self.ood_whiten.dtype))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """nn.Module's, then the derived whitening of the loaded OOD statistics."""
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.refresh_ood()
+        return out
 
     def tokens(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor) -> torch.Tensor:
         """video (B, 32, 112, 112) uint8, demo (B, 4), demo_mask (B, 4) bool → tokens (B, N, D)."""

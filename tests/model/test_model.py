@@ -63,6 +63,7 @@ def test_phase_free_model_does_not_see_where_the_beat_was_cut():
         model = MCSDR(cfg, TargetTransform(), DiffusionSchedule()).eval()
         model.ood_inv_threshold.fill_(1.0)
         model.ood_precision.copy_(torch.eye(len(model.ood_mean)))
+        model.refresh_ood()
         with torch.no_grad():
             a, b = (model.sample(v, demo, mask, noise) for v in (video, shifted))
             ood_a, ood_b = (model.condition(v, demo, mask)[1] for v in (video, shifted))
@@ -93,7 +94,12 @@ def test_ood_score_is_the_mahalanobis_distance_over_its_threshold():
         model.ood_mean.copy_(mean.float())
         model.ood_precision.copy_(precision.float())
         model.ood_inv_threshold.fill_(0.25)
+        model.refresh_ood()
         _kv, score = model.condition(video, demo, mask)
+        # The statistics travel in the state dict; the whitening is derived again on loading.
+        other = MCSDR(TINY, TargetTransform(), DiffusionSchedule()).eval()
+        other.load_state_dict(model.state_dict())
+        torch.testing.assert_close(other.condition(video, demo, mask)[1], score)
     z = emb - mean
     expected = 0.25 * torch.einsum("ne,ef,nf->n", z, precision, z)
     torch.testing.assert_close(score.double(), expected, rtol=1e-4, atol=1e-5)
