@@ -706,6 +706,30 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _interleaved_runs(
+    graphs: dict[str, Path], arr: Any, noise: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every graph on every beat of ``arr``, one window per call, graphs interleaved window by window:
+    samples (N, K) EF % and latency (N,) ms per graph name."""
+    n = len(arr)
+    sessions = {name: _session(path) for name, path in graphs.items()}
+    samples = {name: np.empty((n, noise.shape[1])) for name in graphs}
+    ms = {name: np.empty(n) for name in graphs}
+    for i in tqdm(range(n), desc="evaluating", unit="window"):
+        feeds = {
+            "video": arr.clips[i : i + 1],
+            "demo": arr.demo[i : i + 1],
+            "demo_mask": arr.mask[i : i + 1].astype(np.float32),
+            "noise": noise,
+        }
+        for name, session in sessions.items():
+            t0 = time.perf_counter()
+            (out,) = session.run(["samples"], feeds)
+            ms[name][i] = 1000.0 * (time.perf_counter() - t0)
+            samples[name][i] = out[0]
+    return samples, ms
+
+
 def evaluate_quantized(
     model: str | Path,
     quantized: dict[str, Path],
@@ -735,21 +759,7 @@ def evaluate_quantized(
         n, seed, balanced_quality=True, workers=workers, desc="simulating test beats", generation=generation
     )
     graphs = {"fp32": model, **quantized}
-    sessions = {name: _session(path) for name, path in graphs.items()}
-    samples = {name: np.empty((n, noise.shape[1])) for name in graphs}
-    ms = {name: np.empty(n) for name in graphs}
-    for i in tqdm(range(n), desc="evaluating", unit="window"):
-        feeds = {
-            "video": arr.clips[i : i + 1],
-            "demo": arr.demo[i : i + 1],
-            "demo_mask": arr.mask[i : i + 1].astype(np.float32),
-            "noise": noise,
-        }
-        for name, session in sessions.items():
-            t0 = time.perf_counter()
-            (out,) = session.run(["samples"], feeds)
-            ms[name][i] = 1000.0 * (time.perf_counter() - t0)
-            samples[name][i] = out[0]
+    samples, ms = _interleaved_runs(graphs, arr, noise)
     truth = arr.ef.astype(np.float64)
     served = {name: recalibrate(s, float(scale)) if scale else s for name, s in samples.items()}
     means = {name: s.mean(axis=1) for name, s in served.items()}

@@ -402,7 +402,7 @@ def render_report(result: dict[str, Any]) -> str:
     cols = [(key, label) for key, label in METHODS if key in result]
     data = result["data"]
     if data["source"] == "synthetic":
-        source = f"{data['n']} simulated clips, seed {data['seed']}"
+        source = f"{data['n']} simulated clips (generation {data.get('generation', 1)}), seed {data['seed']}"
     elif data.get("beats") == "detector":
         source = (
             f"{data['path']} ({data['format']}, split {data['split']}): {data['n']} windows cut by the "
@@ -513,6 +513,22 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
         },
     )
 
+    if req.baselines:
+        posteriors["Gaussian"] = pred["gauss_samples"]  # the reliability plot shows it too
+    _write_outputs(req, result, arrays, posteriors, quality)
+    if req.record:
+        record_in_sidecar(req.model, result)
+    return result
+
+
+def _write_outputs(
+    req: EvalRequest,
+    result: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    posteriors: dict[str, np.ndarray],
+    quality: list[str] | None,
+) -> None:
+    """metrics.json (and --json), report.md, samples.npz and the four plots into ``req.out``."""
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2)
@@ -522,17 +538,11 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
         Path(req.json_path).write_text(text)
     (out / "report.md").write_text(render_report(result))
     np.savez(out / "samples.npz", **arrays)
-
-    _plot_pred_vs_true(out / "pred_vs_true.png", samples, truth, quality)
-    calibrated = dict(posteriors)
-    if req.baselines:
-        calibrated["Gaussian"] = pred["gauss_samples"]
-    _plot_reliability(out / "reliability.png", truth, calibrated)
-    _plot_pit(out / "pit.png", truth, posteriors)
-    _plot_std_by_quality(out / "std_by_quality.png", posteriors, quality)
-    if req.record:
-        record_in_sidecar(req.model, result)
-    return result
+    truth, sampled = arrays["truth"], {k: v for k, v in posteriors.items() if k != "Gaussian"}
+    _plot_pred_vs_true(out / "pred_vs_true.png", arrays["samples"], truth, quality)
+    _plot_reliability(out / "reliability.png", truth, posteriors)
+    _plot_pit(out / "pit.png", truth, sampled)
+    _plot_std_by_quality(out / "std_by_quality.png", sampled, quality)
 
 
 def record_in_sidecar(model: str, result: dict[str, Any]) -> None:

@@ -81,8 +81,8 @@ Estimate body (topic ``lvef.<stream>``):
 |               |                      | training data (`ood_score` > 1): show it as LOW CONFIDENCE, not  |
 |               |                      | as a tight interval                                              |
 | `ood_score`   | float ≥ 0 or nil     | out-of-distribution score of the running estimate, the median of |
-|               |                      | its beats' (≤ 1 familiar; 1 = the 99th percentile of validation  |
-|               |                      | windows); nil when the model carries no score                    |
+|               |                      | its beats' (≤ 1 familiar; 1 = the model's threshold, a quantile  |
+|               |                      | of validation windows); nil when the model carries no score      |
 | `beat_ood_score` | float ≥ 0 or nil  | this beat's out-of-distribution score                            |
 | `hr_bpm`      | float > 0 or nil     | heart rate, beats/min                                            |
 | `backend`     | str                  | inference backend: `"torch"`, `"onnxruntime"`, `"tensorrt"`      |

@@ -114,9 +114,11 @@ def test_metrics_json_sections_and_flat_keys(synthetic_run, artefact):
         "source": "synthetic",
         "n": 6,
         "seed": EVAL_SEED,
+        "generation": 1,  # the tiny artefact's training data's
         "pediatric": False,
         "balanced_quality": True,
     }
+    assert result["reliability"]["n"] == 6 and result["reliability"]["confidently_wrong"] >= 0
     assert result["k"] == 8 and result["raw"]["k"] == 8 and result["noise_seed"] == EVAL_SEED
     assert result["timing"]["sampling_seconds"] > 0 and result["timing"]["clips_per_second"] > 0
     assert set(result["std_by_quality"]) == {"good", "medium", "poor"}
