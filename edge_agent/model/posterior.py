@@ -194,13 +194,16 @@ def fit_dispersion_scale(
     grid: Sequence[float] | None = None,
     fair: bool = False,
     min_picp90: float | None = None,
+    groups: np.ndarray | None = None,
 ) -> float:
     """Dispersion scale in [0.25, 4] minimising mean CRPS of :func:`recalibrate` on validation data.
 
     ``min_picp90``: when given, the CRPS minimum is taken only over scales whose central 90 %
     intervals cover at least that share of the validation truths (a monitor must not show
     overconfident intervals even where CRPS would trade coverage for sharpness); if no scale in
-    range reaches it, the scale with the highest coverage is returned.
+    range reaches it, the scale with the highest coverage is returned. ``groups`` (N,) labels:
+    the coverage must then hold within every group (e.g. exact and live-cut windows alike), not
+    only on average.
 
     samples (N, K) EF in %, truth (N,) EF in % → scale (dimensionless). ``grid``: candidate scales
     to search exactly; by default 33 log-spaced scales over [0.25, 4] (ratio 2^(1/8)), then 17
@@ -216,10 +219,16 @@ def fit_dispersion_scale(
         raise ValueError(f"samples: need K >= 2 samples per clip to fit a spread, got K = {s.shape[1]}")
     lo, hi = SCALE_BOUNDS
 
+    masks = [np.ones(len(y), bool)] if groups is None else [groups == g for g in np.unique(groups)]
+
+    def coverage(c: float) -> float:
+        r = recalibrate(s, c)
+        return min(metrics.picp(r[m], y[m], 0.9) for m in masks)
+
     def best_of(candidates: np.ndarray) -> float:
         scores = np.array([metrics.crps(recalibrate(s, float(c)), y, fair=fair).mean() for c in candidates])
         if min_picp90 is not None:
-            cover = np.array([metrics.picp(recalibrate(s, float(c)), y, 0.9) for c in candidates])
+            cover = np.array([coverage(float(c)) for c in candidates])
             if not np.any(cover >= min_picp90):
                 return float(candidates[int(np.argmax(cover))])
             scores = np.where(cover >= min_picp90, scores, np.inf)

@@ -246,3 +246,21 @@ def test_running_ood_score_is_the_median_of_the_pooled_beats_and_sets_reliabilit
     assert run.ood_score() == pytest.approx(7.0) and not is_reliable(7.0)
     run.add(5, samples, view=1)  # a new view: the old scores go with the old beats
     assert run.ood_score() is None
+
+
+def test_dispersion_scale_covers_every_group_when_asked() -> None:
+    """Half the windows are well calibrated, half twice as overconfident: the pooled constraint can
+    be met while the bad half stays under-covered; the per-group one widens until both are covered."""
+    rng = np.random.default_rng(0)
+    n, k = 400, 40
+    truth = rng.uniform(30, 70, n)
+    spread = np.where(np.arange(n) % 2 == 0, 2.0, 1.0)  # even: calibrated, odd: half as wide as needed
+    centre = truth + rng.normal(0, 2.0, n)
+    samples = np.clip(centre[:, None] + spread[:, None] * rng.normal(0, 1, (n, k)), 1, 99)
+    groups = np.arange(n) % 2
+    pooled = fit_dispersion_scale(samples, truth, min_picp90=0.85)
+    per_group = fit_dispersion_scale(samples, truth, min_picp90=0.85, groups=groups)
+    assert per_group > pooled
+    odd = recalibrate(samples[1::2], per_group)
+    lo, hi = np.quantile(odd, [0.05, 0.95], axis=1)
+    assert np.mean((truth[1::2] >= lo) & (truth[1::2] <= hi)) >= 0.85
