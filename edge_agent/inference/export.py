@@ -37,7 +37,6 @@ from torch import nn
 
 from edge_agent.core.artefacts import write_sidecar
 from edge_agent.model.artefact import load_model
-from edge_agent.model.ddim import ddim_sample
 from edge_agent.model.network import MCSDR
 
 log = logging.getLogger(__name__)
@@ -62,8 +61,7 @@ class FusedPosterior(nn.Module):
 
     def forward(self, video: torch.Tensor, demo: torch.Tensor, demo_mask: torch.Tensor, noise: torch.Tensor):
         # Traced: the sampler's loop unrolls into the graph, its grid and coefficients become constants.
-        kv, ood = self.model.condition(video, demo, demo_mask > 0.5)
-        y = ddim_sample(self.model.denoiser(kv), noise, self.model.schedule)
+        y, ood = self.model.posterior(video, demo, demo_mask > 0.5, noise)
         return self.model.transform.inverse(y), ood
 
 

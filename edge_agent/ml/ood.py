@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from edge_agent.core import metrics
-from edge_agent.core.reliability import is_reliable
+from edge_agent.core.reliability import THRESHOLD
 from edge_agent.ml.augment import ViewRanges, random_views
 from edge_agent.model.network import MCSDR
 from edge_agent.sim.clips import ClipArrays
@@ -171,10 +171,11 @@ def separation(
     """
     labels = np.r_[np.zeros(len(familiar_scores)), np.ones(len(scores))]
     typical = float(np.median(familiar_widths))
-    handled = (scores > 1.0) | (widths >= min_width_ratio * typical)
+    flagged = scores > THRESHOLD
+    handled = flagged | (widths >= min_width_ratio * typical)
     return {
         "auroc": metrics.auroc(np.r_[familiar_scores, scores], labels),
-        "flagged": float(np.mean(scores > 1.0)),
+        "flagged": float(np.mean(flagged)),
         "median_score": float(np.median(scores)),
         "width_ratio": float(np.median(widths) / typical),
         "handled": float(np.mean(handled)),
@@ -194,7 +195,7 @@ def reliability_summary(
     """
     means = np.array([np.mean(s) for s in samples])
     lo, hi = np.array([np.quantile(s, [0.05, 0.95]) for s in samples]).T
-    reliable = np.array([is_reliable(None if not np.isfinite(x) else float(x)) for x in ood])
+    reliable = ~(ood > THRESHOLD)  # NaN (no score) compares False: reliable, as core.reliability says
     err = np.abs(means - truth)
     wrong = (err > big_error) & ((truth < lo) | (truth > hi))
     covered = (truth >= lo) & (truth <= hi)

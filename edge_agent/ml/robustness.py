@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from edge_agent.core import metrics
 from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE, WindowErrors, make_clip, perturbed_bounds
+from edge_agent.core.reliability import THRESHOLD
 from edge_agent.live.beats import source_windows
 from edge_agent.live.capture import CaptureConfig
 from edge_agent.live.cycles import CycleConfig
@@ -186,7 +187,7 @@ def _scores(
         "auroc_ef40": s["auroc_ef40"],
         "mean_std": s["mean_std"],
         "crps_area_length": float(np.abs(area_ef - truth).mean()),
-        "ood_flagged": float(np.mean(ood > 1.0)) if np.isfinite(ood).all() else None,
+        "ood_flagged": float(np.mean(ood > THRESHOLD)) if np.isfinite(ood).all() else None,
     }
 
 

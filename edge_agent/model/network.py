@@ -383,6 +383,23 @@ class MCSDR(nn.Module):
         """
         return lambda y, t: self.eps(y, t[:, None].expand_as(y), kv)
 
+    def posterior(
+        self,
+        video: torch.Tensor,
+        demo: torch.Tensor,
+        demo_mask: torch.Tensor,
+        noise: torch.Tensor,
+        num_inference_steps: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic DDIM (eta = 0) from starting noises y_T = noise (B, K) → samples y_0 (B, K),
+        and the windows' out-of-distribution scores (B,).
+
+        The condition is encoded once; the K trajectories run as the batch; the sampler owns the
+        update y ← a_i·y + b_i·ε_θ(y, t_i) (DDIM eq. 12, :func:`ddim_sample`).
+        """
+        kv, ood = self.condition(video, demo, demo_mask)
+        return ddim_sample(self.denoiser(kv), noise, self.schedule, num_inference_steps), ood
+
     def sample(
         self,
         video: torch.Tensor,
@@ -391,13 +408,8 @@ class MCSDR(nn.Module):
         noise: torch.Tensor,
         num_inference_steps: int | None = None,
     ) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from starting noises y_T = noise (B, K) → samples y_0 (B, K).
-
-        The condition is encoded once; the K trajectories run as the batch; the sampler owns the
-        update y ← a_i·y + b_i·ε_θ(y, t_i) (DDIM eq. 12, :func:`ddim_sample`).
-        """
-        kv, _ood = self.condition(video, demo, demo_mask)
-        return ddim_sample(self.denoiser(kv), noise, self.schedule, num_inference_steps)
+        """The samples y_0 (B, K) of :meth:`posterior`, without the scores."""
+        return self.posterior(video, demo, demo_mask, noise, num_inference_steps)[0]
 
     # ----- baselines -----------------------------------------------------------------------------
     def baselines(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

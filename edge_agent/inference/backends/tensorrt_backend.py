@@ -8,10 +8,10 @@ device buffers sized for the engine's max batch, pinned host staging buffers and
 ``posterior()`` stages the inputs (mask bool -> float32) in pinned memory, copies them to the
 device, runs the engine and copies the samples (and the out-of-distribution scores) back. The
 first call at a batch size enqueues with ``execute_async_v3`` (TensorRT needs one plain enqueue
-after a shape change before capture); the
-next call at that batch size captures the enqueue into a CUDA graph, which later calls replay. If
-capture fails (some engines, e.g. with DLA or data-dependent shapes, cannot be captured) the
-backend logs why and keeps enqueueing. A new batch size drops the graph and starts over.
+after a shape change before capture); the next call at that batch size captures the enqueue into
+a CUDA graph, which later calls replay. If capture fails (some engines, e.g. with DLA or
+data-dependent shapes, cannot be captured) the backend logs why and keeps enqueueing. A new batch
+size drops the graph and starts over.
 
 Everything past argument and file checks needs an NVIDIA GPU with TensorRT and cuda-python; the
 tensorrt / cuda imports happen inside ``load`` so that importing this module never fails.

@@ -9,7 +9,6 @@ import torch
 
 from edge_agent.inference.backends import Backend, BackendError, RawPosterior
 from edge_agent.model.artefact import load_model
-from edge_agent.model.ddim import ddim_sample
 
 
 class TorchBackend(Backend):
@@ -43,13 +42,12 @@ class TorchBackend(Backend):
         self, frames: np.ndarray, demo: np.ndarray, mask: np.ndarray, noise: np.ndarray
     ) -> RawPosterior:
         to = self.device
-        kv, ood = self.model.condition(
+        y, ood = self.model.posterior(
             torch.from_numpy(np.array(frames, dtype=np.uint8)).to(to),  # received buffers are read-only
             torch.from_numpy(np.asarray(demo, dtype=np.float32)).to(to),
             torch.from_numpy(np.asarray(mask, dtype=bool)).to(to),
+            torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(to),
         )
-        noise_t = torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(to)
-        y = ddim_sample(self.model.denoiser(kv), noise_t, self.model.schedule)
         samples = self.model.transform.inverse_np(y.cpu().numpy())
         return RawPosterior(samples, ood.cpu().numpy().astype(np.float64))
 
