@@ -151,14 +151,21 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/train.yaml", help="the shipped model's recipe by default")
     _set_option(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in train.out")
+    p.add_argument(
+        "--refit-ood",
+        action="store_true",
+        help="do not train: refit the out-of-distribution score of the trained train.artefact on the "
+        "config's data (then re-export and recalibrate its engines)",
+    )
 
 
 @verb("train", "train MCSDR (and the two baselines) from a YAML config", _train_arguments)
 def cmd_train(args: argparse.Namespace) -> int:
-    from edge_agent.ml.train import parse_config, train
+    from edge_agent.ml.train import parse_config, refit_ood, train
 
     data, source = _config(args.config, args.set)
-    path = train(parse_config(data, source), resume=not args.restart)
+    sections = parse_config(data, source)
+    path = refit_ood(sections) if args.refit_ood else train(sections, resume=not args.restart)
     print(f"saved {path} and {path.with_suffix('.json')}")
     return 0
 

@@ -32,6 +32,7 @@ from edge_agent.config import from_mapping, load_sections, to_mapping
 from edge_agent.core.artefacts import file_sha256
 from edge_agent.core.clip import WindowErrors
 from edge_agent.ml.augment import ViewRanges, random_views
+from edge_agent.ml.ood import OodFit, fit_ood
 from edge_agent.model.ddim import DiffusionSchedule, ddim_sample
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform, area_length_ef
 from edge_agent.sim.clips import ClipArrays, generate, is_perturbed
@@ -91,6 +92,7 @@ class TrainConfig:
     # this quantile of the validation windows' distances.
     ood_n_fit: int = 2000
     ood_quantile: float = 0.99
+    ood_noise_quantile: float = 0.999
     area_weight: float = 1.0  # auxiliary LV-area curve loss (simulated data; 0 contribution without it)
     # Random views per training clip (ml/augment.py ViewRanges half-widths; all 0: gain ±20 % only).
     view_zoom: float = 0.0
@@ -252,7 +254,7 @@ def sample_arrays(
             mu,
             torch.exp(0.5 * logvar),
             model.area(maps[-1]),
-            model.ood_score(model.embedding(maps)),
+            model.ood_score(model.embedding(maps), b["clips"]),
         )
         for key, value in zip(out, parts, strict=True):
             out[key].append(value.cpu().numpy())
@@ -385,13 +387,10 @@ def save_artefact(
     """Write <artefact>.pt (EMA weights with the fitted out-of-distribution statistics, ml/ood.py) and
     its sidecar JSON, with the dispersion recalibration fitted on the validation set
     (posterior.fit_dispersion_scale)."""
-    from edge_agent.ml.ood import fit_ood
     from edge_agent.model.posterior import fit_dispersion_scale
 
     tcfg: TrainConfig = sections["train"]
-    ood = fit_ood(
-        state.ema, train_arr, val_arr, view_ranges(tcfg), quantile=tcfg.ood_quantile, n_fit=tcfg.ood_n_fit
-    )
+    ood = _fit_ood(state.ema, tcfg, train_arr, val_arr)
     res = sample_arrays(state.ema, val_arr, k=40, seed=2, desc="validation posterior")
     dcfg: DataConfig = sections["data"]
     # Simulated validation beats cut like the live windower's (is_perturbed) form their own group:
@@ -439,6 +438,36 @@ def save_artefact(
         "metrics": {},
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def _fit_ood(model: MCSDR, tcfg: TrainConfig, train_arr: ClipArrays, val_arr: ClipArrays) -> OodFit:
+    return fit_ood(
+        model,
+        train_arr,
+        val_arr,
+        view_ranges(tcfg),
+        quantile=tcfg.ood_quantile,
+        n_fit=tcfg.ood_n_fit,
+        noise_quantile=tcfg.ood_noise_quantile,
+    )
+
+
+def refit_ood(sections: dict) -> Path:
+    """Refit the out-of-distribution score of the trained artefact ``train.artefact`` on the config's
+    data, without training: rewrites <artefact>.pt and its sidecar's ``ood`` and ``sha256``. All else
+    stays, the recalibration included (the score does not touch the samples). Exported ONNX graphs
+    carry the old score until re-exported."""
+    from edge_agent.model.artefact import load_model
+
+    tcfg: TrainConfig = sections["train"]
+    path = Path(tcfg.artefact).with_suffix(".pt")
+    model, side = load_model(path)
+    train_arr, val_arr = load_data(sections["data"])
+    side["ood"] = _fit_ood(model, tcfg, train_arr, val_arr).sidecar()
+    torch.save({"ema": model.state_dict()}, path)
+    side["sha256"] = file_sha256(path)
+    path.with_suffix(".json").write_text(json.dumps(side, indent=2))
     return path
 
 

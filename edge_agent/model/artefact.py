@@ -12,6 +12,9 @@ from edge_agent.core.artefacts import file_sha256
 from edge_agent.model.ddim import DiffusionSchedule
 from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
 
+# Buffers an older artefact may lack (see load_model).
+OPTIONAL_BUFFERS = {"ood_mean", "ood_precision", "ood_inv_threshold", "ood_noise_inv_threshold"}
+
 
 def load_model(path: str | Path) -> tuple[MCSDR, dict]:
     """Load <artefact>.pt with its sidecar JSON; checks the content hash."""
@@ -33,8 +36,9 @@ def load_model(path: str | Path) -> tuple[MCSDR, dict]:
         DiffusionSchedule.from_dict(side["diffusion"]),
     )
     missing, unexpected = model.load_state_dict(torch.load(path, weights_only=True)["ema"], strict=False)
-    # Artefacts from before the out-of-distribution score lack its buffers: they load, unscored (NaN).
-    if unexpected or set(missing) - {"ood_mean", "ood_precision", "ood_inv_threshold"}:
+    # Artefacts from before the out-of-distribution score lack its buffers: they load, unscored (NaN);
+    # those from before the noise gate load with the gate off.
+    if unexpected or set(missing) - OPTIONAL_BUFFERS:
         raise ValueError(
             f"{path}: weights do not fit the sidecar's model section (missing {missing}, "
             f"unexpected {unexpected}); re-train or restore the matching {side_path.name}"

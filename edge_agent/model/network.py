@@ -106,6 +106,35 @@ def area_length_ef(area: np.ndarray) -> np.ndarray:
     return 100.0 * (1.0 - ratio**1.5)
 
 
+# Axes of the window (B, F, H, W) along which the noise gate measures lag-1 correlation: t, y, x.
+NOISE_LAGS = (1, 2, 3)
+
+
+def noise_share(video: torch.Tensor) -> torch.Tensor:
+    """video (B, F, H, W) uint8 → (B, 3) noise share 1 − ρ₁ along t, y and x, ρ₁ the lag-1
+    correlation of the window's pixels about their mean (blank window: ρ₁ = 0, share 1).
+
+    Echo images are smooth over a speckle grain (≈ 2.5 px) and from frame to frame (ρ ≈ 0.97 at
+    50 fps): white noise added to a share η of the variance lowers ρ₁ by the factor 1 − η, so the
+    share grows with the noise whatever the heart looks like. Means are taken one axis at a time,
+    so no partial sum exceeds the axis length in reduced precision (fp16 engines).
+    """
+    x = video.to(torch.float32) / 255.0
+    x = x - _mean3(x)[:, None, None, None]
+    out = []
+    for ax in NOISE_LAGS:
+        n = x.shape[ax] - 1
+        a, b = x.narrow(ax, 1, n), x.narrow(ax, 0, n)
+        rho = _mean3(a * b) / (torch.sqrt(_mean3(a * a) * _mean3(b * b)) + 1e-6)
+        out.append(1.0 - rho)
+    return torch.stack(out, dim=1)
+
+
+def _mean3(x: torch.Tensor) -> torch.Tensor:
+    """(B, F, H, W) → (B,) mean, one axis at a time."""
+    return x.mean(dim=3).mean(dim=2).mean(dim=1)
+
+
 def _norm(c: int) -> nn.GroupNorm:
     """GroupNorm, not BatchNorm: the agent infers one window at a time, and batch statistics from
     training batches of 16 do not transfer to it (measured: a toy model's error grew 7× in eval mode)."""
@@ -272,6 +301,9 @@ class MCSDR(nn.Module):
         # score as ‖(e − m) W‖², a sum of squares of O(1) numbers: no fp16 overflow in products
         # of a precision matrix's large entries, and never negative.
         self.register_buffer("ood_whiten", torch.full((e, e), float("nan")), persistent=False)
+        # Second part of the score, on the input itself: a noise gate. 1/threshold of the window's
+        # noise share (1 − lag-1 correlation along t, y, x); zeros (gate off) until fitted.
+        self.register_buffer("ood_noise_inv_threshold", torch.zeros(len(NOISE_LAGS)))
         # Noise predictor.
         self.y_in = nn.Sequential(nn.Linear(1, d), nn.GELU(), nn.Linear(d, d))
         self.t_in = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -310,9 +342,13 @@ class MCSDR(nn.Module):
         the window's phase leaves it unchanged); the out-of-distribution score's input."""
         return torch.cat([m.mean(dim=(2, 3, 4)) for m in maps], dim=1)
 
-    def ood_score(self, emb: torch.Tensor) -> torch.Tensor:
-        """Embedding (B, E) → (B,) Mahalanobis d² over its in-distribution threshold (≤ 1: familiar)."""
-        return ((emb - self.ood_mean) @ self.ood_whiten).pow(2).sum(dim=1)
+    def ood_score(self, emb: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        """Embedding (B, E) and its video (B, 32, 112, 112) uint8 → (B,) out-of-distribution score
+        (≤ 1: familiar): the larger of the Mahalanobis d² over its threshold and the noise gate's
+        largest noise share over its threshold (:func:`noise_share`)."""
+        d2 = ((emb - self.ood_mean) @ self.ood_whiten).pow(2).sum(dim=1)
+        gate = (noise_share(video) * self.ood_noise_inv_threshold).amax(dim=1)
+        return torch.maximum(d2, gate)
 
     @torch.no_grad()
     def refresh_ood(self) -> None:
@@ -361,7 +397,7 @@ class MCSDR(nn.Module):
         maps = self.stage_maps(video)
         tok = self.tokens_from(maps[-1], demo, demo_mask)
         kv = [x for blk in self.blocks for x in blk.keys_values(tok)]
-        return kv, self.ood_score(self.embedding(maps))
+        return kv, self.ood_score(self.embedding(maps), video)
 
     # ----- diffusion head ------------------------------------------------------------------------
     def eps(self, y_t: torch.Tensor, t: torch.Tensor, kv: list[torch.Tensor]) -> torch.Tensor:

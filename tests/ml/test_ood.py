@@ -75,15 +75,23 @@ def test_fit_ood_calibrates_the_threshold_and_scores_corrupted_windows_higher(be
         ood = model.condition(
             torch.from_numpy(beats.clips), torch.zeros(12, 4), torch.zeros(12, 4, dtype=torch.bool)
         )[1]
-        noisy = np.stack(
-            [corrupt(c, "non_cardiac", np.random.default_rng(i)) for i, c in enumerate(beats.clips)]
-        )
-        far = model.condition(
-            torch.from_numpy(noisy), torch.zeros(12, 4), torch.zeros(12, 4, dtype=torch.bool)
-        )[1]
+        far = {
+            kind: model.condition(
+                torch.from_numpy(
+                    np.stack([corrupt(c, kind, np.random.default_rng(i)) for i, c in enumerate(beats.clips)])
+                ),
+                torch.zeros(12, 4),
+                torch.zeros(12, 4, dtype=torch.bool),
+            )[1]
+            for kind in ("non_cardiac", "heavy_noise")
+        }
     # The threshold is the 0.75-quantile of the same windows: a quarter lies above it.
     assert float((ood > 1).float().mean()) == pytest.approx(0.25, abs=0.09)
-    assert float(far.min()) > 1.0
+    assert float(far["non_cardiac"].min()) > 1.0
+    # The noise gate: its threshold is the 0.999-quantile of the windows' noise shares per axis; heavy
+    # noise is far above it whatever the (untrained) embedding says.
+    assert len(fit.noise_threshold) == 3 and max(fit.noise_threshold) < 0.2
+    assert float(far["heavy_noise"].min()) > 2.0
 
 
 def test_reliability_summary_counts_confidently_wrong_estimates() -> None:

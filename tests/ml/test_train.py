@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edge_agent.config import apply_overrides, load_yaml, to_mapping
-from edge_agent.ml.train import parse_config, train
+from edge_agent.ml.train import parse_config, refit_ood, train
 from edge_agent.model.artefact import load_model
 
 
@@ -75,6 +75,19 @@ def test_train_resume_and_artefact(tmp_path):
     assert 0.25 <= side["recalibration"]["scale"] <= 4.0
     model, _ = load_model(path)
     assert model.cfg.width == 4 and not model.training
+    noise_inv = 1 / torch.tensor(side["ood"]["noise_threshold_t_y_x"])
+    torch.testing.assert_close(model.ood_noise_inv_threshold, noise_inv, rtol=1e-5, atol=0)
+
+    # Refitting the score without training: same data and seeds give the same statistics; the rest
+    # of the sidecar (recalibration, history) stays, and the new weights file matches its hash.
+    assert refit_ood(_sections(tmp_path, steps=6)) == path
+    refit = json.loads(path.with_suffix(".json").read_text())
+    assert refit["ood"]["threshold_d2"] == pytest.approx(side["ood"]["threshold_d2"], rel=1e-6)
+    assert refit["ood"]["noise_threshold_t_y_x"] == side["ood"]["noise_threshold_t_y_x"]
+    assert {k: v for k, v in refit.items() if k not in ("ood", "sha256")} == {
+        k: v for k, v in side.items() if k not in ("ood", "sha256")
+    }
+    load_model(path)
 
     # A modified weights file no longer matches its sidecar: refuse to load it.
     blob = bytearray(path.read_bytes())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from edge_agent.ml.train import _batch, drop_demographics, losses, sample_arrays
 from edge_agent.model.ddim import DiffusionSchedule, ddim_sample
-from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform
+from edge_agent.model.network import MCSDR, ModelConfig, TargetTransform, noise_share
 from edge_agent.sim.clips import ClipArrays
 
 TINY = ModelConfig(width=4, d_model=16, n_heads=2, n_blocks=1)
@@ -103,6 +104,39 @@ def test_ood_score_is_the_mahalanobis_distance_over_its_threshold():
     z = emb - mean
     expected = 0.25 * torch.einsum("ne,ef,nf->n", z, precision, z)
     torch.testing.assert_close(score.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_noise_share_grows_with_white_noise_and_is_one_on_a_blank_window():
+    rng = np.random.default_rng(0)
+    # A smooth moving texture: correlated from pixel to pixel and frame to frame.
+    field = cv2.GaussianBlur(rng.normal(0, 1, (160, 160)).astype(np.float32), (0, 0), 3.0)
+    clean = np.stack([field[i : i + 112, i : i + 112] for i in range(32)])
+    clean = (clean - clean.mean()) / clean.std()
+    shares = []
+    for eta in (0.0, 0.25, 0.5):  # share of the variance that is white noise
+        x = np.sqrt(1 - eta) * clean + np.sqrt(eta) * rng.normal(0, 1, clean.shape)
+        video = np.clip(128 + 30 * x, 0, 255).astype(np.uint8)[None]
+        shares.append(noise_share(torch.from_numpy(video))[0].numpy())
+    shares = np.array(shares)  # (3 levels, 3 axes)
+    assert (shares[0] < 0.1).all() and (np.diff(shares, axis=0) > 0.15).all()
+    # ρ₁ falls by the factor 1 − η: share ≈ 1 − (1 − share_clean)(1 − η).
+    np.testing.assert_allclose(shares[2], 1 - (1 - shares[0]) * 0.5, atol=0.02)
+    blank = torch.zeros(1, 32, 112, 112, dtype=torch.uint8)
+    torch.testing.assert_close(noise_share(blank), torch.ones(1, 3))
+
+
+def test_ood_score_is_the_larger_of_the_distance_and_the_noise_gate():
+    torch.manual_seed(0)
+    model = MCSDR(TINY, TargetTransform(), DiffusionSchedule()).eval()
+    video, demo, mask = _inputs(3)
+    with torch.no_grad():
+        model.ood_precision.copy_(torch.eye(len(model.ood_mean)))
+        model.ood_inv_threshold.fill_(1e-9)  # the distance part ≈ 0 for any window
+        model.refresh_ood()
+        model.ood_noise_inv_threshold.copy_(torch.tensor([2.0, 3.0, 4.0]))
+        score = model.condition(video, demo, mask)[1]
+    expected = (noise_share(video) * torch.tensor([2.0, 3.0, 4.0])).amax(dim=1)
+    torch.testing.assert_close(score, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_target_transform_is_bounded_and_invertible():
