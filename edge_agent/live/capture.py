@@ -29,8 +29,8 @@ from edge_agent.core.clip import CLIP_SIZE
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
 from edge_agent.live.beats import WarmUp
 from edge_agent.live.preprocess import Preprocessor
-from edge_agent.live.ringbuffer import AUX_LEN, FLAG_R_WAVE, FrameRing
-from edge_agent.live.sources import FrameSource, SourceError, open_source
+from edge_agent.live.ringbuffer import AUX_LEN, FLAG_R_WAVE, FLAG_SEAM, FrameRing
+from edge_agent.live.sources import FrameSource, SourceError, SourceFrame, open_source
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,11 @@ class CaptureConfig:
                 "reconnect_initial_s and reconnect_max_s: need 0 < initial <= max, got "
                 f"{self.reconnect_initial_s} and {self.reconnect_max_s}"
             )
+
+
+def frame_flags(frame: SourceFrame) -> int:
+    """The ring's flag bits for a source frame (FLAG_R_WAVE, FLAG_SEAM)."""
+    return (FLAG_R_WAVE if frame.r_wave else 0) | (FLAG_SEAM if frame.seam else 0)
 
 
 def ring_info(source: FrameSource, stream: StreamConfig) -> dict:
@@ -175,7 +180,7 @@ class Capture:
                 self._lose(f"{self.source.uri}: the stream ended")
                 return True
             return False
-        flags = FLAG_R_WAVE if frame.r_wave else 0
+        flags = frame_flags(frame)
         demo = self.source.demographics  # the source's current patient, config values winning
         aux = [float(frame.truth.get(k, np.nan)) for k in TRUTH_KEYS]
         aux += [float(demo.get(k, np.nan)) for k in DEMOGRAPHIC_FIELDS]

@@ -18,7 +18,7 @@ Segment layout (native byte order: a ring is shared only by processes of one mac
             frame shape and dtype, closed flag, write counter (frames written so far), and the
             stream's info (JSON: fps, demographics, names of the aux values)
     meta    n_slots × META_DTYPE: seq (int64), frame_seq (int64), t (float64, s), flags (int64:
-            FLAG_R_WAVE), aux (AUX_LEN float64: per-frame values such as simulator truth)
+            FLAG_R_WAVE, FLAG_SEAM), aux (AUX_LEN float64: per-frame values such as simulator truth)
     data    n_slots × one frame, each slot starting on a 64-byte cache line
 
 Protocol, a seqlock per slot. Frame i (the i-th frame written, from 0) goes to slot i % n_slots,
@@ -92,6 +92,7 @@ MAX_DIMS = 4
 AUX_LEN = 8  # per-frame auxiliary values (demographics, simulator truth), named by the ring's info
 MAX_INFO_BYTES = 4096
 FLAG_R_WAVE = 1  # bit of Frame.flags: an ECG R wave (end-diastole) falls on this frame
+FLAG_SEAM = 2  # bit of Frame.flags: the scene jumps here (a looped file restarts): no beat spans it
 _ALIGN = 64  # cache line: a slot's writes never share a line with its neighbours'
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 

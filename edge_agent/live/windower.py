@@ -6,6 +6,9 @@ Each beat the detector closes (ED→ED) becomes a 32×112×112 window through
 as a wire ``window`` message. Once a second it reports the stream's status (measured fps, heart
 rate, frames lost in the ring, windows dropped here) on the same socket.
 
+Loop seams: a replayed file that starts again flags its first frame (FLAG_SEAM); the detector drops
+its history there, so no beat spans the jump, and a new view epoch starts.
+
 View changes: the mean image of each beat is compared with the previous beat's; a correlation
 below ``view_change_corr`` (the probe moved to another view or another patient) starts a new view
 epoch, so the hub restarts the running estimate instead of mixing two views.
@@ -26,7 +29,7 @@ from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
 from edge_agent.live.beats import beat_demographics, cut, forget_old_frames, middle_frame
 from edge_agent.live.cycles import BeatWindow, CycleConfig, CycleDetector
 from edge_agent.live.frame_checks import FrameQuality
-from edge_agent.live.ringbuffer import FLAG_R_WAVE, FrameRing, RingClosedError, RingReader
+from edge_agent.live.ringbuffer import FLAG_R_WAVE, FLAG_SEAM, FrameRing, RingClosedError, RingReader
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import TransportConfig, socket
 
@@ -75,6 +78,11 @@ class ViewTracker:
         self._last = sig
         return self.view
 
+    def restart(self) -> None:
+        """The scene jumped (a looped file started again): what follows is a new view epoch."""
+        self.view += 1
+        self._last = None
+
 
 def wait_for_ring(name: str, timeout: float) -> FrameRing:
     """Attach ``name`` once its writer has created it (the capture may still be opening its source)."""
@@ -105,6 +113,7 @@ class Windower:
         self.sent = 0
         self.dropped = 0
         self.seq_gaps = 0
+        self.seams = 0  # loop seams of a replayed file (each starts a new view epoch)
         self.ring: FrameRing | None = None
         self.ctx: zmq.Context | None = None
 
@@ -141,9 +150,16 @@ class Windower:
         for fr in frames:
             if self._last_seq is not None and fr.frame_seq != self._last_seq + 1:
                 self.seq_gaps += 1
-                self.detector.reset()  # a beat across a gap would be cut wrong
-                self._aux.clear()
-                self.quality.reset()  # the frame before the gap is not this one's predecessor
+                self._break_beats()
+            if fr.flags & FLAG_SEAM:
+                self.seams += 1
+                self._break_beats()
+                self.views.restart()
+                log.info(
+                    "windower %s: the file starts again at frame %d: new view epoch",
+                    self.stream,
+                    fr.frame_seq,
+                )
             self.quality.push(fr.frame_seq, fr.pixels)
             self._last_seq = fr.frame_seq
             self._last_frame_t = now
@@ -166,6 +182,12 @@ class Windower:
             forget_old_frames(self._aux, self._last_seq, self.fps)
         self._report(now)
         return True
+
+    def _break_beats(self) -> None:
+        """No beat may span what comes next (a sequence gap, a file's loop seam): drop the history."""
+        self.detector.reset()
+        self._aux.clear()
+        self.quality.reset()  # the frame before the break is not the next one's predecessor
 
     def _beat_meta(self, beat: BeatWindow) -> tuple[dict[str, float], dict[str, float]]:
         """(demographics, simulator truth) of a beat, from the aux values of its middle frame: the
@@ -261,9 +283,10 @@ class Windower:
         if self.ring is not None:
             self.ring.close()
         log.info(
-            "windower %s: %d windows sent, %d dropped, %d seq gaps",
+            "windower %s: %d windows sent, %d dropped, %d seq gaps, %d loop seams",
             self.stream,
             self.sent,
             self.dropped,
             self.seq_gaps,
+            self.seams,
         )

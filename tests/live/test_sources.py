@@ -242,6 +242,7 @@ def test_video_loop_restarts_with_time_increasing_and_fps_override(tmp_path: Pat
     assert np.array_equal(frames[0].pixels, frames[6].pixels) and np.array_equal(
         frames[2].pixels, frames[14].pixels
     )
+    assert [k for k, f in enumerate(frames) if f.seam] == [6, 12]  # each restart is a seam
 
 
 def test_video_errors_name_the_file_and_fix(tmp_path: Path) -> None:
@@ -276,6 +277,7 @@ def test_dicom_cine_loops_with_time_increasing() -> None:
     frames = _read(f"dicom://{CINE}", 122, loop=True)
     assert [f.t for f in frames[118:]] == pytest.approx([k * 0.033333 for k in range(118, 122)])
     assert np.array_equal(frames[120].pixels, frames[0].pixels)
+    assert [k for k, f in enumerate(frames) if f.seam] == [120]
 
 
 def _write_dicom(path: Path, frames: np.ndarray, **tags) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import zmq
 
 from edge_agent.core.clip import make_clip
-from edge_agent.live.capture import AUX_KEYS
+from edge_agent.live.capture import AUX_KEYS, frame_flags
 from edge_agent.live.cycles import CycleConfig
 from edge_agent.live.ringbuffer import FrameRing, segment_name
 from edge_agent.live.sources import open_source
@@ -87,3 +88,48 @@ def test_windower_cuts_beats_from_a_ring_with_truth_and_current_demographics(tmp
     assert {0.0, 1.0} <= {w.truth["patient"] for w in with_truth}
     assert windows[-1].view >= 1  # the new patient started a new view epoch
     assert statuses and statuses[-1]["signal"] == "ok" and statuses[-1]["frames_dropped"] == 0
+
+
+def test_a_looped_file_starts_a_new_view_at_each_seam_and_no_window_spans_one(tmp_path) -> None:
+    """A 4 s file played three times: the restart is a jump in the image, not a beat. Every window
+    lies within one pass, each pass gives beats again, and each pass is a view epoch of its own."""
+    path = tmp_path / "loop.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (112, 112))
+    with open_source("synthetic://?ef=55&hr=80&quality=good&seed=8") as sim:
+        for _ in range(200):
+            writer.write(cv2.cvtColor(sim.read().pixels, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    endpoint = f"ipc://{tmp_path}/windows"
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(endpoint)
+    ring = FrameRing.create(segment_name("wloop"), 512, (112, 112), info={"fps": 50.0})
+    stage = Windower(
+        "wloop", ring.name, CycleConfig(), WindowConfig(), TransportConfig(linger_ms=0), endpoint
+    )
+    seams, windows = [], []
+    try:
+        stage.start()
+        with open_source(str(path), loop=True) as src:
+            for k in range(600):
+                frame = src.read()
+                if frame.seam:
+                    seams.append(k)
+                ring.write(frame.pixels, k, frame.t, frame_flags(frame))
+                if k % 10 == 9:
+                    stage.process()
+        while pull.poll(200):
+            parts = pull.recv_multipart()
+            if not parts[0].startswith(b"status."):
+                windows.append(wire.decode_window(parts))
+    finally:
+        stage.stop()
+        ring.close()
+        ctx.destroy(linger=0)
+    assert seams == [200, 400] and stage.seams == 2
+    passes = [np.searchsorted(seams, w.frame_seq[0], side="right") for w in windows]
+    for w, lap in zip(windows, passes, strict=True):
+        assert not any(w.frame_seq[0] < s <= w.frame_seq[1] for s in seams), w.frame_seq
+        assert w.view == lap
+    # Beats are found again after each seam.
+    assert {lap for w, lap in zip(windows, passes, strict=True) if w.beat == "ed_ed"} == {0, 1, 2}

@@ -50,12 +50,15 @@ class SourceFrame:
     t: media time in s from the source's start (files: from the frame times; synthetic: phantom
         time; live devices: arrival time on time.monotonic() minus the first arrival).
     r_wave: an R wave (ECG end-diastole marker) falls on this frame.
+    seam: the scene jumps here: this frame does not follow the one before it (a looped file starting
+        again); no beat may span it, and what comes after is another view.
     truth: simulator ground truth (``ef`` %, ``beat``, ``ed``, ``patient``); empty for real sources.
     """
 
     pixels: np.ndarray = field(repr=False)
     t: float
     r_wave: bool = False
+    seam: bool = False
     truth: Mapping[str, float] = field(default_factory=dict)
 
 

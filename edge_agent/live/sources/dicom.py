@@ -379,7 +379,10 @@ class DicomSource(FileSource):
             pixels = 255 - pixels
         self._k += 1
         return SourceFrame(
-            pixels=pixels, t=lap * self._period + float(self._times[i]), r_wave=i in self._r_waves
+            pixels=pixels,
+            t=lap * self._period + float(self._times[i]),
+            r_wave=i in self._r_waves,
+            seam=lap > 0 and i == 0,
         )
 
     def close(self) -> None:

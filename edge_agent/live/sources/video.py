@@ -67,6 +67,7 @@ class VideoSource(FileSource):
         ok, frame = self._grab()
         if not ok:
             self._check_complete()
+        seam = False
         if not ok and self.loop and self._in_pass > 0:
             # Reopening is more reliable than seeking to frame 0 across containers and codecs.
             self._cap.release()
@@ -74,6 +75,7 @@ class VideoSource(FileSource):
             self._in_pass = 0
             self._pass_ended = False
             ok, frame = self._grab()
+            seam = True
         if not ok:
             if self._k == 0:
                 raise SourceError(
@@ -81,7 +83,7 @@ class VideoSource(FileSource):
                 )
             return None
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-        out = SourceFrame(pixels=gray, t=self._k / self.fps)
+        out = SourceFrame(pixels=gray, t=self._k / self.fps, seam=seam)
         self._k += 1
         self._in_pass += 1
         return out
