@@ -314,6 +314,36 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+FPS = _number(float, 0.0, "a frame rate > 0", strict=True)
+
+
+def _cycles_check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="video files or DICOM cines, played once each")
+    p.add_argument(
+        "--fps",
+        type=FPS,
+        help="the true frame rate, when the file's header is wrong (EchoNet AVIs say 30 for 50)",
+    )
+    p.add_argument(
+        "--out", default="runs/cycles-check", help="folder for cycles_check.md/.json and one plot per file"
+    )
+
+
+@verb(
+    "cycles-check",
+    "label-free checks of the cycle detector on any cine: heart rate vs the cine's own period, alignment, "
+    "fallbacks (exit 1 when a file's heart rates disagree)",
+    _cycles_check_arguments,
+)
+def cmd_cycles_check(args: argparse.Namespace) -> int:
+    from edge_agent.ml.cycles_check import run, table
+
+    results = run(args.files, Path(args.out), fps=args.fps)
+    print(table(results))
+    print(f"\nwritten to {args.out}/ (cycles_check.md, cycles_check.json, one PNG per file)")
+    return 0 if all(r.checks["hr_agrees"] for r in results) else 1
+
+
 def _agent_config(args: argparse.Namespace):
     from edge_agent.live.agent import load_agent_config
 
@@ -798,7 +828,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:
         from edge_agent.live.agent import AgentError
+        from edge_agent.live.sources import SourceError
 
+        if isinstance(e, SourceError):  # its message names the file, the problem and the fix
+            print(f"edge-agent: {e}", file=sys.stderr)
+            return 2
         if not isinstance(e, AgentError):
             raise
         print(f"edge-agent: the agent stopped: {e}", file=sys.stderr)

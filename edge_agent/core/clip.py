@@ -87,12 +87,12 @@ def make_clip(
     return clip
 
 
-def estimate_period(frames: np.ndarray, fps: float) -> float | None:
-    """Dominant cardiac period of a cine in frames, or None when no usable periodicity.
+def period_autocorrelation(frames: np.ndarray, fps: float) -> np.ndarray | None:
+    """The cine's motion signal's autocorrelation (lags 0 … 60/HR_MIN_BPM s, at most 2/3 of the cine),
+    normalised to 1 at lag 0, or None for a still cine.
 
     frames: (F, H, W) uint8. The signal is each frame's correlation with the clip's mean frame
-    (heart motion changes it once per beat); its autocorrelation is searched for the first strong
-    peak within [HR_MAX_BPM, HR_MIN_BPM]. Needs at least 1.5 periods of video.
+    (heart motion changes it once per beat), less its slow drift.
     """
     n = frames.shape[0]
     small = resize_frames(frames, 32).reshape(n, -1).astype(np.float32)
@@ -106,14 +106,22 @@ def estimate_period(frames: np.ndarray, fps: float) -> float | None:
     sig = sig - sig.mean()
     if not np.any(sig):
         return None
-    lo = max(2, int(np.floor(fps * 60.0 / HR_MAX_BPM)))
-    hi = int(np.ceil(fps * 60.0 / HR_MIN_BPM))
-    hi = min(hi, int(n / 1.5))
-    if hi <= lo + 1:
-        return None
+    hi = min(int(np.ceil(fps * 60.0 / HR_MIN_BPM)), int(n / 1.5))
     ac = np.array([np.dot(sig[: n - lag], sig[lag:]) / (n - lag) for lag in range(hi + 1)])
-    ac = ac / ac[0]
-    seg = ac[lo : hi + 1]
+    return ac / ac[0]
+
+
+def estimate_period(frames: np.ndarray, fps: float) -> float | None:
+    """Dominant cardiac period of a cine in frames, or None when no usable periodicity.
+
+    frames: (F, H, W) uint8. The first strong peak of :func:`period_autocorrelation` within
+    [HR_MAX_BPM, HR_MIN_BPM]. Needs at least 1.5 periods of video.
+    """
+    ac = period_autocorrelation(frames, fps)
+    lo = max(2, int(np.floor(fps * 60.0 / HR_MAX_BPM)))
+    if ac is None or len(ac) - 1 <= lo + 1:
+        return None
+    seg = ac[lo:]
     peaks = [i for i in range(1, len(seg) - 1) if seg[i] >= seg[i - 1] and seg[i] >= seg[i + 1]]
     peaks = [p for p in peaks if seg[p] > 0.3]
     if not peaks:

@@ -21,7 +21,7 @@ from edge_agent.core.clip import CLIP_SIZE, make_clip
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS, demographics_vector
 from edge_agent.live.cycles import BeatWindow, CycleConfig, CycleDetector
 from edge_agent.live.preprocess import Preprocessor
-from edge_agent.live.sources import open_source
+from edge_agent.live.sources import FrameSource, open_source
 
 # Per-frame values are kept this long after their frame: longer than any beat or fixed window.
 FRAME_MEMORY_S = 10.0
@@ -96,6 +96,30 @@ def cut(beat: BeatWindow) -> np.ndarray:
     return make_clip(beat.frames, beat.start, beat.end)
 
 
+class PlayedFrame(NamedTuple):
+    """A source's frame as the capture hands it on: its index in the file (from 0), media time t (s),
+    R-wave marker, the source's demographics when it was read, and the (112, 112) uint8 frame."""
+
+    index: int
+    t: float
+    r_wave: bool
+    demo: dict[str, float]
+    pixels: np.ndarray
+
+
+def played_frames(source: FrameSource, warmup_frames: int) -> Iterator[PlayedFrame]:
+    """The capture's path over an opened source (:class:`Preprocessor` with ``warmup_frames`` to find
+    the sector, :class:`WarmUp` keeping the held frames in order), until the source ends."""
+    warm: WarmUp[tuple[int, float, bool, dict[str, float]]] = WarmUp(
+        Preprocessor(region="auto", size=CLIP_SIZE, warmup_frames=warmup_frames)
+    )
+    k = 0
+    while (frame := source.read()) is not None:
+        for meta, pixels in warm.push(frame.pixels, (k, frame.t, frame.r_wave, dict(source.demographics))):
+            yield PlayedFrame(*meta, pixels)
+        k += 1
+
+
 def source_windows(
     uri: str,
     *,
@@ -108,45 +132,38 @@ def source_windows(
 ) -> Iterator[SourceWindow]:
     """Windows of one source as the live agent cuts them, in one loop (calibration, evaluation).
 
-    The capture's path (source → Preprocessor, the warm-up frames kept in order) feeds the
-    windower's (CycleDetector → :func:`cut`, the demographics of the beat's middle frame by
-    :func:`beat_demographics`). ``fps`` and ``demographics`` override the file's, as a stream's
-    YAML does. Files end at their last frame (no looping); endless sources stop after ``limit``
-    windows, and raise :class:`NoBeatsError` when MAX_FRAMES_PER_WINDOW frames per window asked
-    for gave none.
+    The capture's path (:func:`played_frames`) feeds the windower's (CycleDetector → :func:`cut`,
+    the demographics of the beat's middle frame by :func:`beat_demographics`). ``fps`` and
+    ``demographics`` override the file's, as a stream's YAML does. Files end at their last frame
+    (no looping); endless sources stop after ``limit`` windows, and raise :class:`NoBeatsError` when
+    MAX_FRAMES_PER_WINDOW frames per window asked for gave none.
     """
     source = open_source(uri, loop=False, fps=fps, demographics=demographics)
     source.open()
     try:
         opened = dict(source.demographics)  # what the capture's ring info would say
-        warm: WarmUp[tuple[int, float, bool]] = WarmUp(
-            Preprocessor(region="auto", size=CLIP_SIZE, warmup_frames=warmup_frames)
-        )
         detector = CycleDetector(cycles, source.fps)
         demo_at: dict[int, dict[str, float]] = {}  # frame index → the source's demographics then
-        taken, k = 0, 0
+        taken = 0
         max_frames = None if limit is None else MAX_FRAMES_PER_WINDOW * limit
         bar = tqdm(total=limit, desc=desc or uri, unit="window", leave=False)
-        while limit is None or taken < limit:
-            if max_frames is not None and k >= max_frames:
-                raise NoBeatsError(
-                    f"{uri}: {k} frames gave only {taken} of {limit} windows; the detector finds no beats "
-                    "and no fixed windows in it — check the source plays a moving echo"
-                )
-            frame = source.read()
-            if frame is None:
+        for frame in played_frames(source, warmup_frames):
+            if limit is not None and taken >= limit:
                 break
-            demo_at[k] = dict(source.demographics)
-            for (idx, t, r_wave), pixels in warm.push(frame.pixels, (k, frame.t, frame.r_wave)):
-                for beat in detector.push(idx, t, pixels, r_wave):
-                    demo = beat_demographics(demo_at.get(middle_frame(beat), {}), opened)
-                    values, mask = demographics_vector(**demo)
-                    hr = np.nan if beat.hr_bpm is None else beat.hr_bpm
-                    yield SourceWindow(cut(beat), values, mask, beat.how, hr)
-                    taken += 1
-                    bar.update()
-            forget_old_frames(demo_at, k, source.fps)
-            k += 1
+            if max_frames is not None and frame.index >= max_frames:
+                raise NoBeatsError(
+                    f"{uri}: {frame.index} frames gave only {taken} of {limit} windows; the detector finds "
+                    "no beats and no fixed windows in it — check the source plays a moving echo"
+                )
+            demo_at[frame.index] = frame.demo
+            for beat in detector.push(frame.index, frame.t, frame.pixels, frame.r_wave):
+                demo = beat_demographics(demo_at.get(middle_frame(beat), {}), opened)
+                values, mask = demographics_vector(**demo)
+                hr = np.nan if beat.hr_bpm is None else beat.hr_bpm
+                yield SourceWindow(cut(beat), values, mask, beat.how, hr)
+                taken += 1
+                bar.update()
+            forget_old_frames(demo_at, frame.index, source.fps)
         bar.close()
     finally:
         source.close()

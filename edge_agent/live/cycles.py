@@ -220,6 +220,7 @@ class CycleDetector:
         self._smooth = np.zeros(self._n_stats)  # recent smoothed samples (ring; order unused)
         self._resid = np.zeros(self._n_stats)  # recent raw − smoothed
         self._n_smooth = 0
+        self._primed = False  # the peak detector has run over the samples of the first swing
         self._rising = False  # hysteresis state: seek a trough first, so a stream starting in
         self._ext_val = np.inf  # ejection does not make its first frame an ED
         self._ext_idx = 0
@@ -269,13 +270,12 @@ class CycleDetector:
             if beat is not None:
                 out.append(beat)
         m = i - self._delay  # the sample whose smoothing window is now complete
-        if m >= self._delay:
-            bounds = self._on_smoothed(m)
-            if bounds is not None and i - int(np.floor(bounds[0])) >= self._cap:
+        for bounds in self._on_smoothed(m) if m >= self._delay else []:
+            if i - int(np.floor(bounds[0])) >= self._cap:
                 # Confirmed so late (a frozen feed held the signal flat) that the beat's first
                 # frames have left the ring: it cannot be cut; the new ED starts the next beat.
                 self.counters.rejected_candidates += 1
-            elif bounds is not None and t - self._r_last_t > self._r_memory_s:
+            elif t - self._r_last_t > self._r_memory_s:
                 out.append(self._window(*bounds, "ed_ed"))
         if out:
             self._last_emit_t = t
@@ -287,8 +287,8 @@ class CycleDetector:
         return out
 
     # ----- internals ---------------------------------------------------------------------------
-    def _on_smoothed(self, m: int) -> tuple[float, float] | None:
-        """Advance the hysteresis peak detector by smoothed sample m; a confirmed ED may close a beat."""
+    def _on_smoothed(self, m: int) -> list[tuple[float, float]]:
+        """Smooth sample m and advance the hysteresis peak detector; the beats confirmed EDs close."""
         idx = np.arange(m - self._delay, m + self._delay + 1) % self._cap
         s = float(np.dot(self._raw[idx], self._kernel))
         self._sm[m % self._cap] = s
@@ -297,13 +297,25 @@ class CycleDetector:
         self._n_smooth += 1
         n_stats = min(self._n_smooth, self._n_stats)
         if n_stats < self._n_stats // 2:  # amplitude not yet measurable
-            return None
+            return []
         recent = self._smooth[:n_stats]
         p2p = float(recent.max() - recent.min())
         noise = float(np.sqrt(np.mean(self._resid[:n_stats] ** 2)))
         if p2p <= 0 or p2p < self.cfg.min_snr * noise:
             self._rising, self._ext_val, self._img_ed = False, np.inf, None  # no usable beat
-            return None
+            return []
+        # The first time the swing is known, the samples smoothed while it was being measured go
+        # through the peak detector too: the EDs among them are found now, not lost (a stream's
+        # first beat comes about one beat sooner).
+        history = [] if self._primed else range(m - n_stats + 1, m)
+        self._primed = True
+        beats = [b for j in history if (b := self._peak(j, float(self._sm[j % self._cap]), p2p))]
+        last = self._peak(m, s, p2p)
+        return [*beats, last] if last else beats
+
+    def _peak(self, m: int, s: float, p2p: float) -> tuple[float, float] | None:
+        """The hysteresis peak detector at smoothed sample m (value s, recent peak-to-peak p2p): the
+        beat a confirmed ED closes, if any."""
         thr = self.cfg.hysteresis * p2p
         if not self._rising:
             if s < self._ext_val:

@@ -290,11 +290,13 @@ def detector_accuracy(
     ``ed_ed`` window has both boundaries within ``tol_frames`` of its EDs. Emitted windows in that
     span matching no true beat are extra; missed and extra beats are failures:
     ``accuracy = correct / (true beats + extra)``. Also reports the boundary error (frames,
-    emitted − exact ED instant) and the detector's cost per push (ms).
+    emitted − exact ED instant), the detector's cost per push (ms), its confirmation delay (ms from
+    the closing ED frame to the frame whose push emitted the beat: the detector's share of the
+    image-gated latency) and when a stream's first beat came (s from its first frame).
     """
     cfg = CycleConfig() if cfg is None else cfg
     n_true = n_ok = n_extra = n_frames_total = 0
-    errors, hr_err, per_case, busy = [], [], [], 0.0
+    errors, hr_err, per_case, busy, delays, first = [], [], [], 0.0, [], []
     for k in range(n_cases):
         rng = np.random.default_rng(np.random.SeedSequence([seed, QUALITIES.index(quality), int(fps), k]))
         case = dataclasses.replace(draw_case(rng, quality=quality, fps=fps), hrv=hrv)
@@ -303,6 +305,9 @@ def detector_accuracy(
         n = round(seconds * fps)
         emitted, dt = stream_case(CycleDetector(cfg, fps), phantom, t0, n)
         busy += dt
+        beats = [(i, w) for i, w in emitted if w.how == "ed_ed"]
+        delays += [1e3 * (i - round(w.frame_seq[0] + w.end)) / fps for i, w in beats]
+        first += [beats[0][0] / fps] if beats else []
         n_frames_total += n
         ed_exact = (np.array([b.t_ed for b in phantom.beats]) - t0) * fps
         score = score_beats([w for _, w in emitted], ed_exact, n, fps, tol_frames, warmup_s)
@@ -326,5 +331,8 @@ def detector_accuracy(
         "abs_err_p95_frames": float(np.percentile(np.abs(errors_a), 95)) if len(errors_a) else float("nan"),
         "hr_abs_err_bpm": float(np.abs(hr_a).mean()) if len(hr_a) else float("nan"),
         "push_ms": 1e3 * busy / max(1, n_frames_total),
+        "confirm_delay_ms_p50": float(np.percentile(delays, 50)) if delays else float("nan"),
+        "confirm_delay_ms_p99": float(np.percentile(delays, 99)) if delays else float("nan"),
+        "first_beat_s_median": float(np.median(first)) if first else float("nan"),
         "per_case": per_case,  # correct/true+extra at the case's mean heart rate
     }
