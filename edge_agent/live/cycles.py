@@ -33,6 +33,16 @@ SIGNAL_GRID = SIGNAL_INPUT // 2  # ... as 2×2 pixel blocks → 4 channels on a 
 # ReLU after every layer but the last, whose sigmoid is the LV coverage (0–1) of each 28×28 cell.
 # Dilations 1, 2, 4 see 17 cells (68 px at 112×112) around each cell: wall, valve and cavity together.
 SIGNAL_LAYERS = ((4, 16, 3, 1), (16, 16, 3, 2), (16, 16, 3, 4), (16, 16, 3, 1), (16, 1, 1, 1))
+# The LV-area template of early confirmation spans this long before and after ED (s): late diastole
+# with the atrial kick, and the start of ejection. The hysteresis confirms an ED later than the end
+# of the template (≥ 0.15 s), so the template is complete when it is learnt.
+TEMPLATE_BEFORE_S = 0.3
+TEMPLATE_AFTER_S = 0.12
+TEMPLATE_MEMORY = 0.5  # weight of the template so far when a beat updates it
+# Early confirmation matches a causal moving average of the signal over this long (s): less noise, and
+# its delay is in the template too, which is learnt from the same average.
+EARLY_FILTER_S = 0.06
+EARLY_SAME_ED = 0.3  # a hysteresis ED this close (× period) to an early one is that ED again
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,13 @@ class CycleConfig:
     # ... and ED is placed this long × √(beat length / 1 s) before it (bias ≈ 0 on training seeds 100, 101)
     ed_lead_s: float = 0.09
     weights: str | None = None  # signal net (.npz); None: the shipped engines/cycle_signal.npz
+    # Early confirmation, once locked: the closing ED of a beat is found by matching the recent raw
+    # signal against the LV-area template of the last beats, as soon as early_s of contraction has
+    # been seen and the match correlates at least early_min_corr (see CycleDetector); False: the
+    # hysteresis alone.
+    early_confirm: bool = True
+    early_s: float = 0.12
+    early_min_corr: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0 < self.hr_min_bpm < self.hr_max_bpm:
@@ -64,6 +81,11 @@ class CycleConfig:
             raise ValueError("need fallback_s > 0 and fallback_after_s >= fallback_s")
         if not 0 < self.hysteresis < 1:
             raise ValueError(f"hysteresis must be in (0, 1), got {self.hysteresis}")
+        if not (0 < self.early_s <= TEMPLATE_AFTER_S and -1 < self.early_min_corr <= 1):
+            raise ValueError(
+                f"need 0 < early_s <= {TEMPLATE_AFTER_S} and -1 < early_min_corr <= 1, "
+                f"got {self.early_s}, {self.early_min_corr}"
+            )
 
 
 @dataclass(frozen=True)
@@ -99,6 +121,11 @@ class DetectorCounters:
         0  # EDs giving an implausible beat (HR bounds, refractory, off the locked period)
     )
     resets: int = 0  # history dropped: sequence gap, time going backwards, frame shape change, reset()
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    return float(x @ y / (np.sqrt((x @ x) * (y @ y)) + 1e-12))
 
 
 def signal_net_input(frame: np.ndarray) -> np.ndarray:
@@ -181,8 +208,8 @@ class CycleDetector:
     (``how="fixed"``) until beats are found again.
     Gaps: a frame whose sequence number is not the previous one + 1, whose time does not advance,
     or whose shape differs drops all history (counted in ``counters.resets``), then starts afresh.
-    Memory: the last ``60 / hr_min_bpm + 1.5`` s of frames (3.2 s at 35 bpm; 2.4 MB at 50 fps for
-    112×112) and a few seconds of the scalar signal.
+    Memory: the last ``2 × 60 / hr_min_bpm + 1.5`` s of frames (4.9 s at 35 bpm; 3.1 MB at 50 fps
+    for 112×112) and a few seconds of the scalar signal.
     """
 
     def __init__(self, cfg: CycleConfig, fps: float):
@@ -199,10 +226,15 @@ class CycleDetector:
         self._kernel = (g / g.sum()).astype(np.float64)
         self._fixed_len = max(1, round(cfg.fallback_s * fps))
         self._cap = max(
-            int(np.ceil((60.0 / cfg.hr_min_bpm + 1.5) * fps)) + 2 * self._delay, self._fixed_len + 1
+            # Two of the longest beats (the first waits for the next one's check) and the delay.
+            int(np.ceil((2 * 60.0 / cfg.hr_min_bpm + 1.5) * fps)) + 2 * self._delay,
+            self._fixed_len + 1,
         )
         self._n_stats = max(8, round(cfg.amplitude_s * fps))
         self._r_memory_s = 60.0 / cfg.hr_min_bpm * 1.5
+        self._tpl_off = np.arange(-round(TEMPLATE_BEFORE_S * fps), round(TEMPLATE_AFTER_S * fps) + 1)
+        self._early_k = max(1, round(cfg.early_s * fps))
+        self._fil_n = max(1, round(EARLY_FILTER_S * fps))
         self.reset()
         self.counters.resets = 0
 
@@ -216,6 +248,7 @@ class CycleDetector:
         self._n = 0  # frames pushed since reset; frame i (from 0) sits in slot i % cap
         self._seq0 = 0  # frame_seq of frame 0 after reset
         self._raw = np.zeros(self._cap, np.float64)  # signal, same slots as the frames
+        self._fil = np.zeros(self._cap, np.float64)  # its causal moving average (early confirmation)
         self._sm = np.zeros(self._cap)  # smoothed signal, same slots as the frames
         self._smooth = np.zeros(self._n_stats)  # recent smoothed samples (ring; order unused)
         self._resid = np.zeros(self._n_stats)  # recent raw − smoothed
@@ -228,6 +261,9 @@ class CycleDetector:
         self._r_ed: float | None = None
         self._r_last_t = -np.inf
         self._intervals: list[float] = []  # recent beat lengths (frames), for the locked period
+        self._tpl: np.ndarray | None = None  # LV-area template around ED (standardised), at _tpl_off
+        self._early_ed: float | None = None  # last ED confirmed early, until the hysteresis sees it
+        self._held: list[tuple[float, float]] = []  # the first beat, until the next one agrees
         self._last_emit_t: float | None = None  # time of the last beat / fixed window end
         self._fixed_next = 0  # frame index where the next fixed window ends
         self._hr: float | None = None
@@ -262,6 +298,7 @@ class CycleDetector:
         self._frames[slot] = pixels
         self._seq[slot], self._times[slot] = frame_seq, t
         self._raw[slot] = lv_area_signal(pixels, self._net)
+        self._fil[slot] = self._raw[np.arange(max(0, i - self._fil_n + 1), i + 1) % self._cap].mean()
         self._n += 1
         out: list[BeatWindow] = []
         if self.cfg.use_r_wave and r_wave:
@@ -269,15 +306,18 @@ class CycleDetector:
             beat = self._on_r_wave(float(i))
             if beat is not None:
                 out.append(beat)
+        image_gated, had_held = t - self._r_last_t > self._r_memory_s, bool(self._held)
+        closed = self._early(i) if self.cfg.early_confirm and image_gated else []
         m = i - self._delay  # the sample whose smoothing window is now complete
-        for bounds in self._on_smoothed(m) if m >= self._delay else []:
+        closed += self._on_smoothed(m) if m >= self._delay else []
+        for bounds in self._release(closed):
             if i - int(np.floor(bounds[0])) >= self._cap:
                 # Confirmed so late (a frozen feed held the signal flat) that the beat's first
                 # frames have left the ring: it cannot be cut; the new ED starts the next beat.
                 self.counters.rejected_candidates += 1
-            elif t - self._r_last_t > self._r_memory_s:
+            elif image_gated:
                 out.append(self._window(*bounds, "ed_ed"))
-        if out:
+        if out or (self._held and not had_held):  # a held first beat is a beat found: no fallback
             self._last_emit_t = t
             self._fixed_next = i + self._fixed_len
         else:
@@ -303,31 +343,31 @@ class CycleDetector:
         noise = float(np.sqrt(np.mean(self._resid[:n_stats] ** 2)))
         if p2p <= 0 or p2p < self.cfg.min_snr * noise:
             self._rising, self._ext_val, self._img_ed = False, np.inf, None  # no usable beat
+            self._drop_held()
             return []
         # The first time the swing is known, the samples smoothed while it was being measured go
         # through the peak detector too: the EDs among them are found now, not lost (a stream's
         # first beat comes about one beat sooner).
         history = [] if self._primed else range(m - n_stats + 1, m)
         self._primed = True
-        beats = [b for j in history if (b := self._peak(j, float(self._sm[j % self._cap]), p2p))]
-        last = self._peak(m, s, p2p)
-        return [*beats, last] if last else beats
+        beats = [b for j in history for b in self._peak(j, float(self._sm[j % self._cap]), p2p)]
+        return beats + self._peak(m, s, p2p)
 
-    def _peak(self, m: int, s: float, p2p: float) -> tuple[float, float] | None:
+    def _peak(self, m: int, s: float, p2p: float) -> list[tuple[float, float]]:
         """The hysteresis peak detector at smoothed sample m (value s, recent peak-to-peak p2p): the
-        beat a confirmed ED closes, if any."""
+        beats a confirmed ED lets out (:meth:`_on_ed`)."""
         thr = self.cfg.hysteresis * p2p
         if not self._rising:
             if s < self._ext_val:
                 self._ext_val = s
             elif s > self._ext_val + thr:
                 self._rising, self._ext_val, self._ext_idx = True, s, m
-            return None
+            return []
         if s > self._ext_val:
             self._ext_val, self._ext_idx = s, m
-            return None
+            return []
         if s >= self._ext_val - thr:
-            return None
+            return []
         # Confirmed: the maximum is the diastolic plateau, whose argmax noise moves around; its end,
         # the onset of ejection, is sharp. ED = where the fall crosses max − knee·p2p, less the lead.
         level = self._ext_val - self.cfg.knee * p2p
@@ -341,30 +381,96 @@ class CycleDetector:
         beat_s = float(np.median(self._intervals)) / self.fps if self._intervals else 1.0
         return self._on_ed(float(crossing - self.cfg.ed_lead_s * np.sqrt(beat_s) * self.fps))
 
-    def _on_ed(self, ed: float) -> tuple[float, float] | None:
-        """An image-detected ED (fractional frame index since reset): the beat it closes, if plausible."""
+    def _early(self, i: int) -> list[tuple[float, float]]:
+        """Early confirmation at raw sample i: the closing ED e is where the averaged signal from
+        TEMPLATE_BEFORE_S before e up to now best matches the template (Pearson r, e in 0.25-frame
+        steps from the earliest plausible ED to early_s past now, so an ED still to come competes);
+        it is confirmed when that best e lies at least early_s in the past (the fall into ejection is
+        under way) and r ≥ early_min_corr. The beats it lets out (:meth:`_on_ed`)."""
+        # The locked period, or before the lock the one beat seen (the template must match as well).
+        period = self._locked_period() or (self._intervals[-1] if self._intervals else None)
+        if self._tpl is None or period is None or self._img_ed is None:
+            return []
+        hi = i - self._early_k
+        lo = max(self._img_ed + (1 - self.cfg.period_tolerance) * period, i - float(self._tpl_off[-1]))
+        if hi < lo:
+            return []
+        # Candidates run past now: "the ED is still to come" competes with every ED already seen.
+        best_r, best_e = -np.inf, float(i)
+        for e in np.arange(i + self._early_k, lo - 1e-9, -0.25):
+            k = np.arange(int(np.ceil(e + self._tpl_off[0])), i + 1)
+            if k[0] < 0 or i - k[0] >= self._cap:  # before the reset, or out of the ring
+                break
+            r = _pearson(self._fil[k % self._cap], np.interp(k - e, self._tpl_off, self._tpl))
+            if r > best_r:
+                best_r, best_e = r, float(e)
+        if best_e > hi or best_r < self.cfg.early_min_corr:
+            return []  # the ED is still to come or too recent, or the match is poor: wait
+        self._early_ed = best_e
+        return self._on_ed(best_e, early=True)
+
+    def _learn(self, ed: float) -> None:
+        """Update the template with the (averaged) signal around a hysteresis-confirmed ED."""
+        i = self._n - 1
+        at = ed + self._tpl_off
+        first = int(np.floor(at[0]))
+        if at[-1] > i or first < 0 or i - first >= self._cap:
+            return
+        k = np.arange(first, int(np.ceil(at[-1])) + 1)
+        v = np.interp(at, k, self._fil[k % self._cap])
+        v = (v - v.mean()) / (v.std() + 1e-9)
+        self._tpl = v if self._tpl is None else TEMPLATE_MEMORY * self._tpl + (1 - TEMPLATE_MEMORY) * v
+
+    def _on_ed(self, ed: float, early: bool = False) -> list[tuple[float, float]]:
+        """An image-detected ED (fractional frame index since reset; ``early``: from :meth:`_early`):
+        the beat it closes, if plausible (a list of none or one)."""
+        same = EARLY_SAME_ED * (self._locked_period() or np.inf)
+        if not early and self._early_ed is not None and abs(ed - self._early_ed) <= same:
+            self._early_ed = None  # the hysteresis confirms an ED already sent early
+            self._learn(ed)
+            return []
         prev = self._img_ed
         if prev is None:
             self._img_ed = ed
-            return None
+            return []
         length = ed - prev
         dur = length / self.fps
         if dur < max(self.cfg.refractory_s, 60.0 / self.cfg.hr_max_bpm):
             self.counters.rejected_candidates += 1  # extra peak: keep the earlier ED
-            return None
+            return []
+        if not early:
+            self._learn(ed)
         if dur > 60.0 / self.cfg.hr_min_bpm:
             self.counters.rejected_candidates += 1  # missed EDs or a pause: restart from this one
             self._img_ed = ed
-            return None
-        locked = self._locked_period()
+            return []
+        locked, first = self._locked_period(), not self._intervals
         self._intervals = [*self._intervals, length][-5:]
         if locked is not None and abs(length / locked - 1) > self.cfg.period_tolerance:
             self.counters.rejected_candidates += 1
             if length > locked:  # missed ED: the new one starts the next beat
                 self._img_ed = ed
-            return None
+            return []
         self._img_ed = ed
-        return prev, ed
+        if first:  # nothing to check its length against yet: it waits for the next beat (_release)
+            self._held = [(prev, ed)]
+            return []
+        return [(prev, ed)]
+
+    def _release(self, beats: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        """The beats to cut now: ``beats`` just closed, preceded by the held first beat of the stream
+        if its length agrees with theirs within period_tolerance (else it is rejected)."""
+        if not (beats and self._held):
+            return beats
+        length = beats[0][1] - beats[0][0]
+        agree = [b for b in self._held if abs((b[1] - b[0]) / length - 1) <= self.cfg.period_tolerance]
+        self._drop_held(kept=len(agree))
+        return agree + beats
+
+    def _drop_held(self, kept: int = 0) -> None:
+        """Forget the held beats; all but ``kept`` of them count as rejected."""
+        self.counters.rejected_candidates += len(self._held) - kept
+        self._held = []
 
     def _on_r_wave(self, i: float) -> BeatWindow | None:
         """An R-wave frame i is an ED; it closes a beat when its length is plausible."""
@@ -400,6 +506,7 @@ class CycleDetector:
         if i < self._fixed_next:
             return None
         self._hr, self._intervals = None, []
+        self._drop_held()
         self._fixed_next = i + self._fixed_len
         self.counters.fallback_windows += 1
         first = i - self._fixed_len

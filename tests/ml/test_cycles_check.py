@@ -65,11 +65,11 @@ def test_misaligned_missed_and_fixed_windows_show_in_the_checks() -> None:
 
 def test_the_real_dicom_cine_beats_agree_with_its_own_period() -> None:
     """Issue 13: on the real cine the detector's heart rate is within 5 % of the autocorrelation's; the
-    detector primes on its first swing, so a 4 s loop gives beats from about 2 s on."""
+    detector primes on its first swing, so a 4 s loop gives beats before 3 s, each as long as the next."""
     r = check_file(CINE)
     assert r.fps == pytest.approx(30.0, abs=0.01) and r.checks["frames"] == 120
     assert r.checks["hr_agrees"] and abs(r.checks["hr_ratio"] - 1) <= 0.05, r.checks
-    assert r.checks["beats"] >= 2 and r.checks["first_beat_s"] < 2.5
+    assert r.checks["beats"] >= 2 and r.checks["first_beat_s"] < 3.0 and r.checks["period_cv"] < 0.1
     assert r.checks["start_similarity"] > r.checks["period_similarity"]  # starts alike: aligned
 
 
