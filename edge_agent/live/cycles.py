@@ -194,8 +194,13 @@ class CycleDetector:
     """Causal ED→ED beat windows from a live frame stream.
 
     ``push`` one frame at a time; it returns the beats that frame completes. A beat is emitted
-    when its closing ED is confirmed: at once for an R wave, about ``hysteresis`` of the way into
-    ejection (≈ 0.1–0.2 s) plus the smoothing delay (≈ 2.5 ``smooth_s``) for an image-detected ED.
+    when its closing ED is confirmed: at once for an R wave; for an image-detected ED ``early_s``
+    after it by the template match (:meth:`_early`) once a beat's length is known, else about
+    ``hysteresis`` of the way into ejection (≈ 0.1–0.2 s) plus the smoothing delay (≈ 2.5
+    ``smooth_s``). When the swing first becomes measurable the samples smoothed so far are run
+    through the peak detector as well (priming). The first beat after a start, reset or fallback
+    has nothing to check its length against: it goes out with the next beat if they agree within
+    ``period_tolerance``, else it is rejected.
 
     ED source: R-wave markers while the source supplies them (one seen within the last
     ``60 / hr_min_bpm × 1.5`` s and ``use_r_wave``), otherwise the LV-area image signal.
