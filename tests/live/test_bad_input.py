@@ -241,7 +241,8 @@ def _run_windower(tmp_path: Path, bad: Callable[[np.ndarray, int], np.ndarray], 
             ring.write(pixels, k, 100.0 + k / 50.0)
             if k % 10 == 9:
                 stage.process()
-                while pull.poll(0):
+                # What the last batch sent may still be on its way: wait for it at the end.
+                while pull.poll(200 if k == len(written) - 1 else 0):
                     parts = pull.recv_multipart()
                     if parts[0].startswith(b"status."):
                         statuses.append((k, wire.decode_status(parts)))
