@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import zmq
+from fixtures import write_avi
 
 from edge_agent.core.clip import make_clip
 from edge_agent.live.capture import AUX_KEYS, frame_flags
@@ -94,11 +94,8 @@ def test_a_looped_file_starts_a_new_view_at_each_seam_and_no_window_spans_one(tm
     """A 4 s file played three times: the restart is a jump in the image, not a beat. Every window
     lies within one pass, each pass gives beats again, and each pass is a view epoch of its own."""
     path = tmp_path / "loop.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (112, 112))
     with open_source("synthetic://?ef=55&hr=80&quality=good&seed=8") as sim:
-        for _ in range(200):
-            writer.write(cv2.cvtColor(sim.read().pixels, cv2.COLOR_GRAY2BGR))
-    writer.release()
+        write_avi(path, np.stack([sim.read().pixels for _ in range(200)]), 50.0)
     endpoint = f"ipc://{tmp_path}/windows"
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)

@@ -6,9 +6,9 @@ import itertools
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from fixtures import write_avi
 from pydicom.data import get_testdata_file
 
 from edge_agent.cli import main
@@ -78,11 +78,8 @@ def test_cli_checks_a_simulated_video_at_its_true_frame_rate(tmp_path: Path) -> 
     acquired at 50: at the header's rate both heart rates read 40 % slow and still agree with each
     other; ``--fps 50`` gives the true 72."""
     path = tmp_path / "sim.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (112, 112))
     with open_source("synthetic://?ef=50&hr=72&quality=good&seed=12&fps=50") as sim:
-        for _ in range(500):
-            writer.write(cv2.cvtColor(sim.read().pixels, cv2.COLOR_GRAY2BGR))
-    writer.release()
+        write_avi(path, np.stack([sim.read().pixels for _ in range(500)]), 30.0)
     assert main(["cycles-check", str(path), "--fps", "50", "--out", str(tmp_path / "true")]) == 0
     (true,) = json.loads((tmp_path / "true" / "cycles_check.json").read_text())
     assert true["hr_detector_bpm"] == pytest.approx(72, rel=0.03) and true["hr_agrees"]
