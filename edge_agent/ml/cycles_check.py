@@ -36,7 +36,7 @@ from edge_agent.core.clip import estimate_period, period_autocorrelation
 from edge_agent.live.beats import played_frames
 from edge_agent.live.capture import CaptureConfig
 from edge_agent.live.cycles import CycleConfig, CycleDetector, LVAreaNet, lv_area_signal
-from edge_agent.live.sources import open_source
+from edge_agent.live.sources import SourceError, open_source
 
 HR_AGREEMENT = 0.05  # detector vs autocorrelation heart rate: agree within this fraction
 SMALL = 32  # frames are compared at 32×32
@@ -137,7 +137,7 @@ def check_file(uri: str, fps: float | None = None, cycles: CycleConfig | None = 
     finally:
         source.close()
     if len(small) < 4:
-        raise ValueError(f"{uri}: {len(small)} frames played; a cine check needs a moving echo loop")
+        raise SourceError(f"{uri}: {len(small)} frames played; a cine check needs a moving echo loop")
     small_arr, signal_arr = np.stack(small), np.array(signal)
     checks = beat_checks(beats, signal_arr, small_arr, rate)
     return FileCheck(uri, rate, checks, beats, signal_arr, period_autocorrelation(small_arr, rate))
