@@ -392,8 +392,7 @@ class CycleDetector:
         steps from the earliest plausible ED to early_s past now, so an ED still to come competes);
         it is confirmed when that best e lies at least early_s in the past (the fall into ejection is
         under way) and r ≥ early_min_corr. The beats it lets out (:meth:`_on_ed`)."""
-        # The locked period, or before the lock the one beat seen (the template must match as well).
-        period = self._locked_period() or (self._intervals[-1] if self._intervals else None)
+        period = self._period()
         if self._tpl is None or period is None or self._img_ed is None:
             return []
         hi = i - self._early_k
@@ -429,7 +428,7 @@ class CycleDetector:
     def _on_ed(self, ed: float, early: bool = False) -> list[tuple[float, float]]:
         """An image-detected ED (fractional frame index since reset; ``early``: from :meth:`_early`):
         the beat it closes, if plausible (a list of none or one)."""
-        same = EARLY_SAME_ED * (self._locked_period() or np.inf)
+        same = EARLY_SAME_ED * (self._period() or np.inf)
         if not early and self._early_ed is not None and abs(ed - self._early_ed) <= same:
             self._early_ed = None  # the hysteresis confirms an ED already sent early
             self._learn(ed)
@@ -488,6 +487,10 @@ class CycleDetector:
             return None
         self._intervals = [*self._intervals, i - prev][-5:]
         return self._window(prev, i, "r_wave")
+
+    def _period(self) -> float | None:
+        """The locked period, or before the lock the one beat seen (frames), else None."""
+        return self._locked_period() or (self._intervals[-1] if self._intervals else None)
 
     def _locked_period(self) -> float | None:
         """Median of the recent beat lengths (frames) once two of them agree, else None."""
