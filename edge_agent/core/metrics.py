@@ -2,7 +2,8 @@
 
 Every function takes ``samples`` (N, K): K posterior samples of EF in % for each of N clips, and
 ``truth`` (N,): the reference EF in %. The point estimate is the posterior (sample) mean, as in
-MCSDR. Pure numpy, vectorised over clips; no function mutates its inputs.
+MCSDR. Pure numpy, vectorised over clips; no function mutates its inputs. One helper of another
+kind sits here too, shared by the cycle detector and its checks: :func:`pearson`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ import numpy as np
 
 PICP_LEVELS = (0.5, 0.9, 0.95)
 AUROC_THRESHOLDS = (50.0, 40.0)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two arrays of one size (flattened); 0 when either is constant."""
+    x, y = np.ravel(x) - np.mean(x), np.ravel(y) - np.mean(y)
+    return float(x @ y / (np.sqrt((x @ x) * (y @ y)) + 1e-12))
 
 
 def check_samples(samples: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

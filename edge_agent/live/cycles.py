@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from edge_agent.core.clip import FALLBACK_BEAT_S, HR_MAX_BPM, HR_MIN_BPM
+from edge_agent.core.metrics import pearson
 
 # --------------------------------------------------------------------------------------------------
 # The online, causal cycle detector
@@ -121,11 +122,6 @@ class DetectorCounters:
         0  # EDs giving an implausible beat (HR bounds, refractory, off the locked period)
     )
     resets: int = 0  # history dropped: sequence gap, time going backwards, frame shape change, reset()
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    return float(x @ y / (np.sqrt((x @ x) * (y @ y)) + 1e-12))
 
 
 def signal_net_input(frame: np.ndarray) -> np.ndarray:
@@ -278,6 +274,11 @@ class CycleDetector:
         """Latest heart-rate estimate (bpm): median of the recent beats; None in fallback."""
         return self._hr
 
+    @property
+    def signal(self) -> float:
+        """The LV area of the last pushed frame (:func:`lv_area_signal`; NaN before any)."""
+        return float(self._raw[(self._n - 1) % self._cap]) if self._n else float("nan")
+
     def push(self, frame_seq: int, t: float, pixels: np.ndarray, r_wave: bool = False) -> list[BeatWindow]:
         """Feed one frame ((H, W) uint8, normally 112×112; capture time t in s).
 
@@ -405,7 +406,7 @@ class CycleDetector:
             k = np.arange(int(np.ceil(e + self._tpl_off[0])), i + 1)
             if k[0] < 0 or i - k[0] >= self._cap:  # before the reset, or out of the ring
                 break
-            r = _pearson(self._fil[k % self._cap], np.interp(k - e, self._tpl_off, self._tpl))
+            r = pearson(self._fil[k % self._cap], np.interp(k - e, self._tpl_off, self._tpl))
             if r > best_r:
                 best_r, best_e = r, float(e)
         if best_e > hi or best_r < self.cfg.early_min_corr:

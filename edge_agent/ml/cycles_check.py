@@ -33,9 +33,10 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from edge_agent.core.clip import estimate_period, period_autocorrelation
+from edge_agent.core.metrics import pearson
 from edge_agent.live.beats import played_frames
 from edge_agent.live.capture import CaptureConfig
-from edge_agent.live.cycles import CycleConfig, CycleDetector, LVAreaNet, lv_area_signal
+from edge_agent.live.cycles import CycleConfig, CycleDetector
 from edge_agent.live.sources import SourceError, open_source
 
 HR_AGREEMENT = 0.05  # detector vs autocorrelation heart rate: agree within this fraction
@@ -52,11 +53,6 @@ class Beat:
     end: float
     how: str
     emitted_at: int
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
 
 
 def beat_checks(beats: list[Beat], signal: np.ndarray, small: np.ndarray, fps: float) -> dict[str, Any]:
@@ -86,11 +82,11 @@ def beat_checks(beats: list[Beat], signal: np.ndarray, small: np.ndarray, fps: f
     pairs = [(s, e) for s, e in itertools.pairwise(starts) if round(e) < len(small)]
     if pairs:
         out["start_similarity"] = round(
-            float(np.median([_corr(centred[round(s)], centred[round(e)]) for s, e in pairs])), 3
+            float(np.median([pearson(centred[round(s)], centred[round(e)]) for s, e in pairs])), 3
         )
         lag = round(float(np.median(lengths)))
         out["period_similarity"] = round(
-            float(np.median([_corr(centred[t], centred[t + lag]) for t in range(len(small) - lag)])), 3
+            float(np.median([pearson(centred[t], centred[t + lag]) for t in range(len(small) - lag)])), 3
         )
     if found:
         offsets = []
@@ -119,7 +115,6 @@ def check_file(uri: str, fps: float | None = None, cycles: CycleConfig | None = 
     """Play ``uri`` (a video or DICOM cine; ``fps`` overrides its own rate, as a stream's YAML does)
     through the live path once, without looping, and check what the detector cut."""
     cycles = cycles or CycleConfig()
-    net = LVAreaNet.load(cycles.weights)
     source = open_source(uri, loop=False, fps=fps)
     source.open()
     try:
@@ -128,11 +123,11 @@ def check_file(uri: str, fps: float | None = None, cycles: CycleConfig | None = 
         for f in tqdm(
             played_frames(source, CaptureConfig().warmup_frames), desc=uri, unit="frame", leave=False
         ):
-            signal.append(lv_area_signal(f.pixels, net))
             small.append(cv2.resize(f.pixels, (SMALL, SMALL), interpolation=cv2.INTER_AREA))
             for w in detector.push(f.index, f.t, f.pixels, f.r_wave):
                 first = w.frame_seq[0]
                 beats.append(Beat(first + w.start, first + w.end, w.how, f.index))
+            signal.append(detector.signal)  # the detector's own LV area of this frame
         rate = source.fps
     finally:
         source.close()

@@ -294,3 +294,12 @@ def test_distribution_of_values_and_of_nothing() -> None:
     d = metrics.distribution([4.0, 1.0, 3.0, 2.0])
     assert d["n"] == 4 and d["min"] == 1.0 and d["max"] == 4.0 and d["mean"] == 2.5 and d["p50"] == 2.5
     assert metrics.distribution([])["n"] == 0 and metrics.distribution([])["p99"] is None
+
+
+def test_pearson_is_the_correlation_of_the_flattened_arrays_and_zero_for_a_constant() -> None:
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    assert metrics.pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert metrics.pearson(x, -x) == pytest.approx(-1.0)
+    assert metrics.pearson(x, np.full_like(x, 3.0)) == 0.0
+    y = x + np.random.default_rng(1).normal(size=x.shape)
+    assert metrics.pearson(x, y) == pytest.approx(np.corrcoef(x.ravel(), y.ravel())[0, 1])
