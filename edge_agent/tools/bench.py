@@ -414,10 +414,13 @@ def default_variant(measured: dict[str, Any], agent_overrides: tuple[str, ...] =
     return f"{name}-int8" if name == "onnxruntime" and worker.precision == "int8" else name
 
 
-# The issue's targets on the 2-core CPU: (what, scenario, limit).
+# The issues' targets on the 2-core CPU: (what, streams, gating, limit). With ECG gating every
+# window counts; image gating (issue 13) is judged after each stream's first beat, which waits for
+# the second (latency_steady_ms; the first beat's wait is reported by detector_accuracy).
 TARGETS = (
-    ("e2e p99 ≤ 50 ms, 1 stream", 1, 50.0),
-    ("e2e p99 ≤ 100 ms and 0 dropped, 4 streams", 4, 100.0),
+    ("e2e p99 ≤ 50 ms, 1 stream", 1, "ecg", 50.0),
+    ("e2e p99 ≤ 100 ms and 0 dropped, 4 streams", 4, "ecg", 100.0),
+    ("e2e p99 ≤ 150 ms after the first beat, 1 stream", 1, "image", 150.0),
 )
 
 
@@ -425,11 +428,11 @@ def check_targets(result: dict[str, Any], default: str) -> list[dict[str, Any]]:
     """Each target with its measured figure and whether it is met (live runs per gating; the
     default backend's speed-up over the naive loop ≥ 8)."""
     out = []
-    for what, n, limit in TARGETS:
+    for what, n, gating, limit in TARGETS:
         for run in result["live"]:
-            if run["n_streams"] != n:
+            if run["n_streams"] != n or run["gating"] != gating:
                 continue
-            p99 = run["latency_ms"].get("p99")
+            p99 = run["latency_steady_ms" if gating == "image" else "latency_ms"].get("p99")
             met = p99 is not None and p99 <= limit and (n == 1 or run["windows_dropped"] == 0)
             measured = "no estimate" if p99 is None else f"p99 {p99:.1f} ms, {run['windows_dropped']} dropped"
             out.append({"target": f"{what} ({run['gating']} gating)", "measured": measured, "met": bool(met)})
@@ -486,9 +489,9 @@ def report_markdown(result: dict[str, Any]) -> str:
         "## Live: the multi-process agent, simulated streams (headline p99, windows dropped)",
         "",
         "| streams | gating | workers | estimates | dropped | e2e from last frame p50 / p99 ms "
-        "| from completing frame p50 / p99 ms "
+        "| the same after each stream's first beat | from completing frame p50 / p99 ms "
         "| stage p50 ms (detect / window / to_worker / infer / publish / deliver) |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for run in result["live"]:
         a, b = run["latency_ms"], run["latency_from_ready_ms"]
@@ -500,7 +503,7 @@ def report_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {run['n_streams']} | {run['gating']} | {run['workers']} | {run['n_estimates']} | "
             f"{run['windows_dropped']} | "
-            f"{_pair(a)} | {_pair(b)} | {stage} |"
+            f"{_pair(a)} | {_pair(run.get('latency_steady_ms', {}))} | {_pair(b)} | {stage} |"
         )
     lines += ["", "## Targets (2-core CPU, default backend)", "", "| target | measured | met |"]
     lines.append("|---|---|---|")

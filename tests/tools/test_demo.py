@@ -44,6 +44,7 @@ def test_summary_counts_errors_latency_and_missed_beats() -> None:
         "max"
     ] == pytest.approx(50.0)
     assert s["streams"]["bed1"]["n_estimates"] == 4
+    assert s["latency_steady_ms"]["n"] == 3  # the stream's first estimate left out
     assert s["stages_ms"]["infer"]["p50"] == pytest.approx(20.0)
     assert s["stages_ms"]["deliver"]["max"] == pytest.approx(10.0)
 
