@@ -23,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from edge_agent.live.cycles import (
     SIGNAL_GRID,
@@ -35,7 +36,7 @@ from edge_agent.live.cycles import (
     LVAreaNet,
 )
 from edge_agent.sim.phantom import QUALITIES, EchoPhantom
-from edge_agent.sim.simulator import draw_case
+from edge_agent.sim.simulator import draw_case, make_phantom
 
 
 def coverage_targets(contours: np.ndarray, size: int = 112, grid: int = SIGNAL_GRID) -> np.ndarray:
@@ -51,17 +52,18 @@ def coverage_targets(contours: np.ndarray, size: int = 112, grid: int = SIGNAL_G
     return masks.reshape(len(contours), grid, k, grid, k).mean(axis=(2, 4), dtype=np.float32)
 
 
-def _case_frames(seed: int, index: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """n_frames instants of one simulated patient: (56×56 net inputs (n, 56, 56) uint8, coverage (n, 28, 28)).
+def _case_frames(seed: int, index: int, n_frames: int, generation: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """n_frames instants of one simulated patient of ``generation``: (56×56 net inputs (n, 56, 56)
+    uint8, coverage (n, 28, 28)).
 
     Quality cycles good/medium/poor with ``index``; HRV 2–12 %. Half the instants are near an ED
     (−0.2…+0.25 s): the detector times ED from there, so the net must be right there (valve closure,
     atrial kick, isovolumic plateau), not only on average over the beat.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    case = draw_case(rng, quality=QUALITIES[index % 3])
+    case = draw_case(rng, quality=QUALITIES[index % 3], generation=generation)
     case = dataclasses.replace(case, hrv=float(rng.uniform(0.02, 0.12)))
-    phantom = EchoPhantom(case, rng, duration_s=20.0)
+    phantom = make_phantom(case, rng, duration_s=20.0)
     eds = np.array([b.t_ed for b in phantom.beats])
     eds = eds[(eds > 2.0) & (eds < 12.0)]
     near = rng.choice(eds, n_frames // 2) + rng.uniform(-0.2, 0.25, n_frames // 2)
@@ -73,9 +75,13 @@ def _case_frames(seed: int, index: int, n_frames: int) -> tuple[np.ndarray, np.n
     return small, coverage_targets(contours)
 
 
-def _render_set(seed: int, n_cases: int, frames_per_case: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """_case_frames of cases 0…n_cases−1, in ``workers`` processes → (inputs, targets) stacked per case."""
-    args = [(seed, i, frames_per_case) for i in range(n_cases)]
+def _render_set(
+    seed: int, n_cases: int, frames_per_case: int, workers: int, gen2_share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """_case_frames of cases 0…n_cases−1 (every case whose index·gen2_share passes an integer is
+    generation 2), in ``workers`` processes → (inputs, targets) stacked per case."""
+    gen = [2 if int((i + 1) * gen2_share) > int(i * gen2_share) else 1 for i in range(n_cases)]
+    args = [(seed, i, frames_per_case, g) for i, g in enumerate(gen)]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             parts = pool.starmap(_case_frames, args)
@@ -117,8 +123,12 @@ def train_signal_net(
     lr: float = 3e-3,
     change_weight: float = 100.0,
     workers: int = 2,
+    gen2_share: float = 0.5,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """Train the LV-area signal net on simulated patients; returns its weights and held-out metrics.
+
+    ``gen2_share`` of the patients (training and held out) are generation 2 (real-echo image
+    statistics, wide domain randomisation), the rest generation 1.
 
     A batch is ``frames_per_batch_case`` frames of each of ``cases_per_batch`` patients. Loss: per-cell
     binary cross-entropy against the contour coverage, plus ``change_weight`` × the squared error of
@@ -130,8 +140,8 @@ def train_signal_net(
     """
     import torch
 
-    x, y = _render_set(seed, n_cases, frames_per_case, workers)
-    hx, hy = _render_set(seed + 1, max(3, n_cases // 5), frames_per_case, workers)
+    x, y = _render_set(seed, n_cases, frames_per_case, workers, gen2_share)
+    hx, hy = _render_set(seed + 1, max(3, n_cases // 5), frames_per_case, workers, gen2_share)
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)  # (cases, frames, 56, 56), (cases, frames, 28, 28)
     net = signal_net_torch()
@@ -139,7 +149,7 @@ def train_signal_net(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     bce = torch.nn.BCEWithLogitsLoss()
     nc, nf = cases_per_batch, frames_per_batch_case
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="signal net", unit="step"):
         ci = torch.randint(0, n_cases, (nc, 1))
         fi = torch.rand(nc, frames_per_case).argsort(1)[:, :nf]  # distinct frames of each patient
         inp = xt[ci, fi].reshape(nc * nf, 1, SIGNAL_INPUT, SIGNAL_INPUT).float() / 255.0
@@ -188,8 +198,9 @@ def write_signal_weights(path: str | Path = SIGNAL_WEIGHTS, **train_kwargs) -> d
         "weights": path.name,
         "layers": [list(layer) for layer in SIGNAL_LAYERS],
         "parameters": int(sum(w.size + b.size for w, b in weights)),
-        "trained": "torch, Adam + cosine decay on phantom frames of n_cases patients (quality good/medium/"
-        "poor in turn, HRV 2-12 %, random fps-independent instants: half anywhere, half within -0.2..+0.25 s "
+        "trained": "torch, Adam + cosine decay on phantom frames of n_cases patients (gen2_share of them "
+        "generation 2, the rest generation 1; quality good/medium/poor in turn, HRV 2-12 %, random "
+        "fps-independent instants: half anywhere, half within -0.2..+0.25 s "
         "of an ED); target: coverage of the simulator's LV contour per cell; loss: BCE + change_weight x "
         "squared error of the within-patient relative area change (a batch: frames_per_batch_case frames "
         "of each of cases_per_batch patients); held out: n_cases // 5 patients of seed + 1; "
@@ -281,8 +292,10 @@ def detector_accuracy(
     cfg: CycleConfig | None = None,
     tol_frames: float = 2.0,
     warmup_s: float = 3.0,
+    generation: int = 1,
 ) -> dict:
-    """Stream ``n_cases`` simulated patients (``seconds`` each) through the detector and score it.
+    """Stream ``n_cases`` simulated patients of ``generation`` (``seconds`` each) through the
+    detector and score it.
 
     Truth: the simulator's EDs (beat ``t_ed``) as nearest frames, the labelling rule of
     :func:`edge_agent.sim.phantom.label_clip`. Every true beat starting after ``warmup_s`` whose closing
@@ -300,8 +313,8 @@ def detector_accuracy(
     errors, hr_err, per_case, busy, delays, first = [], [], [], 0.0, [], []
     for k in range(n_cases):
         rng = np.random.default_rng(np.random.SeedSequence([seed, QUALITIES.index(quality), int(fps), k]))
-        case = dataclasses.replace(draw_case(rng, quality=quality, fps=fps), hrv=hrv)
-        phantom = EchoPhantom(case, rng, duration_s=seconds + 10.0)
+        case = dataclasses.replace(draw_case(rng, quality=quality, fps=fps, generation=generation), hrv=hrv)
+        phantom = make_phantom(case, rng, duration_s=seconds + 10.0)
         t0 = phantom.beats[1].t_ed + float(rng.uniform(0, 1)) * phantom.beats[1].rr
         n = round(seconds * fps)
         emitted, dt = stream_case(CycleDetector(cfg, fps), phantom, t0, n)
@@ -320,6 +333,7 @@ def detector_accuracy(
     errors_a, hr_a = np.array(errors), np.array(hr_err)
     return {
         "quality": quality,
+        "generation": generation,
         "fps": fps,
         "hrv": hrv,
         "cases": n_cases,
