@@ -142,7 +142,7 @@ def source_windows(
     source.open()
     try:
         opened = dict(source.demographics)  # what the capture's ring info would say
-        detector = CycleDetector(cycles, source.fps)
+        detector = CycleDetector(cycles, source.fps, source.hr_bpm)
         demo_at: dict[int, dict[str, float]] = {}  # frame index → the source's demographics then
         taken = 0
         max_frames = None if limit is None else MAX_FRAMES_PER_WINDOW * limit

@@ -102,6 +102,7 @@ def ring_info(source: FrameSource, stream: StreamConfig) -> dict:
         "fps": float(stream.fps or source.fps),
         "live": bool(source.live),
         "demographics": demo,
+        "hr_bpm": source.hr_bpm,  # the source's stated heart rate: the detector's period prior
         "aux": list(AUX_KEYS),
     }
 

@@ -124,7 +124,7 @@ class Windower:
         self.demo = {k: float(v) for k, v in info.get("demographics", {}).items()}
         self.aux_names = list(info.get("aux", []))
         self.reader = RingReader(self.ring, start="oldest")
-        self.detector = CycleDetector(self.cycles, self.fps)
+        self.detector = CycleDetector(self.cycles, self.fps, info.get("hr_bpm"))
         self.views = ViewTracker(self.cfg.view_change_corr)
         self.quality = FrameQuality(self.fps)  # blank / frozen / saturated frames, counted
         self.malformed = 0  # windows the wire format refused (counted in windows_rejected)

@@ -118,7 +118,7 @@ def check_file(uri: str, fps: float | None = None, cycles: CycleConfig | None = 
     source = open_source(uri, loop=False, fps=fps)
     source.open()
     try:
-        detector = CycleDetector(cycles, source.fps)
+        detector = CycleDetector(cycles, source.fps, source.hr_bpm)
         beats, signal, small = [], [], []
         for f in tqdm(
             played_frames(source, CaptureConfig().warmup_frames), desc=uri, unit="frame", leave=False

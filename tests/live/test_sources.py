@@ -317,6 +317,7 @@ def test_dicom_written_with_pydicom_gives_r_waves_timing_and_demographics(tmp_pa
     )
     with open_source(str(path), demographics={"weight_kg": 70.0}) as src:
         assert src.fps == pytest.approx(50.0)
+        assert src.hr_bpm is None  # no Heart Rate tag
         assert src.demographics == {"age_years": 45.0, "sex_male": 0.0, "weight_kg": 70.0, "height_cm": 168.0}
         got = [src.read() for _ in range(6)]
         assert src.read() is None
@@ -324,6 +325,16 @@ def test_dicom_written_with_pydicom_gives_r_waves_timing_and_demographics(tmp_pa
     assert [f.t for f in got] == pytest.approx([k * 0.020 for k in range(6)])
     for f, want in zip(got, frames, strict=True):
         assert np.array_equal(f.pixels, want)
+
+
+@pytest.mark.parametrize(("value", "want"), [(72, 72.0), ("64.5", 64.5), (0, None), (500, None), ("", None)])
+def test_dicom_heart_rate_tag_is_a_prior_when_plausible(
+    tmp_path: Path, value: object, want: float | None
+) -> None:
+    path = tmp_path / "hr.dcm"
+    _write_dicom(path, _cine(3), FrameTime=20.0, HeartRate=value)
+    with open_source(str(path)) as src:
+        assert src.hr_bpm == want  # 0 ("not recorded") and out-of-range values are no prior
 
 
 def test_dicom_frame_time_vector_and_missing_timing(tmp_path: Path) -> None:

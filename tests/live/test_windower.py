@@ -7,7 +7,7 @@ import zmq
 from fixtures import write_avi
 
 from edge_agent.core.clip import make_clip
-from edge_agent.live.capture import AUX_KEYS, frame_flags
+from edge_agent.live.capture import AUX_KEYS, StreamConfig, frame_flags, ring_info
 from edge_agent.live.cycles import CycleConfig
 from edge_agent.live.ringbuffer import FrameRing, segment_name
 from edge_agent.live.sources import open_source
@@ -49,7 +49,8 @@ def test_windower_cuts_beats_from_a_ring_with_truth_and_current_demographics(tmp
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.bind(endpoint)
-    info = {"fps": source.fps, "demographics": source.demographics, "aux": list(AUX_KEYS)}
+    source.hr_bpm = 75.0  # as a DICOM cine's Heart Rate tag would state it
+    info = ring_info(source, StreamConfig(id="wtest", source=source.uri))
     ring = FrameRing.create(segment_name("wtest"), 512, (112, 112), info=info)
     stage = Windower(
         "wtest", ring.name, CycleConfig(), WindowConfig(), TransportConfig(linger_ms=0), endpoint
@@ -57,6 +58,7 @@ def test_windower_cuts_beats_from_a_ring_with_truth_and_current_demographics(tmp
     demographics_by_patient: dict[float, dict] = {}
     try:
         stage.start()
+        assert stage.detector.hr_prior_bpm == 75.0  # the stated heart rate reached the detector
         for k in range(450):  # 9 s at 50 fps
             frame = source.read()
             assert frame is not None

@@ -73,6 +73,8 @@ class FrameSource(ABC):
     (read blocks until the next frame), False when the caller paces frames at their ``t``.
     demographics: any subset of DEMOGRAPHIC_FIELDS (age_years, sex_male 1/0, weight_kg, height_cm);
     those from the source are known after ``open()``, the config's override them field by field.
+    hr_bpm: the heart rate the source states (a DICOM cine's Heart Rate tag), known after ``open()``;
+    None when it states none. A prior for the cycle detector's period, not a measurement.
     """
 
     uri: str
@@ -83,6 +85,7 @@ class FrameSource(ABC):
         self.uri = uri
         self._demo_override = check_demographics(demographics or {}, uri)
         self.demographics: dict[str, float] = dict(self._demo_override)
+        self.hr_bpm: float | None = None
 
     def _set_source_demographics(self, found: Mapping[str, float]) -> None:
         """Merge what the source knows with the config's values; the config wins per field."""

@@ -6,6 +6,8 @@ so a 1000-frame cine is never held in memory; colour (RGB, YBR_*) comes out as R
 Frame timing, first found wins: the ``fps`` argument (an override); Frame Time (0018,1063) ms;
 Frame Time Vector (0018,1065) ms increments; Cine Rate (0018,0040); Recommended Display Frame
 Rate (0008,2144). R Wave Pointer (0028,6040) lists 1-based frame numbers (PS3.3 C.7.6.18.1).
+Heart Rate (0018,1088), bpm, becomes the source's ``hr_bpm`` when it lies within the detector's
+plausible range (35–200 bpm); 0, absent or out of range (scanners write 0 for "not recorded"): None.
 
 A file that cannot be played is refused with a SourceError naming the file, the tag and the fix:
 at ``open()`` a damaged header, a missing or unreadable image tag, a Photometric Interpretation
@@ -30,6 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
+from edge_agent.core.clip import HR_MAX_BPM, HR_MIN_BPM
 from edge_agent.live.sources.base import FileSource, SourceError, SourceFrame, check_fps
 
 # PatientAge (AS value representation): nnnD, nnnW, nnnM or nnnY → years.
@@ -232,6 +235,8 @@ class DicomSource(FileSource):
             self._check_pixel_data(self._file, ds, where, n)
             self._times, self.fps = frame_times(ds, n, self._fps_override, where)
             self._r_waves = self._r_wave_frames(ds, n, where)
+            hr = _positive(ds, "HeartRate", where)
+            self.hr_bpm = hr if hr is not None and HR_MIN_BPM <= hr <= HR_MAX_BPM else None
             self._set_source_demographics(dicom_demographics(ds, where, frozenset(self._demo_override)))
         except SourceError:
             self.close()
