@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import NoReturn
 
@@ -477,7 +478,11 @@ def _subscribe_arguments(p: argparse.ArgumentParser) -> None:
         "--json", action="store_true", default=True, help="one JSON object per line (the only format)"
     )
     p.add_argument("--count", type=COUNT, help="exit after this many messages")
-    p.add_argument("--timeout", type=SECONDS, help="exit when nothing arrives for this many seconds")
+    p.add_argument(
+        "--timeout",
+        type=SECONDS,
+        help="exit when nothing arrives for this many seconds (exit 1 if nothing arrived at all)",
+    )
     _curve_options(p)
 
 
@@ -485,13 +490,22 @@ def _subscribe_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from edge_agent.clients.monitor import subscribe_json
 
-    subscribe_json(
+    written = subscribe_json(
         args.connect,
         count=args.count,
         timeout=args.timeout,
         curve_server_key=args.curve_server_key,
         curve_client_key=args.curve_client_key,
     )
+    if written == 0 and args.timeout is not None:
+        # An agent publishes a heartbeat every few seconds: silence means no agent (or a wrong
+        # endpoint or key), not a quiet one.
+        print(
+            f"edge-agent: no message from {', '.join(args.connect)} in {args.timeout:g} s: is an agent "
+            "running and publishing there (and, with CURVE, are the keys right)?",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -811,6 +825,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="edge-agent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edge-agent {package_version('edge-agent')}")
     sub = p.add_subparsers(dest="verb", required=True)
     for v in VERBS:
         verb_parser = sub.add_parser(v.name, help=v.summary, formatter_class=_HelpFormatter)

@@ -53,6 +53,19 @@ def test_every_verb_is_documented_and_its_help_shows_its_defaults(monkeypatch):
                 assert f"(default: {value})" in text, (name, action.dest)
 
 
+def test_version():
+    out = _run("--version")
+    assert out.returncode == 0 and re.fullmatch(r"edge-agent \d+\.\d+\.\d+\S*\n", out.stdout)
+
+
+def test_subscribe_to_no_agent_says_so_and_exits_1():
+    """Silence for --timeout with not one message (an agent heartbeats every few seconds) is "no
+    agent there", not "a quiet agent"."""
+    out = _run("subscribe", "--connect", "tcp://127.0.0.1:1", "--timeout", "1")
+    assert out.returncode == 1 and out.stdout == ""
+    assert "no message from tcp://127.0.0.1:1 in 1 s" in out.stderr
+
+
 def test_bad_config_is_a_clear_error_with_exit_code_2(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"train": {"stepz": 1}}))
