@@ -124,6 +124,7 @@ class DetectorCounters:
     rejected_candidates: int = (
         0  # EDs giving an implausible beat (HR bounds, refractory, off the locked period)
     )
+    early_corrected: int = 0  # early EDs the hysteresis found premature (their beat was cut short)
     resets: int = 0  # history dropped: sequence gap, time going backwards, frame shape change, reset()
 
 
@@ -357,7 +358,8 @@ class CycleDetector:
         p2p = float(recent.max() - recent.min())
         noise = float(np.sqrt(np.mean(self._resid[:n_stats] ** 2)))
         if p2p <= 0 or p2p < self.cfg.min_snr * noise:
-            self._rising, self._ext_val, self._img_ed = False, np.inf, None  # no usable beat
+            # No usable beat: forget the last ED, and with it one confirmed early.
+            self._rising, self._ext_val, self._img_ed, self._early_ed = False, np.inf, None, None
             self._drop_held()
             return []
         # The first time the swing is known, the samples smoothed while it was being measured go
@@ -408,7 +410,7 @@ class CycleDetector:
             return []
         hi = i - self._early_k
         lo = max(
-            self._img_ed + (1 - self.cfg.period_tolerance) * period,
+            self._img_ed + self._too_soon(),
             float(i - min(self._early_k + EARLY_GRACE, self._tpl_off[-1])),
         )
         if hi < lo:
@@ -447,6 +449,14 @@ class CycleDetector:
         same = EARLY_SAME_ED * (self._period() or np.inf)
         if not early and self._early_ed is not None and abs(ed - self._early_ed) <= same:
             self._early_ed = None  # the hysteresis confirms an ED already sent early
+            self._learn(ed)
+            return []
+        if not early and self._early_ed is not None and self._early_ed < ed < self._img_ed + self._too_soon():
+            # The hysteresis finds the ED well after the early one and before the next could be
+            # due: the early match was premature (mid-diastole). Its beat is out; the next starts here.
+            self._early_ed, self._img_ed = None, ed
+            self._intervals = self._intervals[:-1]
+            self.counters.early_corrected += 1
             self._learn(ed)
             return []
         prev = self._img_ed
@@ -505,6 +515,10 @@ class CycleDetector:
             return None
         self._intervals = [*self._intervals, i - prev][-5:]
         return self._window(prev, i, "r_wave")
+
+    def _too_soon(self) -> float:
+        """Frames after an ED within which the next one cannot be due: (1 − period_tolerance) × period."""
+        return (1 - self.cfg.period_tolerance) * (self._period() or np.inf)
 
     def _period(self) -> float | None:
         """The locked period, or before the lock the one beat seen, or the source's stated heart
