@@ -410,7 +410,7 @@ class CycleDetector:
             return []
         hi = i - self._early_k
         lo = max(
-            self._img_ed + self._too_soon(),
+            self._img_ed + (1 - self.cfg.period_tolerance) * period,
             float(i - min(self._early_k + EARLY_GRACE, self._tpl_off[-1])),
         )
         if hi < lo:
@@ -446,12 +446,14 @@ class CycleDetector:
     def _on_ed(self, ed: float, early: bool = False) -> list[tuple[float, float]]:
         """An image-detected ED (fractional frame index since reset; ``early``: from :meth:`_early`):
         the beat it closes, if plausible (a list of none or one)."""
-        same = EARLY_SAME_ED * (self._period() or np.inf)
+        period = self._period() or np.inf
+        same = EARLY_SAME_ED * period
         if not early and self._early_ed is not None and abs(ed - self._early_ed) <= same:
             self._early_ed = None  # the hysteresis confirms an ED already sent early
             self._learn(ed)
             return []
-        if not early and self._early_ed is not None and self._early_ed < ed < self._img_ed + self._too_soon():
+        too_soon = (1 - self.cfg.period_tolerance) * period  # frames after an ED: the next is not due
+        if not early and self._early_ed is not None and self._early_ed < ed < self._img_ed + too_soon:
             # The hysteresis finds the ED well after the early one and before the next could be
             # due: the early match was premature (mid-diastole). Its beat is out; the next starts here.
             self._early_ed, self._img_ed = None, ed
@@ -515,10 +517,6 @@ class CycleDetector:
             return None
         self._intervals = [*self._intervals, i - prev][-5:]
         return self._window(prev, i, "r_wave")
-
-    def _too_soon(self) -> float:
-        """Frames after an ED within which the next one cannot be due: (1 − period_tolerance) × period."""
-        return (1 - self.cfg.period_tolerance) * (self._period() or np.inf)
 
     def _period(self) -> float | None:
         """The locked period, or before the lock the one beat seen, or the source's stated heart
