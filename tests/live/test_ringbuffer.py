@@ -23,15 +23,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.live.ringbuffer import (
+    AUX_LEN,
     FLAG_R_WAVE,
     HEADER_DTYPE,
+    LAYOUT_VERSION,
     SHM_DIR,
     Frame,
     FrameRing,
     RingClosedError,
     RingLayoutError,
     RingReader,
+    _data_offset,
+    _slot_stride,
     cleanup_stale,
+    slot_checksum,
 )
 
 CTX = mp.get_context("spawn")  # children start fresh: nothing shared but the segment itself
@@ -263,6 +268,39 @@ def test_concurrent_readers_never_get_a_torn_frame(prefix):
     assert not (SHM_DIR / name).exists()  # the writer's close unlinked it
 
 
+def test_a_copy_whose_pixels_changed_under_a_complete_seq_is_counted_torn(prefix):
+    # What a weakly ordered CPU (AArch64) may show a reader: the slot's seq says "frame complete"
+    # while some of the pixels it copies are another frame's. The seqlock cannot see it; the
+    # checksum must. Simulated by changing one pixel of a complete slot behind the seq's back.
+    with FrameRing.create(prefix + "weak", 4) as ring:
+        view = FrameRing.attach(ring.name)
+        reader = RingReader(view, start="oldest")
+        for k in range(3):
+            ring.write(np.full(SHAPE, k, np.uint8), k, 1.0 + k, aux=[float(k)])
+        with open(SHM_DIR / ring.name, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            offset = _data_offset(ring.n_slots) + _slot_stride(ring.shape, ring.dtype) * 1 + 57
+            mm[offset] ^= 0x01  # frame 1, one pixel, one bit
+        frames = reader.poll()
+        assert [f.frame_seq for f in frames] == [0, 2]
+        assert (reader.delivered, reader.missed, reader.torn) == (2, 1, 1)
+        view.close()
+
+
+def test_slot_checksum_covers_every_field_and_the_lap() -> None:
+    pixels, aux = np.arange(64, dtype=np.uint8).reshape(8, 8), np.full(AUX_LEN, np.nan)
+    base = (4, pixels, 7, 1.25, 0, aux)
+    changed = [
+        (6, pixels, 7, 1.25, 0, aux),  # the same frame on another lap
+        (4, pixels[::-1], 7, 1.25, 0, aux),
+        (4, pixels, 8, 1.25, 0, aux),
+        (4, pixels, 7, 1.5, 0, aux),
+        (4, pixels, 7, 1.25, FLAG_R_WAVE, aux),
+        (4, pixels, 7, 1.25, 0, np.where(np.arange(AUX_LEN) == 0, 1.0, np.nan)),
+    ]
+    assert slot_checksum(*base) == slot_checksum(4, pixels.copy(), 7, 1.25, 0, aux.copy())
+    assert all(slot_checksum(*c) != slot_checksum(*base) for c in changed)
+
+
 def test_clean_close_unlinks_and_readers_drain_then_see_closed(prefix):
     name = prefix + "close"
     ring = FrameRing.create(name, 4)
@@ -367,7 +405,9 @@ def test_attach_errors_name_the_segment_and_the_fix(prefix):
             shm.unlink()
     with FrameRing.create(prefix + "v9", 4) as ring:
         _poke_header(ring.name, "version", 9)
-        with pytest.raises(RingLayoutError, match="layout version 9, this code reads version 3"):
+        with pytest.raises(
+            RingLayoutError, match=f"layout version 9, this code reads version {LAYOUT_VERSION}"
+        ):
             FrameRing.attach(ring.name)
     with pytest.raises(ValueError, match="segment name"):
         FrameRing.attach("../etc/passwd")
