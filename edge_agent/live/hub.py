@@ -10,6 +10,13 @@ only after it said READY or returned a result, so windows never queue inside a s
 wait here, at most ``queue_per_stream`` per stream, the oldest dropped (and counted) first — the
 newest beat is the one a bedside monitor wants. The oldest waiting window of any stream goes first.
 
+Peers that take windows and never answer (a hung remote worker, a hostile process on the workers
+endpoint) cannot starve the others: ready workers that have returned a result are served before
+those that never have, and a worker whose window timed out gets no other (its READYs are ignored)
+until it returns a result or a back-off has passed: result_timeout_s, doubling with each timeout in
+a row, at most BENCH_MAX_S. Log lines peers can provoke are rate-limited with counts
+(:class:`~edge_agent.core.ratelimit.RateLimitedLog`).
+
 Results come back as posterior samples; the hub keeps each stream's running posterior (it is the
 one place every beat of a stream meets, whichever worker computed it) and publishes the beat's
 summary with the running estimate. A window numbered at or below the stream's last one means its
@@ -33,12 +40,15 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from edge_agent.core.ratelimit import RateLimitedLog
 from edge_agent.core.reliability import is_reliable
 from edge_agent.model.posterior import RunningPosterior, summarize
 from edge_agent.protocol import security, wire
 from edge_agent.protocol.transport import TransportConfig, socket
 
 log = logging.getLogger(__name__)
+peer_log = RateLimitedLog(log)
+BENCH_MAX_S = 300.0  # longest back-off of a worker whose windows keep timing out
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,15 @@ class _Stream:
     missing: int = 0  # window numbers skipped in what arrived here (see windows_missing)
 
 
+@dataclass
+class _Peer:
+    """A worker identity, as the hub has seen it answer."""
+
+    answered: int = 0  # results and failures it returned
+    strikes: int = 0  # its windows that timed out in a row
+    benched_until: float = 0.0  # monotonic s: no window for it (its READY ignored) before this
+
+
 def stage_times(result: wire.Result, t_published: float) -> dict[str, float]:
     """Per-stage durations (ms) of one window, from the timestamps its result carries (all on the
     capture host's monotonic clock when hub, windower and worker share a host)."""
@@ -112,6 +131,7 @@ class Hub:
         self.expired: set[tuple[str, int]] = set()
         self.cache: dict[bytes, list[bytes]] = {}  # topic → last message (last-value cache)
         self.incarnations: dict[bytes, bytes] = {}  # worker identity → its process's incarnation
+        self.peers: dict[bytes, _Peer] = {}  # worker identity → how it has answered
         self.pub_counts: dict[str, int] = {}  # topic → messages published on it
         self.invalid = 0
         self.ctx: zmq.Context | None = None
@@ -191,7 +211,7 @@ class Hub:
             window = wire.decode_window(parts)
         except wire.WireError as e:
             self.invalid += 1
-            log.error("hub: invalid message from a windower dropped: %s", e)
+            peer_log.error("windower-invalid", "hub: invalid message from a windower dropped: %s", e)
             return
         st = self._stream(window.stream)
         if st.last_seq is not None and window.seq <= st.last_seq:
@@ -222,14 +242,19 @@ class Hub:
                 log.warning("hub: %s restarted; %s window %d it held is lost", identity.decode(), stream, seq)
             self.incarnations[identity] = incarnation
             # Idle workers repeat READY (so a restarted hub learns of them): one credit per worker,
-            # and none while its window is out (the READY crossed the window on the wire).
-            if identity not in self.in_flight and identity not in self.ready:
+            # none while its window is out (the READY crossed the window on the wire) or while it
+            # is benched for letting windows time out.
+            benched = time.monotonic() < self.peers.setdefault(identity, _Peer()).benched_until
+            if identity not in self.in_flight and identity not in self.ready and not benched:
                 self.ready.append(identity)
             return
         if kind not in (wire.RESULT, wire.FAILED):
             self.invalid += 1
-            log.error("hub: unknown message %r from a worker dropped (counted invalid)", kind[:16])
+            peer_log.error(
+                "worker-unknown", "hub: unknown message %r from a worker dropped (counted invalid)", kind[:16]
+            )
             return
+        self.peers[identity] = _Peer(answered=self.peers.get(identity, _Peer()).answered + 1)
         window = self.in_flight.pop(identity, None)  # (stream, seq, t sent) of its window, if any
         try:
             if kind == wire.FAILED:
@@ -252,21 +277,37 @@ class Hub:
         """A worker gave no usable posterior for the window it had: count it in the stream's
         windows_failed (a window that already expired was counted dropped) and say why."""
         if window is None:
-            log.error("hub: a worker failed with no window out (expired or unknown): %s", why)
+            peer_log.error(
+                "worker-failed", "hub: a worker failed with no window out (expired or unknown): %s", why
+            )
             return
         stream, seq, _t = window
         self._stream(stream).failed += 1
-        log.error("hub: %s window %d failed in a worker, not published: %s", stream, seq, why)
+        peer_log.error(
+            "worker-failed", "hub: %s window %d failed in a worker, not published: %s", stream, seq, why
+        )
 
     def _expire(self, now: float) -> None:
         """A window out for longer than result_timeout_s counts as dropped (its worker probably
-        died) and its worker's credit is withdrawn until it speaks again."""
+        died or never answers) and its worker is benched: no window until it returns a result or
+        its back-off (result_timeout_s doubling per timeout in a row, at most BENCH_MAX_S) is over."""
         for identity, (stream, seq, t_sent) in list(self.in_flight.items()):
             if now - t_sent > self.cfg.result_timeout_s:
                 del self.in_flight[identity]
                 self.expired.add((stream, seq))
                 self.streams[stream].dropped += 1
-                log.warning("hub: no result for %s window %d after %.0f s", stream, seq, now - t_sent)
+                peer = self.peers.setdefault(identity, _Peer())
+                peer.strikes += 1
+                back_off = min(BENCH_MAX_S, self.cfg.result_timeout_s * 2 ** (peer.strikes - 1))
+                peer.benched_until = now + back_off
+                peer_log.warning(
+                    "worker-timeout",
+                    "hub: no result for %s window %d after %.1f s; that worker gets no window for %.1f s",
+                    stream,
+                    seq,
+                    now - t_sent,
+                    back_off,
+                )
 
     def _dispatch(self) -> None:
         while self.ready:
@@ -274,7 +315,9 @@ class Hub:
             if not waiting:
                 return
             _t, name = min(waiting)
-            identity = self.ready.popleft()
+            # Workers that have answered before those that never have.
+            identity = next((i for i in self.ready if self.peers.get(i, _Peer()).answered), self.ready[0])
+            self.ready.remove(identity)
             _t_sent, window, parts = self.streams[name].queue.popleft()
             try:
                 self.router.send_multipart([identity, *parts], copy=False)

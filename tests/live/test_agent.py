@@ -262,6 +262,70 @@ def _pump(hub: Hub, seconds: float) -> None:
         hub.process(0.01)
 
 
+def test_a_worker_that_lets_its_window_time_out_is_benched_with_a_growing_back_off(tmp_path: Path) -> None:
+    endpoints = {k: f"ipc://{tmp_path}/{k}" for k in ("windows", "workers", "publish")}
+    hub = Hub(HubConfig(queue_per_stream=8, result_timeout_s=0.5), TransportConfig(linger_ms=0), endpoints)
+    hub.start()
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        push.connect(endpoints["windows"])
+        mute, healthy = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        for sock in (mute, healthy):
+            sock.connect(endpoints["workers"])
+        sent = 0
+
+        def feed(n: int) -> None:
+            nonlocal sent
+            for _ in range(n):
+                push.send_multipart(wire.encode_window(_window("a", sent)))
+                sent += 1
+
+        def windows_for(sock: zmq.Socket) -> int:
+            n = 0
+            while sock.poll(0):
+                sock.recv_multipart()
+                n += 1
+            return n
+
+        feed(1)
+        mute.send(b"READY")
+        _pump(hub, 0.2)
+        assert windows_for(mute) == 1  # a new peer is given a chance
+        _pump(hub, 0.45)  # its window times out: counted, and it is benched for 0.5 s
+        assert hub.streams["a"].dropped == 1
+        feed(1)
+        mute.send(b"READY")
+        _pump(hub, 0.15)
+        assert windows_for(mute) == 0  # READY ignored while benched: the window waits
+        _pump(hub, 0.35)
+        mute.send(b"READY")
+        _pump(hub, 0.1)
+        assert windows_for(mute) == 1  # back-off over: one more chance ...
+        _pump(hub, 0.6)  # ... timed out again: benched for 1 s now
+        assert hub.streams["a"].dropped == 2
+        feed(1)
+        for _ in range(3):  # 0.3 s of READYs into the 1 s: all ignored
+            mute.send(b"READY")
+            _pump(hub, 0.1)
+        assert windows_for(mute) == 0
+        # A worker that answers is served first, and returning a result clears a worker's record.
+        healthy.send(b"READY")
+        _pump(hub, 0.2)
+        (window,) = [wire.decode_window(healthy.recv_multipart())]
+        samples = np.full(40, 50.0, np.float32)
+        healthy.send_multipart([b"RESULT", *wire.encode_result(window, samples, "torch", 1.0, 1.0)])
+        _pump(hub, 0.5)
+        feed(1)
+        mute.send(b"READY")
+        healthy.send(b"READY")
+        _pump(hub, 0.2)
+        assert (windows_for(healthy), windows_for(mute)) == (1, 0)
+    finally:
+        ctx.destroy(linger=0)
+        hub.stop()
+
+
 def test_agent_config_errors_name_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "agent.yaml"
     bad.write_text("worker:\n  count: 1\n  bogus: 3\n")

@@ -210,3 +210,41 @@ def test_subscriber_counts_what_zeromq_dropped_for_it() -> None:
     assert got == sorted(set(got)) and got[-1] == n  # in order, the repeat dropped
     assert sub.missed > 0 and len(got) + sub.missed == n + 1 - got[0]
     assert sub.duplicates == 1
+
+
+def test_peers_that_take_windows_and_never_answer_cannot_starve_the_agent(tmp_path: Path) -> None:
+    """20 peers on the workers endpoint say READY (again and again, as an idle worker does) and never
+    return a result. The healthy worker's estimate rate stays within 20 % of what it was without
+    them: a peer whose window timed out gets no other until a back-off has passed, and the hub
+    gives windows to workers that answer first."""
+    # ECG-gated at 90 bpm: 1.5 windows/s from the start, none missed to the cycle detector.
+    agent = Agent(_config(["synthetic://?seed=51&hr=90&fps=50&ecg=1"], "hub.result_timeout_s=1.5"))
+    agent.start()
+    ctx = zmq.Context()
+    hostile = []
+    try:
+        with Subscriber(agent.endpoints["publish"]) as sub:
+            warm: list[dict] = []
+            _watch(agent, sub, 30.0, warm, until=lambda m: any(x["kind"] == "estimate" for x in m))
+            calm: list[dict] = []
+            _watch(agent, sub, 12.0, calm)
+            for _ in range(20):
+                peer = ctx.socket(zmq.DEALER)
+                peer.setsockopt(zmq.LINGER, 0)
+                peer.connect(agent.endpoints["workers"])
+                hostile.append(peer)
+            attacked: list[dict] = []
+            end = time.monotonic() + 12.0
+            while time.monotonic() < end:
+                for peer in hostile:  # READY every 0.5 s, whatever the hub sent
+                    peer.send_multipart([b"READY", b"x"])
+                _watch(agent, sub, 0.5, attacked)
+    finally:
+        for peer in hostile:
+            peer.close()
+        ctx.term()
+        agent.stop()
+    normal = sum(m["kind"] == "estimate" for m in calm)
+    under_attack = sum(m["kind"] == "estimate" for m in attacked)
+    assert normal >= 15
+    assert under_attack >= 0.8 * normal, (normal, under_attack)
