@@ -11,14 +11,20 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from edge_agent.config import ConfigError, apply_overrides, load_yaml
+from edge_agent.config import ConfigError, load_yaml, parse_with_overrides, to_mapping
+from edge_agent.core.shipped import resolve
 
 DEFAULT_MODEL = "engines/mcsdr_default"
 DEFAULT_AGENT_CONFIG = "configs/default.yaml"
+
+# Packages the runtime install leaves out, and the extra that brings each (pyproject.toml).
+EXTRAS = {"torch": "train", "matplotlib": "train", "onnx": "train", "nibabel": "train"}
+EXTRAS |= {"tensorrt": "tensorrt-cu12", "cuda": "tensorrt-cu12"}
 
 Command = Callable[[argparse.Namespace], int]
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -112,7 +118,11 @@ def _set_option(p: argparse.ArgumentParser, what: str = "a key") -> None:
 
 
 def _agent_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help=f"agent YAML (default: {DEFAULT_AGENT_CONFIG}, else built-in defaults)")
+    p.add_argument(
+        "--config",
+        type=_shipped_path,
+        help=f"agent YAML (default: {DEFAULT_AGENT_CONFIG}, else built-in defaults)",
+    )
     _set_option(p)
 
 
@@ -136,20 +146,31 @@ def _publish_endpoints(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(path: str | None, overrides: list[str]) -> tuple[dict, str]:
-    data = load_yaml(path) if path else {}
-    return apply_overrides(data, overrides), path or "defaults"
+def _config(path: str | None, overrides: list[str], parse: Callable[[dict, str], Any]) -> Any:
+    """``parse`` of the YAML at ``path`` (None: the built-in defaults) with the --set overrides."""
+    return parse_with_overrides(parse, load_yaml(path) if path else {}, overrides, path or "defaults")
 
 
 def _log_to_stderr(level: str, who: str) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s {who} %(levelname)s %(message)s")
 
 
+def _shipped_path(text: str) -> str:
+    """A path option: as given from the current directory, else the shipped file of that name
+    (``engines/mcsdr_default.pt`` works from any directory, in a checkout or an installed wheel)."""
+    return str(resolve(text))
+
+
 # The verbs: each one's options, then its command.
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/train.yaml", help="the shipped model's recipe by default")
+    p.add_argument(
+        "--config",
+        type=_shipped_path,
+        default="configs/train.yaml",
+        help="the shipped model's recipe by default",
+    )
     _set_option(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in train.out")
     p.add_argument(
@@ -164,8 +185,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from edge_agent.ml.train import parse_config, refit_ood, train
 
-    data, source = _config(args.config, args.set)
-    sections = parse_config(data, source)
+    sections = _config(args.config, args.set, parse_config)
     path = refit_ood(sections) if args.refit_ood else train(sections, resume=not args.restart)
     print(f"saved {path} and {path.with_suffix('.json')}")
     return 0
@@ -203,7 +223,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", type=_shipped_path, default=DEFAULT_MODEL)
     p.add_argument("--data", help="dataset folder (with --format)")
     p.add_argument("--format", choices=["echonet", "pediatric", "camus"], default="echonet")
     p.add_argument("--split", default="TEST")
@@ -275,7 +295,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _robustness_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", type=_shipped_path, default=DEFAULT_MODEL)
     p.add_argument("--n", type=COUNT, default=500, help="simulated cines (equal parts good/medium/poor)")
     p.add_argument("--seed", type=int, default=4242, help="simulator seed, never one used in training")
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window")
@@ -328,6 +348,7 @@ def _cycles_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default="runs/cycles-check", help="folder for cycles_check.md/.json and one plot per file"
     )
+    _agent_options(p)  # the detector is the agent's section cycles (e.g. --set cycles.weights=…)
 
 
 @verb(
@@ -339,7 +360,7 @@ def _cycles_check_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_cycles_check(args: argparse.Namespace) -> int:
     from edge_agent.ml.cycles_check import run, table
 
-    results = run(args.files, Path(args.out), fps=args.fps)
+    results = run(args.files, Path(args.out), fps=args.fps, cycles=_agent_config(args).cycles)
     print(table(results))
     print(f"\nwritten to {args.out}/ (cycles_check.md, cycles_check.json, one PNG per file)")
     return 0 if all(r.checks["hr_agrees"] for r in results) else 1
@@ -349,15 +370,8 @@ def _agent_config(args: argparse.Namespace):
     from edge_agent.live.agent import load_agent_config
 
     path = args.config
-    if path is None:
-        # The shipped default config, found from the current directory or the checkout.
-        for candidate in (
-            Path(DEFAULT_AGENT_CONFIG),
-            Path(__file__).resolve().parents[1] / DEFAULT_AGENT_CONFIG,
-        ):
-            if candidate.exists():
-                path = candidate
-                break
+    if path is None and (shipped_default := resolve(DEFAULT_AGENT_CONFIG)).exists():
+        path = shipped_default  # from the current directory, else the shipped one
     cfg = load_agent_config(path, args.set, sources=getattr(args, "source", None))
     if hasattr(args, "source"):  # run and demo open the streams: a bad source is an argument error
         _check_sources(cfg)
@@ -404,6 +418,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if left["processes"] or left["rings"]:
         print(f"edge-agent: left behind after stop: {left}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _config_show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["show"], help="show: print it as YAML")
+    _agent_options(p)
+
+
+@verb(
+    "config",
+    "the effective agent configuration: the file (or the shipped default), built-in defaults, --set",
+    _config_show_arguments,
+)
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    # Every key, defaults included: the output is itself a valid --config file.
+    print(yaml.safe_dump(to_mapping(_agent_config(args)), sort_keys=False, allow_unicode=True), end="")
     return 0
 
 
@@ -536,7 +568,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL + ".pt", help="checkpoint with its sidecar JSON")
+    p.add_argument(
+        "--model", type=_shipped_path, default=DEFAULT_MODEL + ".pt", help="checkpoint with its sidecar JSON"
+    )
     p.add_argument("--out", help="output path stem (default: next to the model)")
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window (static in the graph)")
     p.add_argument("--opset", type=int, default=17)
@@ -553,7 +587,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _build_engine_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--onnx", default=DEFAULT_MODEL + ".onnx")
+    p.add_argument("--onnx", type=_shipped_path, default=DEFAULT_MODEL + ".onnx")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch of windows per call")
     p.add_argument("--dla-core", type=int, help="Jetson Orin: build for this DLA core, with GPU fallback")
@@ -589,7 +623,9 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=12, help="windows to draw from the simulator")
     p.add_argument("--recordings", nargs="*", default=[], metavar="PATH", help="videos or DICOM cines too")
     p.add_argument("--out", default="calibration", help="folder for the windows and their manifest")
-    p.add_argument("--model", default=DEFAULT_MODEL + ".onnx", help="the fp32 fused graph")
+    p.add_argument(
+        "--model", type=_shipped_path, default=DEFAULT_MODEL + ".onnx", help="the fp32 fused graph"
+    )
     p.add_argument("--force", action="store_true", help="redraw and requantise even when cached")
     p.add_argument(
         "--generation",
@@ -614,15 +650,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             generation=args.generation,
         )
     except CalibrationError as e:
-        print(f"edge-agent: calibration failed: {e}", file=sys.stderr)
-        return 1
+        print(f"edge-agent calibrate: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", help="YAML with sections bench, worker, telemetry (e.g. configs/bench_jetson.yaml)"
+        "--config",
+        type=_shipped_path,
+        help="YAML with sections bench, worker, telemetry (e.g. configs/bench_jetson.yaml)",
     )
     _set_option(p)
     p.add_argument("--quick", action="store_true", help="a smoke run: short durations, few samples")
@@ -634,8 +672,7 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.tools.bench import QUICK, bench_config, plot_report, report_markdown, run_bench
 
-    data, source = _config(args.config, args.set)
-    cfg, agent_overrides = bench_config(data, source, quick=args.quick)
+    cfg, agent_overrides = _config(args.config, args.set, partial(bench_config, quick=args.quick))
     result = run_bench(cfg, agent_overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -841,11 +878,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:  # a missing model, sidecar or input: the message names it
+        print(
+            f"edge-agent {args.verb}: {e.filename + ': no such file' if e.filename else e}", file=sys.stderr
+        )
+        return 2
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        extra = "bench" if args.verb == "bench" and extra == "train" else extra
+        print(
+            f"edge-agent {args.verb}: needs {e.name}, which the runtime install leaves out: "
+            f"pip install 'edge-agent[{extra}]' (in a checkout: pip install -e '.[{extra}]')",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as e:
+        from edge_agent.inference.backends import BackendError
         from edge_agent.live.agent import AgentError
         from edge_agent.live.sources import SourceError
 
-        if isinstance(e, SourceError):  # its message names the file, the problem and the fix
+        if isinstance(e, SourceError | BackendError):  # the message names the file or key and the fix
             print(f"edge-agent: {e}", file=sys.stderr)
             return 2
         if not isinstance(e, AgentError):

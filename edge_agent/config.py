@@ -11,13 +11,14 @@ a number that is NaN, infinite or beyond float64, a list item or map value of th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
 import reprlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -174,6 +175,30 @@ def apply_overrides(
         else:
             node[last] = value
     return data
+
+
+OVERRIDES = "command line (--set)"  # how errors name what --set brought
+
+
+def parse_with_overrides(
+    parse: Callable[[dict[str, Any], str], T], data: dict[str, Any], overrides: Sequence[str], source: str
+) -> T:
+    """``parse(data with the overrides applied, where)``; its ConfigError names ``source`` (the file)
+    when the file's own content is wrong, and :data:`OVERRIDES` when only what the overrides brought
+    is (the file alone parses). ``data`` is not changed."""
+    merged = apply_overrides(copy.deepcopy(data), list(overrides), OVERRIDES)
+    try:
+        return parse(merged, source)
+    except ConfigError:
+        if not overrides:
+            raise
+        try:
+            parse(copy.deepcopy(data), source)
+        except ConfigError:
+            pass  # the file is wrong too: the error above names it
+        else:
+            parse(merged, OVERRIDES)  # raises again, naming the overrides
+        raise
 
 
 def _parse_value(raw: str, item: str, source: str) -> Any:

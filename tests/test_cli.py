@@ -76,6 +76,33 @@ def test_bad_config_is_a_clear_error_with_exit_code_2(tmp_path):
     assert out.returncode == 2 and "section.key=value" in out.stderr
 
 
+def test_config_show_prints_a_config_that_loads_back_to_itself(tmp_path):
+    # From another directory: the shipped default config is found all the same.
+    out = _run("config", "show", "--set", "worker.count=2", "--set", "cycles.early_s=0.12", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["worker"]["count"] == 2 and shown["cycles"]["early_s"] == 0.12
+    assert shown["streams"][0]["id"] == "bed1" and shown["hub"]["running_beats"] == 5  # defaults too
+    (tmp_path / "effective.yaml").write_text(out.stdout)
+    again = _run("config", "show", "--config", str(tmp_path / "effective.yaml"))
+    assert again.returncode == 0 and again.stdout == out.stdout
+
+
+def test_user_mistakes_end_in_one_line_and_exit_2(tmp_path):
+    cases = [
+        (("evaluate", "--model", str(tmp_path / "nope"), "--synthetic"), "no such model artefact"),
+        (("export", "--model", str(tmp_path / "nope.pt")), "no such model artefact"),
+        (("calibrate", "--model", str(tmp_path / "nope.onnx")), "the fused ONNX graph"),
+        (("worker", "--connect", "tcp://127.0.0.1:1", "--set", "worker.backend=tensorrt"), "worker.device"),
+        (("run", "--set", "worker.bogus=1"), "command line (--set):worker: unknown key(s) ['bogus']"),
+    ]
+    for args, message in cases:
+        out = _run(*args, cwd=tmp_path)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("edge-agent")]
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr and len(errors) == 1 and message in errors[0], (args, out.stderr)
+
+
 def test_simulate_writes_an_echonet_dataset(tmp_path):
     out = _run("simulate", "--out", str(tmp_path / "sim"), "--n", "2", "--beats", "2.2", "--workers", "1")
     assert out.returncode == 0, out.stderr

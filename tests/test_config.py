@@ -66,3 +66,25 @@ def test_arbitrary_sections_never_crash_the_loader(section):
     with contextlib.suppress(ConfigError):
         parse_config({"train": section}, "fuzz")
     assert set(SECTIONS) == {"data", "model", "diffusion", "train"}
+
+
+def test_an_error_is_blamed_on_the_file_or_the_command_line_whichever_brought_it(tmp_path):
+    from edge_agent.live.agent import load_agent_config
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("worker:\n  count: 2\n")
+    bad.write_text("worker:\n  bogus: 1\n")
+    with pytest.raises(ConfigError, match=r"^command line \(--set\):worker: unknown key\(s\) \['nope'\]"):
+        load_agent_config(good, ["worker.nope=1"])
+    with pytest.raises(ConfigError, match=r"^command line \(--set\):worker.count: must be >= 0"):
+        load_agent_config(good, ["worker.count=-1"])
+    with pytest.raises(ConfigError, match=rf"^{bad}:worker: unknown key\(s\) \['bogus'\]"):
+        load_agent_config(bad, ["worker.count=1"])
+    # An override may make a file valid that is not on its own (consent to plain tcp beyond loopback).
+    exposed = tmp_path / "exposed.yaml"
+    exposed.write_text("transport:\n  publish: tcp://0.0.0.0:5556\n")
+    with pytest.raises(ConfigError, match=rf"^{exposed}"):
+        load_agent_config(exposed)
+    assert load_agent_config(exposed, ["transport.allow_insecure=true"]).transport.allow_insecure
+    assert load_agent_config(good, ["worker.count=3"]).worker.count == 3
+    assert good.read_text() == "worker:\n  count: 2\n"

@@ -522,6 +522,17 @@ def excluded_nodes(graph_path: Path, spec: QuantSpec) -> dict[str, str]:
     return out
 
 
+def fused_graph_sidecar(model: Path) -> Path:
+    """The sidecar of the fused fp32 graph ``model``; CalibrationError when either is missing."""
+    side_path = Path(f"{model}.json")
+    if not model.is_file() or not side_path.is_file():
+        raise CalibrationError(
+            f"--model {model}: the fused ONNX graph (with its sidecar {side_path.name}) is missing; "
+            "export it with `edge-agent export`"
+        )
+    return side_path
+
+
 def quantize(
     model: str | Path,
     windows: Windows,
@@ -539,13 +550,7 @@ def quantize(
     from the same fp32 graph, windows and spec is reused. Returns the path.
     """
     model = Path(model)
-    side_path = Path(f"{model}.json")
-    if not model.is_file() or not side_path.is_file():
-        raise CalibrationError(
-            f"--model {model}: the fused ONNX graph (with its sidecar {side_path.name}) is missing; "
-            "export it with `edge-agent export`"
-        )
-    sidecar = json.loads(side_path.read_text())
+    sidecar = json.loads(fused_graph_sidecar(model).read_text())
     out = Path(out) if out else quantized_path(model, spec)
     key = {
         "spec": json.loads(json.dumps(dataclasses.asdict(spec))),  # as the sidecar stores it (lists)
@@ -832,6 +837,7 @@ def run_calibration(
     Returns a summary dict (paths, counts, the evaluation figures).
     """
     onnx_model = Path(model) if Path(model).suffix == ".onnx" else Path(model).with_suffix(".onnx")
+    fused_graph_sidecar(onnx_model)  # before minutes of drawing windows
     windows, manifest = calibration_set(out, n=n, recordings=recordings, force=force, generation=generation)
     digest = manifest["windows"]["sha256"]
     models = {

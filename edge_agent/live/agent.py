@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter, connect_endpoint
-from edge_agent.config import ConfigError, apply_overrides, from_mapping, load_yaml
+from edge_agent.config import ConfigError, from_mapping, load_yaml, parse_with_overrides
 from edge_agent.core.stage import Stage, run_child, run_stage
 from edge_agent.live.capture import Capture, CaptureConfig, StreamConfig
 from edge_agent.live.cycles import CycleConfig
@@ -127,8 +127,9 @@ def load_agent_config(
         data["streams"] = [{"id": f"bed{i + 1}", "source": uri} for i, uri in enumerate(sources)]
     elif "streams" not in data:
         data["streams"] = [dataclasses.asdict(StreamConfig())]
-    apply_overrides(data, list(overrides))
-    return parse_agent_config(data, str(path) if path is not None else "defaults")
+    return parse_with_overrides(
+        parse_agent_config, data, overrides, str(path) if path is not None else "defaults"
+    )
 
 
 # ---------------------------------------------------------------- stage processes

@@ -15,19 +15,18 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import zmq
 
+from edge_agent.core.shipped import resolve
 from edge_agent.inference.backends import Backend, load_backend
 from edge_agent.model.posterior import recalibrate
 from edge_agent.protocol import security, wire
 from edge_agent.protocol.transport import TransportConfig, socket
 
 log = logging.getLogger(__name__)
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 READY_EVERY_S = 2.0
 MAX_OOD_SCORE = 1e9  # what an overflowed (infinite) score is sent as: finite on the wire, far above 1
 
@@ -39,7 +38,7 @@ class WorkerConfig:
     count: worker processes on this host. backend: auto | onnxruntime | torch (auto: the first, in
         that order, that is installed and can load the model; onnxruntime needs the exported .onnx).
     model: artefact path (.pt with its sidecar .json); relative paths are tried from the current
-        directory, then from the edge-agent checkout. device: cpu | cuda[:n].
+        directory, then among the shipped files (checkout or wheel). device: cpu | cuda[:n].
     k: posterior samples per window (the paper's 40). seed: seed of the K fixed starting noises
         (the same noises for every window: results are reproducible).
     threads: intra-op threads per worker (share the cores between workers).
@@ -58,14 +57,6 @@ class WorkerConfig:
     threads: int = 1
     recalibrate: bool = True
     precision: Literal["fp32", "fp16", "int8"] | None = None
-
-
-def resolve_model(path: str) -> Path:
-    """The artefact path, from the current directory or else from the checkout (the shipped model)."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    return PACKAGE_ROOT / p
 
 
 def starting_noises(k: int, seed: int) -> np.ndarray:
@@ -101,7 +92,7 @@ class Worker:
     def start(self) -> None:
         self.backend = load_backend(
             self.cfg.backend,
-            resolve_model(self.cfg.model),
+            resolve(self.cfg.model),
             device=self.cfg.device,
             threads=self.cfg.threads,
             precision=self.cfg.precision,

@@ -191,10 +191,13 @@ def plot(result: FileCheck, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run(uris: list[str], out: Path, fps: float | None = None) -> list[FileCheck]:
-    """Check every file, write ``cycles_check.json``, ``cycles_check.md`` and one PNG per file to ``out``."""
+def run(
+    uris: list[str], out: Path, fps: float | None = None, cycles: CycleConfig | None = None
+) -> list[FileCheck]:
+    """Check every file with the detector of ``cycles`` (default: the built-in section), write
+    ``cycles_check.json``, ``cycles_check.md`` and one PNG per file to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    results = [check_file(u, fps=fps) for u in uris]
+    results = [check_file(u, fps=fps, cycles=cycles) for u in uris]
     for i, r in enumerate(results):
         plot(r, out / f"{i:02d}_{Path(r.uri).stem}.png")
     (out / "cycles_check.json").write_text(

@@ -20,6 +20,11 @@ def load_model(path: str | Path) -> tuple[MCSDR, dict]:
     """Load <artefact>.pt with its sidecar JSON; checks the content hash."""
     path = Path(path).with_suffix(".pt")
     side_path = path.with_suffix(".json")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such model artefact; give the .pt of a trained model (the shipped one: "
+            "engines/mcsdr_default.pt)"
+        )
     if not side_path.exists():
         raise FileNotFoundError(
             f"{path}: sidecar {side_path.name} is missing; re-export with `edge-agent train`"

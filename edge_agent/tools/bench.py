@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_agent.core.metrics import distribution
+from edge_agent.core.shipped import resolve
 from edge_agent.inference.export import random_inputs
 
 VARIANTS = ("encoder", "default", "torch", "naive")
@@ -370,6 +371,7 @@ def run_bench(cfg: BenchConfig, agent_overrides: tuple[str, ...] = ()) -> dict[s
     from edge_agent.live.worker import starting_noises
     from edge_agent.tools.telemetry import TegrastatsSampler, environment
 
+    cfg = dataclasses.replace(cfg, model=str(resolve(cfg.model)))  # from here, else the shipped model
     windows = bench_windows()
     noise = starting_noises(
         int(json.loads(Path(f"{Path(cfg.model).with_suffix('.onnx')}.json").read_text())["k"]), 0
