@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_agent.core.clip import FALLBACK_BEAT_S, HR_MAX_BPM, HR_MIN_BPM
 from edge_agent.core.metrics import pearson
+from edge_agent.core.shipped import resolve, shipped
 
 # --------------------------------------------------------------------------------------------------
 # The online, causal cycle detector
@@ -27,13 +28,26 @@ from edge_agent.core.metrics import pearson
 # once the signal has fallen by ``hysteresis`` × its recent peak-to-peak amplitude (early ejection, a
 # fraction of a beat later). ED is timed from the sharp start of that fall, not the flat maximum.
 
-SIGNAL_WEIGHTS = Path(__file__).resolve().parents[2] / "engines" / "cycle_signal.npz"
+SIGNAL_WEIGHTS = shipped("engines/cycle_signal.npz")
 SIGNAL_INPUT = 56  # the signal net's input: frames area-resized to 56×56, values / 255, ...
 SIGNAL_GRID = SIGNAL_INPUT // 2  # ... as 2×2 pixel blocks → 4 channels on a 28×28 grid (pixel unshuffle)
-# The signal net: (in channels, out channels, kernel, dilation) per conv layer, stride 1, "same" padding,
-# ReLU after every layer but the last, whose sigmoid is the LV coverage (0–1) of each 28×28 cell.
-# Dilations 1, 2, 4 see 17 cells (68 px at 112×112) around each cell: wall, valve and cavity together.
-SIGNAL_LAYERS = ((4, 16, 3, 1), (16, 16, 3, 2), (16, 16, 3, 4), (16, 16, 3, 1), (16, 1, 1, 1))
+
+
+def signal_layers(width: int = 16) -> tuple[tuple[int, int, int, int], ...]:
+    """The signal net: (in channels, out channels, kernel, dilation) per conv layer, stride 1, "same"
+    padding, ReLU after every layer but the last, whose sigmoid is the LV coverage (0–1) of each 28×28
+    cell. Dilations 1, 2, 4 see 17 cells (68 px at 112×112) around each cell: wall, valve and cavity
+    together. ``width``: channels of the hidden layers (the weights file's shapes say which)."""
+    return (
+        (4, width, 3, 1),
+        (width, width, 3, 2),
+        (width, width, 3, 4),
+        (width, width, 3, 1),
+        (width, 1, 1, 1),
+    )
+
+
+SIGNAL_LAYERS = signal_layers()
 # The LV-area template of early confirmation spans this long before and after ED (s): late diastole
 # with the atrial kick, and the start of ejection. Its end lies past early_s + EARLY_GRACE frames, so
 # every candidate ED is matched against the signal up to now. It is learnt at hysteresis-confirmed
@@ -139,18 +153,19 @@ def signal_net_input(frame: np.ndarray) -> np.ndarray:
 
 
 class LVAreaNet:
-    """The LV-area signal net (:data:`SIGNAL_LAYERS`), forward pass in numpy: no torch at run time.
+    """The LV-area signal net (:func:`signal_layers`), forward pass in numpy: no torch at run time.
 
     Each convolution is a sum over its kernel taps of (shifted channel-last map) @ (C_in, C_out):
     small matmuls on views, no im2col copy; ≈ 0.35 ms per 112×112 frame on one core.
     """
 
     def __init__(self, weights: list[tuple[np.ndarray, np.ndarray]]):
-        """weights: per layer, torch's (kernel (C_out, C_in, k, k), bias (C_out,))."""
+        """weights: per layer, torch's (kernel (C_out, C_in, k, k), bias (C_out,)), of
+        :func:`signal_layers` at the width the first kernel has."""
         if len(weights) != len(SIGNAL_LAYERS):
             raise ValueError(f"expected {len(SIGNAL_LAYERS)} layers, got {len(weights)}")
         self._layers = []
-        for (cin, cout, k, dil), (w, b) in zip(SIGNAL_LAYERS, weights, strict=True):
+        for (cin, cout, k, dil), (w, b) in zip(signal_layers(weights[0][0].shape[0]), weights, strict=True):
             if w.shape != (cout, cin, k, k) or b.shape != (cout,):
                 raise ValueError(f"layer weights {w.shape}, {b.shape} do not match {(cout, cin, k, k)}")
             taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32)  # (ky, kx, C_in, C_out)
@@ -159,7 +174,7 @@ class LVAreaNet:
     @classmethod
     def load(cls, path: str | Path | None = None) -> LVAreaNet:
         """From an .npz with ``w0, b0, w1, b1, …``; None: the shipped engines/cycle_signal.npz."""
-        with np.load(SIGNAL_WEIGHTS if path is None else Path(path)) as z:
+        with np.load(SIGNAL_WEIGHTS if path is None else resolve(path)) as z:
             return cls([(z[f"w{i}"], z[f"b{i}"]) for i in range(len(SIGNAL_LAYERS))])
 
     def coverage(self, frame: np.ndarray) -> np.ndarray:
