@@ -541,6 +541,28 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+SCHEMA_KINDS = ("estimate", "status", "heartbeat", "window", "result", "failure")
+
+
+def _schema_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind", choices=SCHEMA_KINDS, help="one message's schema only (default: all, under $defs)"
+    )
+
+
+@verb("schema", "the wire schema of every message as JSON Schema (draft 2020-12)", _schema_arguments)
+def cmd_schema(args: argparse.Namespace) -> int:
+    from edge_agent.protocol.wire import json_schema
+
+    schema = json_schema()
+    if args.kind is not None:  # standalone: the one definition, with the dialect, title and rules
+        one = schema["$defs"][args.kind]
+        top = {k: v for k, v in schema.items() if k != "$defs"}
+        schema = top | one | {"description": f"{one['description']}; {top['description']}"}
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
 def _keys_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the two files (made 0700)")
     p.add_argument("--name", required=True, help="file stem: the host or client it is for")
@@ -719,7 +741,7 @@ def _record_arguments(p: argparse.ArgumentParser) -> None:
         "--topic",
         action="append",
         metavar="PREFIX",
-        help="topic prefix, e.g. lvef.bed1 (repeatable; default all)",
+        help="topic prefix: lvef. (estimates), lvef.bed1. (bed 1's only), status. (repeatable; default all)",
     )
     p.add_argument(
         "--synchronous",

@@ -1,10 +1,11 @@
 """Clients of the published LVEF stream that show it: a JSON-lines printer and a live bedside
 terminal monitor, both on :class:`edge_agent.clients.subscriber.Subscriber`.
 
-Messages follow ``edge_agent.protocol.wire`` (estimate on ``lvef.<stream>``, status on ``status.<stream>``,
-heartbeat on ``heartbeat``). EF is in %, times are s on the *monitor's* ``time.monotonic()``: every
-age shown (staleness, heartbeat age) is measured from when this process received a message, never
-from the publisher's clock, so it holds even when the publisher runs on another host.
+Messages follow ``edge_agent.protocol.wire`` (estimate on ``lvef.<stream>.``, status on
+``status.<stream>.``, heartbeat on ``heartbeat``). EF is in %, times are s on the *monitor's*
+``time.monotonic()``: every age shown (staleness, heartbeat age) is measured from when this process
+received a message, never from the publisher's clock, so it holds even when the publisher runs on
+another host.
 """
 
 from __future__ import annotations

@@ -471,7 +471,7 @@ class RecordConfig:
 
     db: the SQLite file (created when absent; an existing recording is appended to).
     connect: publish endpoints to subscribe to (``tcp://host:port``, ``ipc://path``).
-    topics: topic prefixes ("" = every topic; ``lvef.`` estimates only, ``status.bed1`` …).
+    topics: topic prefixes ("" = every topic; ``lvef.`` estimates only, ``status.bed1.`` …).
     synchronous: ``NORMAL`` (survives a crash of the recorder) or ``FULL`` (also a power cut, one
         fsync per record).
     rcvhwm: messages ZeroMQ queues for the recorder while it writes before it drops new ones (a

@@ -3,8 +3,8 @@ decoding, duplicates and losses counted) and :func:`classify_seq` (how an estima
 its stream's previous one). The monitor, the recorder and the Prometheus exporter each build on
 this module and on no other client.
 
-Messages follow ``edge_agent.protocol.wire`` (estimate on ``lvef.<stream>``, status on
-``status.<stream>``, heartbeat on ``heartbeat``); each comes back with its receive time on this
+Messages follow ``edge_agent.protocol.wire`` (estimate on ``lvef.<stream>.``, status on
+``status.<stream>.``, heartbeat on ``heartbeat``); each comes back with its receive time on this
 process's ``time.monotonic()`` under :data:`T_RECEIVED`.
 
     with Subscriber("tcp://edge-01:5556") as sub:
@@ -33,7 +33,8 @@ DEDUPE_CAPACITY = 4096  # estimates remembered for duplicate detection (~1 h of 
 class Subscriber:
     """SUB socket connected to one or more publisher endpoints (``tcp://host:port``, ``ipc://path``).
 
-    ``topics``: prefixes to subscribe to ("" = everything; ``"lvef."`` = estimates only).
+    ``topics``: prefixes to subscribe to ("" = everything; ``"lvef."`` = estimates only; ``"lvef.bed1."``
+    bed 1's estimates alone).
     ``rcvhwm``: messages queued before ZeroMQ drops new ones (a monitor wants the latest, not all).
     ``context``: shared ZeroMQ context; default the process-wide ``zmq.Context.instance()``.
     ``curve_server_key``, ``curve_client_key``: paths of the publisher's public certificate

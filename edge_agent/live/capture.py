@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from edge_agent.live.beats import WarmUp
 from edge_agent.live.preprocess import Preprocessor
 from edge_agent.live.ringbuffer import AUX_LEN, FLAG_R_WAVE, FLAG_SEAM, FrameRing
 from edge_agent.live.sources import FrameSource, SourceError, SourceFrame, open_source
+from edge_agent.protocol import wire
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ assert len(AUX_KEYS) <= AUX_LEN
 class StreamConfig:
     """One ultrasound feed (YAML: an item of ``streams``).
 
-    id: stream id, 1–64 characters of [A-Za-z0-9_.-] (topic ``lvef.<id>``).
+    id: stream id, 1–64 characters of [A-Za-z0-9_-] (topics ``lvef.<id>.``, ``status.<id>.``).
     source: URI — ``synthetic://?ef=55&hr=70&quality=medium&fps=50``, a video file (.avi, .mp4),
         a DICOM cine (.dcm), ``device://0``, ``rtsp://...``, ``gst://<pipeline>``.
     fps: frames/s to pace a file at (None: the file's own rate).
@@ -61,6 +63,13 @@ class StreamConfig:
     loop: bool = True
     region: str | list[int] = "auto"
     demographics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(wire.STREAM_PATTERN, self.id):
+            raise ValueError(
+                f"id {self.id!r}: a stream id is 1-64 characters of A-Z a-z 0-9 _ - (no dot: it ends the "
+                "stream's topics), e.g. bed1"
+            )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Binds (see :mod:`edge_agent.protocol.transport`):
     windows  PULL   windows and status reports from the windowers
     workers  ROUTER workers: READY credit, windows out, results in
-    publish  XPUB   ``lvef.<stream>``, ``status.<stream>``, ``heartbeat`` to any subscriber
+    publish  XPUB   ``lvef.<stream>.``, ``status.<stream>.``, ``heartbeat`` to any subscriber
 
 Load balancing with credit (the ZeroMQ guide's load-balancing broker): a worker receives a window
 only after it said READY or returned a result, so windows never queue inside a slow worker; they
@@ -382,7 +382,7 @@ class Hub:
             stages=stage_times(result, now),
             truth=truth,
             demo=result.demo if self.cfg.publish_demographics else {},  # patient data: only when asked
-            pub_seq=self._pub_seq(wire.ESTIMATE_PREFIX + name),
+            pub_seq=self._pub_seq(wire.estimate_topic(name)),
         )
         self._publish(estimate.encode())
         st.t_estimate = now
@@ -411,7 +411,7 @@ class Hub:
             queue=len(st.queue),  # windows waiting here for a worker (metrics exporter's queue depth)
             windows_failed=st.failed,
             windows_missing=st.missing,
-            pub_seq=self._pub_seq(wire.STATUS_PREFIX + name),
+            pub_seq=self._pub_seq(wire.status_topic(name)),
             **counts,
         )
         self._publish(status.encode())

@@ -13,25 +13,26 @@ pipeline's stages build and read those; the published messages' module functions
 plain maps, what subscribers keep, print and store as JSON (``Estimate.decode`` and the like give
 the typed view).
 
-Schema version 1 (``SCHEMA_VERSION``)
+Schema version 2 (``SCHEMA_VERSION``)
 -------------------------------------
 
 | Message   | Path                                  | Frames                                              |
 |-----------|---------------------------------------|-----------------------------------------------------|
 | window    | capture/windower → inference worker   | 0: msgpack header map · 1: raw pixels, C order      |
-| estimate  | worker → publisher → subscribers      | 0: topic ``lvef.<stream>`` · 1: msgpack body map    |
-| status    | publisher → subscribers               | 0: topic ``status.<stream>`` · 1: msgpack body map  |
+| estimate  | worker → publisher → subscribers      | 0: topic ``lvef.<stream>.`` · 1: msgpack body map   |
+| status    | publisher → subscribers               | 0: topic ``status.<stream>.`` · 1: msgpack body map |
 | heartbeat | publisher → subscribers               | 0: topic ``heartbeat`` · 1: msgpack body map        |
 
-Every map starts with ``v`` (int, the schema version, 1) and ``kind`` (the message name). Times
+Every map starts with ``v`` (int, the schema version, 2) and ``kind`` (the message name). Times
 ``t…`` are seconds on the capture host's monotonic clock (``time.monotonic()``: comparable between
-processes of one host, not across hosts). ``stream`` is 1–64 characters of ``[A-Za-z0-9_.-]``.
+processes of one host, not across hosts). ``stream`` is 1–64 characters of ``[A-Za-z0-9_-]`` (no
+dot: a topic ends with one, so ``lvef.bed1.`` is no prefix of ``lvef.bed10.``).
 
 Window header (frame 0); frame 1 holds exactly ``prod(shape)`` bytes:
 
 | Key         | Type                 | Meaning                                                            |
 |-------------|----------------------|--------------------------------------------------------------------|
-| `v`         | int                  | schema version, 1                                                  |
+| `v`         | int                  | schema version, 2                                                  |
 | `kind`      | str                  | `"window"`                                                         |
 | `stream`    | str                  | stream id                                                          |
 | `seq`       | int ≥ 0              | window sequence number within the stream                           |
@@ -64,11 +65,11 @@ backend returned NaN, infinite or out-of-range samples), `detail` (str, 1–500 
 error), and the window's `stream` and `seq` when it decoded. The hub counts it in the stream's
 `windows_failed` and gives the worker its credit back; nothing is published for that window.
 
-Estimate body (topic ``lvef.<stream>``):
+Estimate body (topic ``lvef.<stream>.``):
 
 | Key           | Type                 | Meaning                                                          |
 |---------------|----------------------|------------------------------------------------------------------|
-| `v`, `kind`   | int, str             | 1, `"estimate"`                                                  |
+| `v`, `kind`   | int, str             | 2, `"estimate"`                                                  |
 | `stream`      | str                  | stream id, equal to the topic's                                  |
 | `seq`         | int ≥ 0              | the window's `seq`                                               |
 | `frame_seq`   | [int, int]           | the window's `frame_seq`                                         |
@@ -103,11 +104,11 @@ Summary map (the keys of ``edge_agent.model.posterior.PosteriorSummary.to_dict()
 `mean`, `median`, `std`, `q05`, `q25`, `q75`, `q95` (EF %, in [0, 100]); `ci90`, `ci95` ([lo, hi],
 EF %); `p_ef_lt_40`, `p_ef_lt_50` (share of samples, in [0, 1]); `multimodal` (bool).
 
-Status body (topic ``status.<stream>``):
+Status body (topic ``status.<stream>.``):
 
 | Key                | Type             | Meaning                                                      |
 |--------------------|------------------|--------------------------------------------------------------|
-| `v`, `kind`        | int, str         | 1, `"status"`                                                |
+| `v`, `kind`        | int, str         | 2, `"status"`                                                |
 | `stream`           | str              | stream id, equal to the topic's                              |
 | `t`                | float            | time of this status, s                                       |
 | `fps`              | float ≥ 0        | measured capture rate, frames/s (0 when no frames arrive)    |
@@ -139,15 +140,24 @@ Heartbeat body (topic ``heartbeat``): `v`, `kind` (`"heartbeat"`), `host` (str, 
 (int ≥ 0: messages the hub refused since start — malformed windows, reports and results, unknown
 worker messages; each is logged with the field at fault) and `pub_seq` (as in the estimate).
 
-Rules: every number is finite (NaN and ±inf are refused) and every integer fits int64; a key not in
-the table is an error (adding a key means a new version); a message of another version is refused
-with both versions named; a key marked optional may be absent. Limits: window header ≤ 64 KiB,
+Rules: every number is finite (NaN and ±inf are refused) and every integer fits int64; a message of
+another version is refused with both versions named; a key marked optional may be absent. Additive
+fields: within a version, new optional keys may appear at the top level of the published messages
+(estimate, status, heartbeat); subscribers ignore keys they do not know (these decoders drop them),
+so adding one is not a new version. Removing or renaming a key, changing a type or a topic
+is. Between edge-agent's own processes (window, result, failure) a key not in the table is an
+error. :func:`json_schema` gives every message as JSON Schema (``edge-agent schema``), built from the
+same field checks the codec uses. Limits: window header ≤ 64 KiB,
 window pixels exactly ``prod(shape)`` bytes, result header ≤ 64 KiB and samples exactly
 4 × ``n_samples`` bytes, failure map ≤ 4 KiB, topic ≤ 128 bytes, body ≤ 256 KiB, at most 64 items
 per msgpack array or map, no msgpack bin or ext values.
 
-ZeroMQ SUB filters by prefix, so subscribing to ``lvef.bed1`` also receives ``lvef.bed10``: compare
-the decoded ``stream`` when one stream is wanted.
+ZeroMQ SUB filters by prefix: subscribe to ``lvef.bed1.`` for bed 1's estimates alone (the trailing
+dot keeps out ``lvef.bed10.``), ``lvef.`` for every stream's, ``status.bed1.``, ``heartbeat``.
+:func:`estimate_topic` and :func:`status_topic` build them.
+
+Versions: 1 (to 2026-12-04) had topics without the trailing dot, dots allowed in stream ids, and
+refused unknown keys everywhere; 2 (2026-12-05) is this table.
 """
 
 from __future__ import annotations
@@ -166,7 +176,7 @@ import numpy as np
 from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS, demographics_vector
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WINDOW_SHAPE = (CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE)
 WINDOW_DTYPE = "uint8"
 MAX_SHAPE = (64, 1024, 1024)  # frames, height, width
@@ -180,7 +190,9 @@ MAX_INT = 2**63 - 1  # int64: every consumer language can hold it
 # "blank", "frozen", "saturated": most of the last second's frames were (live/frame_checks.py).
 SIGNAL_STATES = ("ok", "lost", "stale", "blank", "frozen", "saturated")
 ESTIMATE_PREFIX, STATUS_PREFIX, HEARTBEAT_TOPIC = "lvef.", "status.", "heartbeat"
+TOPIC_END = "."  # ends every stream's topic: no stream's topic is a prefix of another's
 NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+STREAM_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # no dot: see TOPIC_END
 # Control frames: the first frame of a worker's message to the hub (after the ROUTER's identity
 # frame): READY (then the worker's incarnation) asks for a window, RESULT precedes a result's two
 # frames, FAILED a failure map.
@@ -205,7 +217,18 @@ Check = Callable[[Any, str], Any]
 # ---------------------------------------------------------------- field checks
 # Each check takes (value, field name) and returns the value normalised to plain Python types
 # (int, float, str, bool, None, list, dict), or raises WireError naming the field. Encoders and
-# decoders share them, so a producer can never send what a consumer would refuse.
+# decoders share them, so a producer can never send what a consumer would refuse. Each also carries
+# the JSON Schema of what it accepts (``check.schema``, see json_schema), so the published schema
+# and the codec cannot drift apart.
+
+
+def _described(check: Check, schema: dict[str, Any]) -> Check:
+    check.schema = schema  # type: ignore[attr-defined]
+    return check
+
+
+def _schema_of(check: Check) -> dict[str, Any]:
+    return check.schema  # type: ignore[attr-defined]
 
 
 # repr of untrusted values for error messages: short, and bounded in depth, because a hostile
@@ -227,7 +250,7 @@ def _int(lo: int, hi: int = MAX_INT) -> Check:
             raise WireError(f"{name}: must be an integer >= {lo} {limit}, got {value}")
         return int(value)
 
-    return check
+    return _described(check, {"type": "integer", "minimum": lo, "maximum": hi})
 
 
 def _float(lo: float | None = None, hi: float | None = None, gt: float | None = None) -> Check:
@@ -250,13 +273,17 @@ def _float(lo: float | None = None, hi: float | None = None, gt: float | None = 
             raise WireError(f"{name}: must be > {gt}, got {number}")
         return number
 
-    return check
+    bounds = {"minimum": lo, "maximum": hi, "exclusiveMinimum": gt}
+    return _described(check, {"type": "number", **{k: v for k, v in bounds.items() if v is not None}})
 
 
-def _bool(value: Any, name: str) -> bool:
+def _check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise WireError(f"{name}: expected true or false, got {_show(value)}")
     return bool(value)
+
+
+_bool = _described(_check_bool, {"type": "boolean"})
 
 
 def _text(pattern: str, what: str) -> Check:
@@ -267,7 +294,7 @@ def _text(pattern: str, what: str) -> Check:
             raise WireError(f"{name}: expected {what}, got {_show(value)}")
         return value
 
-    return check
+    return _described(check, {"type": "string", "pattern": f"^{pattern}$", "description": what})
 
 
 def _choice(options: tuple[str, ...]) -> Check:
@@ -276,14 +303,14 @@ def _choice(options: tuple[str, ...]) -> Check:
             raise WireError(f"{name}: expected one of {list(options)}, got {_show(value)}")
         return value
 
-    return check
+    return _described(check, {"enum": list(options)})
 
 
 def _optional(inner: Check) -> Check:
     def check(value: Any, name: str) -> Any:
         return None if value is None else inner(value, name)
 
-    return check
+    return _described(check, {"anyOf": [_schema_of(inner), {"type": "null"}]})
 
 
 def _pair(inner: Check) -> Check:
@@ -297,7 +324,8 @@ def _pair(inner: Check) -> Check:
             raise WireError(f"{name}: first {first} is after last {last}; send [first, last]")
         return [first, last]
 
-    return check
+    item = _schema_of(inner)
+    return _described(check, {"type": "array", "prefixItems": [item, item], "items": False, "minItems": 2})
 
 
 def _number_map(keys: Mapping[str, Check] | None, max_len: int) -> Check:
@@ -319,18 +347,30 @@ def _number_map(keys: Mapping[str, Check] | None, max_len: int) -> Check:
             out[key] = (keys[key] if keys is not None else any_number)(item, f"{name}.{key}")
         return out
 
+    if keys is None:
+        schema = {
+            "propertyNames": {"pattern": f"^{NAME_PATTERN}$"},
+            "additionalProperties": _schema_of(any_number),
+        }
+    else:
+        schema = {"properties": {k: _schema_of(c) for k, c in keys.items()}, "additionalProperties": False}
+    return _described(check, {"type": "object", "maxProperties": max_len, **schema})
+
     return check
 
 
-def _record(required: Mapping[str, Check], optional: Mapping[str, Check] | None = None) -> Check:
-    """A map with exactly the ``required`` keys plus any of the ``optional`` ones; nothing else."""
+def _record(
+    required: Mapping[str, Check], optional: Mapping[str, Check] | None = None, open_: bool = False
+) -> Check:
+    """A map with the ``required`` keys plus any of the ``optional`` ones; any other key is an error,
+    or with ``open_`` (published messages: additive fields) dropped."""
     optional = optional or {}
 
     def check(value: Any, name: str) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise WireError(f"{name}: expected a msgpack map, got {type(value).__name__}")
         for key in value:
-            if key not in required and key not in optional:
+            if key not in required and key not in optional and not open_:
                 raise WireError(
                     f"{name}: unknown key {_show(key)} in schema v{SCHEMA_VERSION}; "
                     f"allowed keys are {[*required, *optional]}"
@@ -345,13 +385,21 @@ def _record(required: Mapping[str, Check], optional: Mapping[str, Check] | None 
                 out[key] = inner(value[key], f"{name}.{key}")
         return out
 
-    return check
+    properties = {k: _schema_of(c) for k, c in {**required, **optional}.items()}
+    schema = {"type": "object", "required": list(required), "properties": properties}
+    return _described(check, {**schema, "additionalProperties": open_})
 
 
 def _check_message(
-    value: Any, name: str, kind: str, required: Mapping[str, Check], optional: Mapping[str, Check]
+    value: Any,
+    name: str,
+    kind: str,
+    required: Mapping[str, Check],
+    optional: Mapping[str, Check],
+    open_: bool = False,
 ) -> dict[str, Any]:
-    """Version and kind first, so a message of another version fails on ``v``, not on its keys."""
+    """Version and kind first, so a message of another version fails on ``v``, not on its keys;
+    ``open_``: unknown keys are dropped (published messages), else refused."""
     if not isinstance(value, Mapping):
         raise WireError(f"{name}: expected a msgpack map, got {type(value).__name__}")
     version = value.get("v")
@@ -362,11 +410,18 @@ def _check_message(
         )
     if value.get("kind") != kind:
         raise WireError(f"{name}.kind: expected {kind!r}, got {_show(value.get('kind'))}")
-    fields = {"v": _int(0), "kind": _choice((kind,)), **required}
-    return _record(fields, optional)(value, name)
+    return _message_record(kind, required, optional, open_)(value, name)
 
 
-_STREAM = _text(NAME_PATTERN, "a stream id of 1-64 characters of [A-Za-z0-9_.-]")
+def _message_record(
+    kind: str, required: Mapping[str, Check], optional: Mapping[str, Check], open_: bool
+) -> Check:
+    """The whole map of one message kind: ``v`` (this version), ``kind``, then its fields."""
+    version = _described(_int(SCHEMA_VERSION, SCHEMA_VERSION), {"const": SCHEMA_VERSION})
+    return _record({"v": version, "kind": _choice((kind,)), **required}, optional, open_)
+
+
+_STREAM = _text(STREAM_PATTERN, "a stream id of 1-64 characters of [A-Za-z0-9_-]")
 _SEQ = _int(0)
 _TIME = _float()
 _HR = _optional(_float(gt=0.0))
@@ -608,6 +663,18 @@ def _check_shape(value: Any, name: str) -> tuple[int, int, int]:
     return (int(value[0]), int(value[1]), int(value[2]))
 
 
+_described(
+    _check_shape,
+    {
+        "type": "array",
+        "prefixItems": [{"type": "integer", "minimum": 1, "maximum": cap} for cap in MAX_SHAPE],
+        "items": False,
+        "minItems": len(MAX_SHAPE),
+    },
+)
+_WINDOW_HEADER = {**_WINDOW_FIELDS, "shape": _check_shape, "dtype": _choice((WINDOW_DTYPE,))}
+
+
 def _check_frames(frames: Any) -> None:
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
         what = f"{frames.dtype} array" if isinstance(frames, np.ndarray) else type(frames).__name__
@@ -661,8 +728,7 @@ def decode_window(
     if len(parts) != 2:
         raise WireError(f"window: expected 2 frames (msgpack header, pixels), got {len(parts)}")
     header = _unpack(parts[0], "window header", MAX_HEADER_BYTES)
-    required = {**_WINDOW_FIELDS, "shape": _check_shape, "dtype": _choice((WINDOW_DTYPE,))}
-    fields = _check_message(header, "window", "window", required, _WINDOW_OPTIONAL)
+    fields = _check_message(header, "window", "window", _WINDOW_HEADER, _WINDOW_OPTIONAL)
     shape = fields["shape"]
     if expected_shape is not None and shape != tuple(expected_shape):
         raise WireError(
@@ -795,7 +861,8 @@ MAX_DETAIL_CHARS = 500
 MAX_FAILURE_BYTES = 4096
 _FAILURE_FIELDS: dict[str, Check] = {
     "reason": _choice(FAILURE_REASONS),
-    "detail": _text(rf"(?s).{{1,{MAX_DETAIL_CHARS}}}", f"1-{MAX_DETAIL_CHARS} characters of text"),
+    # Any text: [\s\S] rather than (?s). so the JSON Schema (ECMA-262 regex) says the same.
+    "detail": _text(rf"[\s\S]{{1,{MAX_DETAIL_CHARS}}}", f"1-{MAX_DETAIL_CHARS} characters of text"),
 }
 _FAILURE_OPTIONAL: dict[str, Check] = {"stream": _STREAM, "seq": _SEQ}
 
@@ -852,15 +919,23 @@ def _encode_published(
     required: Mapping[str, Check],
     optional: Mapping[str, Check],
 ) -> list[bytes | memoryview]:
-    """Fill in ``v``, ``kind`` (and ``stream``) where the body lacks them, validate, pack."""
+    """Fill in ``v``, ``kind`` (and ``stream``) where the body lacks them, validate, pack. A key the
+    schema does not have is refused here: only subscribers skip unknown keys."""
     filled = {"v": SCHEMA_VERSION, "kind": kind, **({} if stream is None else {"stream": stream}), **body}
     message = _check_message(filled, kind, kind, required, optional)
     if stream is not None:
         _topic_stream(message, stream, kind)
-    return [
-        (topic + ("" if stream is None else stream)).encode("ascii"),
-        _pack(message),
-    ]
+    return [(topic if stream is None else topic + stream + TOPIC_END).encode("ascii"), _pack(message)]
+
+
+def estimate_topic(stream: str) -> str:
+    """The topic of one stream's estimates, ``lvef.<stream>.`` (subscribe to exactly this stream)."""
+    return ESTIMATE_PREFIX + _STREAM(stream, "stream") + TOPIC_END
+
+
+def status_topic(stream: str) -> str:
+    """The topic of one stream's status, ``status.<stream>.``."""
+    return STATUS_PREFIX + _STREAM(stream, "stream") + TOPIC_END
 
 
 def _topic_stream(body: Mapping[str, Any], stream: str, kind: str) -> None:
@@ -869,14 +944,14 @@ def _topic_stream(body: Mapping[str, Any], stream: str, kind: str) -> None:
 
 
 def encode_estimate(stream: str, body: Mapping[str, Any]) -> list[bytes | memoryview]:
-    """(stream id, estimate body) → [b"lvef.<stream>", msgpack body]. ``v``, ``kind`` and ``stream``
+    """(stream id, estimate body) → [b"lvef.<stream>.", msgpack body]. ``v``, ``kind`` and ``stream``
     are filled in when the body lacks them. Raises WireError naming a missing or wrong field."""
     _STREAM(stream, "estimate.stream")
     return _encode_published("estimate", ESTIMATE_PREFIX, stream, body, _ESTIMATE_FIELDS, _ESTIMATE_OPTIONAL)
 
 
 def encode_status(stream: str, body: Mapping[str, Any]) -> list[bytes | memoryview]:
-    """(stream id, status body) → [b"status.<stream>", msgpack body]; as :func:`encode_estimate`."""
+    """(stream id, status body) → [b"status.<stream>.", msgpack body]; as :func:`encode_estimate`."""
     _STREAM(stream, "status.stream")
     return _encode_published("status", STATUS_PREFIX, stream, body, _STATUS_FIELDS, _STATUS_OPTIONAL)
 
@@ -908,21 +983,25 @@ def _decode_published(
     topic = _read_topic(parts)
     if not topic.startswith(prefix):
         raise WireError(f"topic: {topic!r} is not a {kind} topic ({prefix}...)")
-    body = _check_message(_unpack(parts[1], f"{kind} body", MAX_BODY_BYTES), kind, kind, required, optional)
+    raw = _unpack(parts[1], f"{kind} body", MAX_BODY_BYTES)
+    body = _check_message(raw, kind, kind, required, optional, open_=True)  # additive fields: skipped
     if "stream" in required:
-        _topic_stream(body, _STREAM(topic[len(prefix) :], "topic stream"), kind)
+        if not topic.endswith(TOPIC_END):
+            raise WireError(f"topic: {topic!r} does not end with {TOPIC_END!r} ({prefix}<stream>{TOPIC_END})")
+        _topic_stream(body, _STREAM(topic[len(prefix) : -len(TOPIC_END)], "topic stream"), kind)
     elif topic != prefix:
         raise WireError(f"topic: expected {prefix!r}, got {topic!r}")
     return body
 
 
 def decode_estimate(parts: Sequence[FrameLike]) -> dict[str, Any]:
-    """[b"lvef.<stream>", msgpack body] → validated estimate body (plain dict, lists for pairs)."""
+    """[b"lvef.<stream>.", msgpack body] → validated estimate body (plain dict, lists for pairs);
+    keys this version does not know are dropped (additive fields)."""
     return _decode_published(parts, "estimate", ESTIMATE_PREFIX, _ESTIMATE_FIELDS, _ESTIMATE_OPTIONAL)
 
 
 def decode_status(parts: Sequence[FrameLike]) -> dict[str, Any]:
-    """[b"status.<stream>", msgpack body] → validated status body."""
+    """[b"status.<stream>.", msgpack body] → validated status body."""
     return _decode_published(parts, "status", STATUS_PREFIX, _STATUS_FIELDS, _STATUS_OPTIONAL)
 
 
@@ -941,14 +1020,53 @@ def decode_published(parts: Sequence[FrameLike]) -> dict[str, Any]:
     if topic == HEARTBEAT_TOPIC:
         return decode_heartbeat(parts)
     raise WireError(
-        f"topic: {topic!r} is none of {ESTIMATE_PREFIX}<stream>, {STATUS_PREFIX}<stream>, {HEARTBEAT_TOPIC}"
+        f"topic: {topic!r} is none of {ESTIMATE_PREFIX}<stream>{TOPIC_END}, "
+        f"{STATUS_PREFIX}<stream>{TOPIC_END}, {HEARTBEAT_TOPIC}"
     )
+
+
+def json_schema() -> dict[str, Any]:
+    """Every message of this schema version as JSON Schema (draft 2020-12): ``$defs`` holds one
+    schema per kind (its msgpack map), built from the field checks the codec itself uses. The
+    published kinds (estimate, status, heartbeat) allow additional properties (additive fields);
+    the internal ones do not. Frames besides the map (topic, pixels, samples) are described in
+    each schema's ``description``."""
+    kinds = {
+        "window": (
+            _WINDOW_HEADER,
+            _WINDOW_OPTIONAL,
+            "frame 0 of a window; frame 1: the raw uint8 pixels, C order",
+        ),
+        "result": (_RESULT_FIELDS, _RESULT_OPTIONAL, "frame 0 after RESULT; frame 1: n_samples float32 EF %"),
+        "failure": (_FAILURE_FIELDS, _FAILURE_OPTIONAL, "the map after FAILED"),
+        "estimate": (
+            _ESTIMATE_FIELDS,
+            _ESTIMATE_OPTIONAL,
+            f"body on topic {ESTIMATE_PREFIX}<stream>{TOPIC_END}",
+        ),
+        "status": (_STATUS_FIELDS, _STATUS_OPTIONAL, f"body on topic {STATUS_PREFIX}<stream>{TOPIC_END}"),
+        "heartbeat": (_HEARTBEAT_FIELDS, _HEARTBEAT_OPTIONAL, f"body on topic {HEARTBEAT_TOPIC}"),
+    }
+    published = {"estimate", "status", "heartbeat"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"edge-agent wire schema, version {SCHEMA_VERSION} (edge_agent.protocol.wire)",
+        "description": "msgpack maps; every number is finite (NaN and infinities are refused, which JSON "
+        "cannot say) and every integer fits int64",
+        "$defs": {
+            kind: {
+                **_schema_of(_message_record(kind, required, optional, kind in published)),
+                "description": what,
+            }
+            for kind, (required, optional, what) in kinds.items()
+        },
+    }
 
 
 @dataclass(frozen=True)
 class Estimate(_Message):
     """An estimate (see the estimate body table above): one beat's posterior summary and the running
-    one, published by the hub on ``lvef.<stream>``.
+    one, published by the hub on ``lvef.<stream>.``.
 
     frame_seq, t, t_ready: the window's; t_published: s (monotonic clock). beat: the summary map
     (``PosteriorSummary.to_dict()``); running: the same plus ``n_beats``. latency_ms: the window's
@@ -990,7 +1108,7 @@ class Estimate(_Message):
 
 @dataclass(frozen=True)
 class Status(_Message):
-    """A stream's status (see the status body table above): the hub's on ``status.<stream>``, and a
+    """A stream's status (see the status body table above): the hub's on ``status.<stream>.``, and a
     windower's report to the hub, which has neither ``queue``, the HUB_COUNTERS nor ``pub_seq``.
 
     t: s (monotonic clock); fps: frames/s; hr_bpm: beats/min or None; signal: one of

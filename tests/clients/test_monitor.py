@@ -317,7 +317,7 @@ def test_subscriber_receives_dedupes_and_survives_invalid_messages(ctx: zmq.Cont
         pub.send_multipart(estimate_parts(seq=1))
         pub.send_multipart(estimate_parts(seq=1))  # re-sent, as a last-value cache does
         pub.send_multipart([b"lvef.bed1", b"\xc1"])  # not msgpack
-        pub.send_multipart([b"lvef.bed1", msgpack.packb({"v": 2, "kind": "estimate"})])
+        pub.send_multipart([b"lvef.bed1", msgpack.packb({"v": 3, "kind": "estimate"})])
         pub.send_multipart([b"lvef.bed1"])  # one frame
         pub.send_multipart(status_parts())
         pub.send_multipart(estimate_parts(seq=2))
@@ -441,7 +441,7 @@ def test_subscribe_json_writes_json_lines_and_stops_at_count(ctx: zmq.Context, t
     messages = [json.loads(line) for line in lines]
     assert {m["kind"] for m in messages} >= {"estimate", "status", "heartbeat"}
     for m in messages:
-        assert m["v"] == 1 and T_RECEIVED not in m
+        assert m["v"] == 2 and T_RECEIVED not in m
         if m["kind"] == "estimate":
             assert isinstance(m["running"]["ci90"], list) and m["truth"]["ef"] >= 50.0
 

@@ -515,7 +515,7 @@ ESTIMATES = st.fixed_dictionaries(
     },
     optional={"truth": st.dictionaries(st.sampled_from(["ef", "ef_running", "other"]), FINITE)},
 )
-STREAMS = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
+STREAMS = st.from_regex(wire.STREAM_PATTERN, fullmatch=True)
 
 
 @FAST
@@ -543,7 +543,7 @@ def test_estimate_row_maps_every_valid_estimate(stream: str, body: dict[str, Any
         assert row[f"stage_{name}_ms"] == body["stages"].get(name)
     truth = body.get("truth", {})
     assert (row["truth_ef"], row["truth_ef_running"]) == (truth.get("ef"), truth.get("ef_running"))
-    assert json.loads(row["message"]) == {"v": 1, "kind": "estimate", "stream": stream, **body}
+    assert json.loads(row["message"]) == {"v": 2, "kind": "estimate", "stream": stream, **body}
     assert row["received_unix"] == received and re.fullmatch(
         r"\d{4}-\d\d-\d\dT[\d:.]{15}Z", row["received_utc"]
     )
@@ -565,7 +565,7 @@ def test_record_count_option_stops_the_recorder(tmp_path: Path) -> None:
     """``--count`` ends a run after that many records, with the summary written to the session row."""
     db = tmp_path / "rec.db"
     pub = Publisher()
-    proc = start_recorder(db, pub.endpoint, "--count", "3", "--topic", "lvef.bed1")
+    proc = start_recorder(db, pub.endpoint, "--count", "3", "--topic", "lvef.bed1.")
     try:
         pub.wait_subscriber()
         for seq in range(6):

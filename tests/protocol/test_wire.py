@@ -31,7 +31,7 @@ def make_window(frames: np.ndarray | None = None, **overrides: Any) -> wire.Wind
     if frames is None:
         frames = np.random.default_rng(0).integers(0, 256, wire.WINDOW_SHAPE, dtype=np.uint8)
     fields: dict[str, Any] = {
-        "stream": "bed-1.a_2",
+        "stream": "bed-1_a2",
         "seq": 7,
         "frame_seq": (100, 151),
         "t": (12.5, 13.52),
@@ -153,9 +153,9 @@ def test_window_decodes_a_zmq_frame_like_object_without_copying() -> None:
 def test_window_header_is_msgpack_with_the_documented_keys() -> None:
     header = msgpack.unpackb(wire.encode_window(make_window())[0], raw=False)
     assert header == {
-        "v": 1,
+        "v": 2,
         "kind": "window",
-        "stream": "bed-1.a_2",
+        "stream": "bed-1_a2",
         "seq": 7,
         "frame_seq": [100, 151],
         "t": [12.5, 13.52],
@@ -170,7 +170,7 @@ def test_window_header_is_msgpack_with_the_documented_keys() -> None:
         "demo": {"age_years": 61.0, "sex_male": 1.0},
         "truth": {"ef": 55.0},
     }
-    assert wire.SCHEMA_VERSION == 1
+    assert wire.SCHEMA_VERSION == 2
 
 
 def test_result_round_trip_carries_the_window_metadata_and_samples() -> None:
@@ -296,17 +296,17 @@ def test_window_missing_key_is_named(key: str) -> None:
         wire.decode_window(parts)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", 1.0, True, None])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", 2.0, True, None])
 def test_window_other_version_names_both_versions(version: Any) -> None:
     parts = with_map(wire.encode_window(make_window()), 0, setter(("v",), version))
-    with pytest.raises(WireError, match=r"window\.v: schema version .* not supported.*speaks version 1"):
+    with pytest.raises(WireError, match=r"window\.v: schema version .* not supported.*speaks version 2"):
         wire.decode_window(parts)
 
 
 def test_version_is_checked_before_the_keys() -> None:
-    # A v2 header may have other keys: the error must blame the version, not a key.
-    parts = with_map(wire.encode_window(make_window()), 0, lambda h: h.update(v=2, new_field=1))
-    with pytest.raises(WireError, match=r"window\.v: schema version 2"):
+    # A v3 header may have other keys: the error must blame the version, not a key.
+    parts = with_map(wire.encode_window(make_window()), 0, lambda h: h.update(v=3, new_field=1))
+    with pytest.raises(WireError, match=r"window\.v: schema version 3"):
         wire.decode_window(parts)
 
 
@@ -327,7 +327,7 @@ def test_window_needs_two_frames(count: int) -> None:
 
 
 def test_oversized_header_is_refused_before_parsing() -> None:
-    header = msgpack.packb({"v": 1, "pad": "x" * wire.MAX_HEADER_BYTES})
+    header = msgpack.packb({"v": 2, "pad": "x" * wire.MAX_HEADER_BYTES})
     with pytest.raises(WireError, match=r"window header: \d+ bytes exceeds the 65536-byte limit"):
         wire.decode_window([header, b""])
 
@@ -343,17 +343,17 @@ class Boom:
     "header",
     [
         pickle.dumps(Boom()),
-        pickle.dumps({"v": 1, "kind": "window"}),
+        pickle.dumps({"v": 2, "kind": "window"}),
         b"",
         b"\xc1",  # reserved msgpack byte
         msgpack.packb([1, "window"]),
-        msgpack.packb({"v": 1}) + b"\x00",  # trailing bytes
+        msgpack.packb({"v": 2}) + b"\x00",  # trailing bytes
         msgpack.packb({1: "int key"}),
-        msgpack.packb({"v": 1, "kind": "window", "truth": {"ef": msgpack.ExtType(1, b"x")}}),
-        msgpack.packb({"v": 1, "kind": "window", "stream": b"bytes"}, use_bin_type=True),
-        msgpack.packb({"v": 1, "kind": "window", "big": list(range(wire.MAX_CONTAINER_LEN + 1))}),
-        msgpack.packb({"v": 1, "kind": "window", "t_sent": msgpack.Timestamp(1, 0)}, datetime=False),
-        msgpack.packb({"v": 1, "kind": "window", "\udcff": 1}, unicode_errors="surrogateescape"),
+        msgpack.packb({"v": 2, "kind": "window", "truth": {"ef": msgpack.ExtType(1, b"x")}}),
+        msgpack.packb({"v": 2, "kind": "window", "stream": b"bytes"}, use_bin_type=True),
+        msgpack.packb({"v": 2, "kind": "window", "big": list(range(wire.MAX_CONTAINER_LEN + 1))}),
+        msgpack.packb({"v": 2, "kind": "window", "t_sent": msgpack.Timestamp(1, 0)}, datetime=False),
+        msgpack.packb({"v": 2, "kind": "window", "\udcff": 1}, unicode_errors="surrogateescape"),
         # 1000 nested arrays: within msgpack's stack limit, beyond a plain repr()'s recursion limit.
         b"\x83"  # a map of 3: v, kind, and a stream nested 1000 arrays deep
         + b"".join(msgpack.packb(x) for x in ("v", 1, "kind", "window", "stream"))
@@ -425,9 +425,9 @@ def test_summary_keys_are_those_of_posterior_summary() -> None:
 def test_estimate_round_trip() -> None:
     body = estimate_body()
     parts = wire.encode_estimate("bed-1", body)
-    assert parts[0] == b"lvef.bed-1"
+    assert parts[0] == b"lvef.bed-1."
     out = wire.decode_estimate([bytes(p) for p in parts])
-    assert out == {"v": 1, "kind": "estimate", "stream": "bed-1", **body}
+    assert out == {"v": 2, "kind": "estimate", "stream": "bed-1", **body}
     assert list(out["beat"]) == list(summary().keys())
     assert wire.decode_published(parts) == out
 
@@ -442,9 +442,9 @@ def test_estimate_without_truth_and_with_numpy_values() -> None:
 
 def test_status_round_trip() -> None:
     parts = wire.encode_status("bed-1", status_body())
-    assert parts[0] == b"status.bed-1"
+    assert parts[0] == b"status.bed-1."
     out = wire.decode_status(parts)
-    assert out == {"v": 1, "kind": "status", "stream": "bed-1", **status_body()}
+    assert out == {"v": 2, "kind": "status", "stream": "bed-1", **status_body()}
     assert wire.decode_published(parts) == out
 
 
@@ -452,14 +452,14 @@ def test_heartbeat_round_trip() -> None:
     parts = wire.encode_heartbeat(heartbeat_body())
     assert parts[0] == b"heartbeat"
     out = wire.decode_heartbeat(parts)
-    assert out == {"v": 1, "kind": "heartbeat", **heartbeat_body()}
+    assert out == {"v": 2, "kind": "heartbeat", **heartbeat_body()}
     assert wire.decode_published(parts) == out
 
 
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (setter(("v",), 2), "estimate.v"),
+        (setter(("v",), 3), "estimate.v"),
         (setter(("kind",), "status"), "estimate.kind"),
         (setter(("stream",), "bed-2"), "estimate.stream"),
         (setter(("seq",), -1), "estimate.seq"),
@@ -497,7 +497,9 @@ def test_estimate_refusals_name_the_field(change: Callable[[dict[str, Any]], Non
     [
         (b"status.bed-1", r"topic: 'status.bed-1' is not a estimate topic"),
         (b"lvef.", r"topic stream"),
-        (b"lvef.bed 1", r"topic stream"),
+        (b"lvef.bed 1.", r"topic stream"),
+        (b"lvef.bed.1.", r"topic stream"),  # v2: no dot inside a stream id
+        (b"lvef.bed-1", r"does not end with '\.'"),  # a v1 topic
         (b"lvef.\xff", r"topic: not ASCII"),
         (b"lvef." + b"x" * wire.MAX_TOPIC_BYTES, r"topic: \d+ bytes exceeds"),
     ],
@@ -509,7 +511,7 @@ def test_estimate_topic_refusals(topic: bytes, pattern: str) -> None:
 
 
 def test_body_limit_and_frame_count() -> None:
-    big = msgpack.packb({"v": 1, "pad": "x" * wire.MAX_BODY_BYTES})
+    big = msgpack.packb({"v": 2, "pad": "x" * wire.MAX_BODY_BYTES})
     with pytest.raises(WireError, match=r"estimate body: \d+ bytes exceeds the 262144-byte limit"):
         wire.decode_estimate([b"lvef.a", big])
     with pytest.raises(WireError, match=r"topic message: expected 2 frames"):
@@ -660,7 +662,7 @@ def test_typed_result_round_trip_and_refusals() -> None:
 
 # ---------------------------------------------------------------- hypothesis: round trips
 
-STREAMS = st.from_regex(wire.NAME_PATTERN, fullmatch=True)
+STREAMS = st.from_regex(wire.STREAM_PATTERN, fullmatch=True)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 SEQS = st.integers(0, 2**63 - 1)
 
@@ -745,7 +747,7 @@ ESTIMATES = st.fixed_dictionaries(
 @given(STREAMS, ESTIMATES)
 def test_estimate_round_trip_property(stream: str, body: dict[str, Any]) -> None:
     out = wire.decode_published(wire.encode_estimate(stream, body))
-    assert out == {"v": 1, "kind": "estimate", "stream": stream, **body}
+    assert out == {"v": 2, "kind": "estimate", "stream": stream, **body}
 
 
 @FAST
@@ -777,7 +779,7 @@ STATUSES = st.fixed_dictionaries(
 def test_typed_status_round_trip_property(fields: dict[str, Any]) -> None:
     status = wire.Status(**fields)
     parts = status.encode()
-    assert wire.decode_status(parts) == {"v": 1, "kind": "status", **fields}
+    assert wire.decode_status(parts) == {"v": 2, "kind": "status", **fields}
     assert wire.Status.decode(parts) == status
 
 
@@ -924,7 +926,7 @@ def test_fuzz_random_msgpack_documents(doc: Any, rest: list[bytes]) -> None:
     """Any msgpack document, as the first or second frame of a message, gives WireError or a value."""
     packed = msgpack.packb(doc, use_bin_type=True)
     only_wire_errors([packed, *rest])
-    only_wire_errors([b"lvef.bed-1", packed])
+    only_wire_errors([b"lvef.bed-1.", packed])
     only_wire_errors([b"heartbeat", packed])
 
 
@@ -1038,7 +1040,7 @@ def test_result_sample_count_is_capped_before_the_buffer_is_read() -> None:
     with pytest.raises(WireError, match=r"^result\.n_samples: must be an integer >= 1 and <= 4096"):
         wire.decode_result([parts[0], bytes(4 * (wire.MAX_SAMPLES + 1))])
     with pytest.raises(WireError, match=r"^result header: \d+ bytes exceeds the 65536-byte limit"):
-        wire.decode_result([msgpack.packb({"v": 1, "pad": "x" * wire.MAX_HEADER_BYTES}), b""])
+        wire.decode_result([msgpack.packb({"v": 2, "pad": "x" * wire.MAX_HEADER_BYTES}), b""])
 
 
 @FAST
@@ -1063,7 +1065,7 @@ def test_fuzz_version_bumps_are_refused_with_both_versions(
     valid: tuple[Any, list[bytes], int], version: int
 ) -> None:
     decode, parts, index = valid
-    with pytest.raises(WireError, match=rf"\.v: schema version {version} is not supported.*speaks version 1"):
+    with pytest.raises(WireError, match=rf"\.v: schema version {version} is not supported.*speaks version 2"):
         decode(with_map(parts, index, setter(("v",), version)))
 
 
@@ -1081,14 +1083,14 @@ def test_failure_round_trip_and_refusals() -> None:
     with pytest.raises(WireError, match=r"^failure: expected 1 frame"):
         wire.decode_failure([part, part])
     with pytest.raises(WireError, match=r"^failure: \d+ bytes exceeds the 4096-byte limit"):
-        wire.decode_failure([msgpack.packb({"v": 1, "kind": "failure", "detail": "y" * 5000})])
+        wire.decode_failure([msgpack.packb({"v": 2, "kind": "failure", "detail": "y" * 5000})])
     with pytest.raises(WireError, match=r"^failure\.detail"):
         wire.decode_failure(with_map([part], 0, setter(("detail",), "z" * 501)))
 
 
 def test_typed_failure_reads_what_the_worker_sent() -> None:
     (part,) = wire.encode_failure("bad_samples", "40 are NaN", make_window(seq=12))
-    assert wire.Failure.decode([part]) == wire.Failure("bad_samples", "40 are NaN", "bed-1.a_2", 12)
+    assert wire.Failure.decode([part]) == wire.Failure("bad_samples", "40 are NaN", "bed-1_a2", 12)
     unreadable = wire.Failure.decode(wire.encode_failure("invalid_window", "no msgpack"))
     assert unreadable.stream is None and unreadable.seq is None
     with pytest.raises(WireError, match=r"^failure\.detail"):
@@ -1098,7 +1100,7 @@ def test_typed_failure_reads_what_the_worker_sent() -> None:
 def test_status_and_heartbeat_carry_the_bad_input_counters() -> None:
     body = status_body(signal="blank", **BAD_INPUT_COUNTERS)
     assert wire.decode_status(wire.encode_status("bed-1", body)) == {
-        "v": 1,
+        "v": 2,
         "kind": "status",
         "stream": "bed-1",
         **body,
@@ -1111,3 +1113,81 @@ def test_status_and_heartbeat_carry_the_bad_input_counters() -> None:
     assert wire.decode_heartbeat(wire.encode_heartbeat(heartbeat_body(invalid=3)))["invalid"] == 3
     with pytest.raises(WireError, match=r"^heartbeat\.invalid: expected an integer"):
         wire.encode_heartbeat(heartbeat_body(invalid=1.5))
+
+
+# ---------------------------------------------------------------- v2: topics, additive fields, JSON Schema
+
+
+def test_a_subscriber_of_bed1_does_not_get_bed10() -> None:
+    """Real PUB/SUB: the trailing dot makes a stream's topic no prefix of another's."""
+    import zmq
+
+    with zmq.Context() as ctx:
+        pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        sub.subscribe(wire.estimate_topic("bed1").encode())
+        sub.subscribe(wire.status_topic("bed1").encode())
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        got: list[dict[str, Any]] = []
+        for _ in range(200):  # the slow-joiner: publish until the subscription has arrived
+            for stream in ("bed1", "bed10", "bed1x"):
+                pub.send_multipart(wire.encode_estimate(stream, estimate_body()))
+                pub.send_multipart(wire.encode_status(stream, status_body()))
+            while sub.poll(10):
+                got.append(wire.decode_published(sub.recv_multipart()))
+            if len(got) >= 20:
+                break
+        for sock in (pub, sub):
+            sock.close(linger=0)
+    assert len(got) >= 20 and {m["stream"] for m in got} == {"bed1"}
+    assert {m["kind"] for m in got} == {"estimate", "status"}
+    assert wire.estimate_topic("bed1") == "lvef.bed1." and wire.status_topic("bed10") == "status.bed10."
+    with pytest.raises(WireError, match="stream id"):
+        wire.estimate_topic("bed.1")
+
+
+def test_subscribers_skip_keys_a_later_publisher_adds_but_publishers_never_send_unknown_ones() -> None:
+    topic, body = wire.encode_estimate("bed1", estimate_body())
+    newer = msgpack.unpackb(body, raw=False) | {"new_field": [1, 2], "another": {"x": 1}}
+    decoded = wire.decode_estimate([topic, msgpack.packb(newer)])
+    assert decoded == wire.decode_estimate([topic, body])  # the unknown keys are dropped
+    status_topic, status = wire.encode_status("bed1", status_body())
+    newer_status = msgpack.unpackb(status, raw=False) | {"frames_warped": 3}
+    assert "frames_warped" not in wire.decode_status([status_topic, msgpack.packb(newer_status)])
+    with pytest.raises(WireError, match="unknown key 'new_field'"):
+        wire.encode_estimate("bed1", {**estimate_body(), "new_field": 1})
+    # Between edge-agent's own processes an unknown key is still an error.
+    header, pixels = wire.encode_window(make_window())
+    extra = msgpack.packb(msgpack.unpackb(header, raw=False) | {"new_field": 1})
+    with pytest.raises(WireError, match="unknown key 'new_field'"):
+        wire.decode_window([extra, pixels])
+
+
+def test_the_json_schema_accepts_what_the_codec_sends_and_refuses_what_it_refuses() -> None:
+    jsonschema = pytest.importorskip("jsonschema")  # in the dev extra
+    schema = wire.json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+    def validator(kind: str):
+        return jsonschema.Draft202012Validator({**schema, "$ref": f"#/$defs/{kind}"})
+
+    sent = {
+        "estimate": wire.encode_estimate("bed1", estimate_body())[1],
+        "status": wire.encode_status("bed1", status_body())[1],
+        "heartbeat": wire.encode_heartbeat(heartbeat_body())[1],
+        "window": wire.encode_window(make_window())[0],
+    }
+    for kind, packed in sent.items():
+        message = msgpack.unpackb(packed, raw=False)
+        assert not list(validator(kind).iter_errors(message)), kind
+        # (JSON has no NaN: the finite-number rule is the codec's alone, stated in the title.)
+        for broken in (
+            message | {"v": 1},
+            message | {"stream": 7} if "stream" in message else message | {"pid": 0},
+        ):
+            assert list(validator(kind).iter_errors(broken)), (kind, broken)
+    estimate = msgpack.unpackb(sent["estimate"], raw=False)
+    assert not list(validator("estimate").iter_errors(estimate | {"new_field": 1}))  # additive
+    window = msgpack.unpackb(sent["window"], raw=False)
+    assert list(validator("window").iter_errors(window | {"new_field": 1}))  # internal: closed
+    assert list(validator("estimate").iter_errors(estimate | {"stream": "bed.1"}))
