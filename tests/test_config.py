@@ -88,3 +88,12 @@ def test_an_error_is_blamed_on_the_file_or_the_command_line_whichever_brought_it
     assert load_agent_config(exposed, ["transport.allow_insecure=true"]).transport.allow_insecure
     assert load_agent_config(good, ["worker.count=3"]).worker.count == 3
     assert good.read_text() == "worker:\n  count: 2\n"
+
+
+def test_a_stream_id_with_a_dot_is_refused_at_load(tmp_path):
+    # The dot ends a stream's topics (lvef.bed1.): inside an id it would make one topic another's prefix.
+    from edge_agent.live.agent import load_agent_config
+
+    with pytest.raises(ConfigError, match=r"streams\[0\].*'bed\.1'.*no dot"):
+        load_agent_config(None, ["streams.0.id=bed.1"])
+    assert load_agent_config(None, ["streams.0.id=bed_1-a"]).streams[0].id == "bed_1-a"
