@@ -127,3 +127,19 @@ def test_the_wheel_runs_the_demo_from_anywhere_without_torch(tmp_path: Path) -> 
         "edge-agent evaluate: needs torch, which the runtime install leaves out: "
         "pip install 'edge-agent[train]' (in a checkout: pip install -e '.[train]')"
     )
+
+
+def test_the_systemd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    """configs/deploy/edge-agent.service, with ExecStart pointed at this environment's edge-agent."""
+    import shutil
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here")
+    exe = Path(sys.executable).with_name("edge-agent")
+    unit = (ROOT / "configs/deploy/edge-agent.service").read_text()
+    assert "ExecStart=/opt/edge-agent/bin/edge-agent run --config /etc/edge-agent/agent.yaml" in unit
+    copy = tmp_path / "edge-agent.service"
+    copy.write_text(unit.replace("/opt/edge-agent/bin/edge-agent", str(exe)))
+    out = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "edge-agent.service" not in out.stderr, out.stderr
