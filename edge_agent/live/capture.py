@@ -28,13 +28,15 @@ import numpy as np
 
 from edge_agent.core.clip import CLIP_SIZE
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
+from edge_agent.core.ratelimit import RateLimitedLog
 from edge_agent.live.beats import WarmUp
 from edge_agent.live.preprocess import Preprocessor
-from edge_agent.live.ringbuffer import AUX_LEN, FLAG_R_WAVE, FLAG_SEAM, FrameRing
+from edge_agent.live.ringbuffer import AUX_LEN, FLAG_R_WAVE, FLAG_SEAM, STATE_NO_SECTOR, STATE_OK, FrameRing
 from edge_agent.live.sources import FrameSource, SourceError, SourceFrame, open_source
 from edge_agent.protocol import wire
 
 log = logging.getLogger(__name__)
+peer_log = RateLimitedLog(log)  # what a source can make us say every second
 
 # Simulator truth and the current demographics travel with each frame in the ring's aux values, in
 # this order (NaN where unknown): demographics may change mid-stream (the simulator's next patient).
@@ -129,6 +131,7 @@ class Capture:
         self.disconnects = 0  # times the source was lost
         self.reconnects = 0  # times it came back
         self._lost = False  # the source failed and is being reopened
+        self._no_sector_said: str | None = None  # the last 'no sector' reason logged
         self._frames_at_reconnect = -1  # frame count at the last reconnect
         self._last_seq, self._t_last_write = -1, time.monotonic()  # the last frame in the ring
 
@@ -197,7 +200,19 @@ class Capture:
         # While the sector is being found the frame waits in self.pre, it is not lost.
         for (t, f, a), pixels in self.pre.push(frame.pixels, (frame.t, flags, aux)):
             self._write(pixels, t, f, a)
+        self._say_no_sector(self.pre.pre.no_sector)
         return True
+
+    def _say_no_sector(self, why: str | None) -> None:
+        """A warm-up that found no ultrasound sector is logged (once per second of trying, rate-
+        limited) and told to the readers through the ring's state, which their status reports."""
+        assert self.ring is not None
+        state = STATE_OK if why is None else STATE_NO_SECTOR
+        if state != self.ring.state:
+            self.ring.set_state(state)
+        if why is not None and why != self._no_sector_said:
+            peer_log.warning(f"no-sector-{self.stream.id}", "capture %s: %s", self.stream.id, why)
+        self._no_sector_said = why
 
     def _lose(self, why: str) -> None:
         """The source failed: close it and try to reopen it after the backoff, which starts afresh

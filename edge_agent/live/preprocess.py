@@ -158,6 +158,7 @@ class Preprocessor:
     it copied (auto: the sector found; the rest of the square, overlays included, is black).
     dropped: warm-up frames discarded because nothing moved in them (frozen screen) or because
     the frame size changed before the sector was found; auto mode then warms up again.
+    no_sector: why the last warm-up found no sector (None once one is found, or before a try).
     """
 
     def __init__(self, region: Region = "auto", size: int = 112, warmup_frames: int = 30) -> None:
@@ -174,6 +175,7 @@ class Preprocessor:
         self.box: Box | None = None
         self.sector: Box | None = None
         self.dropped = 0
+        self.no_sector: str | None = None
         self._shape: tuple[int, int] | None = None
         self._crop: _Crop | None = None
         self._warmup: list[np.ndarray] = []
@@ -215,11 +217,14 @@ class Preprocessor:
             return None
         try:
             sector = find_sector(np.stack(self._warmup))
-        except SectorError:
-            # Frozen screen: those frames carry nothing; warm up again on the next ones.
+        except SectorError as e:
+            # Frozen screen, or no sector at all: those frames carry nothing; warm up again on the
+            # next ones, and say why (the capture logs it and tells the readers).
             self.dropped += len(self._warmup)
             self._warmup = []
+            self.no_sector = str(e)
             return None
+        self.no_sector = None
         self._set_box(crop_square(sector, gray.shape), gray.shape, sector)
         self._ready = [self._apply(g) for g in self._warmup[:-1]]
         self._warmup = []

@@ -94,6 +94,7 @@ AUX_LEN = 8  # per-frame auxiliary values (demographics, simulator truth), named
 MAX_INFO_BYTES = 4096
 FLAG_R_WAVE = 1  # bit of Frame.flags: an ECG R wave (end-diastole) falls on this frame
 FLAG_SEAM = 2  # bit of Frame.flags: the scene jumps here (a looped file restarts): no beat spans it
+STATE_OK, STATE_NO_SECTOR = 0, 1  # FrameRing.state: the writer's frames flow / find no ultrasound sector
 _ALIGN = 64  # cache line: a slot's writes never share a line with its neighbours'
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _META_PACK = struct.Struct("=qqdq")  # seq, frame_seq, t, flags, as slot_checksum hashes them
@@ -114,6 +115,8 @@ HEADER_DTYPE = np.dtype(
         ("dtype", "S8"),
         ("closed", np.int64),
         ("written", np.int64),
+        # What the writer is doing when it writes no frames (STATE_*): readers report it.
+        ("state", np.int64),
         # Stream description written once at creation (JSON, e.g. fps, demographics, aux names):
         # readers learn what the writer knows without a side channel.
         ("info_len", np.int64),
@@ -240,6 +243,7 @@ class FrameRing:
 
         self._written = word("written")
         self._closed = word("closed")
+        self._state = word("state")
         meta_offset = _round_up(HEADER_DTYPE.itemsize)
         meta = np.ndarray((self.n_slots,), META_DTYPE, buffer=mm, offset=meta_offset)
         self._seq, self._frame_seq, self._t = meta["seq"], meta["frame_seq"], meta["t"]
@@ -409,6 +413,19 @@ class FrameRing:
         self._count = i + 1
         self._written[0] = self._count  # published only after the slot is complete
 
+    @property
+    def state(self) -> int:
+        """The writer's state (STATE_OK, STATE_NO_SECTOR): why no frames come, when none do."""
+        self._check_open()
+        return int(self._state[0])
+
+    def set_state(self, state: int) -> None:
+        """The writer says what it is doing (STATE_*), for readers to report; one aligned store."""
+        self._check_open()
+        if not self._writer:
+            raise PermissionError(f"ring {self.name!r} is attached read-only: only its writer sets the state")
+        self._state[0] = state
+
     def close(self) -> None:
         """Release the handle; the writer also marks the ring closed and unlinks the segment.
 
@@ -423,7 +440,16 @@ class FrameRing:
                 os.unlink(SHM_DIR / self.name)
             atexit.unregister(self.close)
         # Drop every numpy view first: an mmap with exported buffers refuses to close.
-        del self._written, self._closed, self._seq, self._frame_seq, self._t, self._flags, self._aux
+        del (
+            self._written,
+            self._closed,
+            self._state,
+            self._seq,
+            self._frame_seq,
+            self._t,
+            self._flags,
+            self._aux,
+        )
         del self._check
         del self._data
         mm, self._mm = self._mm, None

@@ -29,7 +29,14 @@ from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
 from edge_agent.live.beats import beat_demographics, cut, forget_old_frames, middle_frame
 from edge_agent.live.cycles import BeatWindow, CycleConfig, CycleDetector
 from edge_agent.live.frame_checks import FrameQuality
-from edge_agent.live.ringbuffer import FLAG_R_WAVE, FLAG_SEAM, FrameRing, RingClosedError, RingReader
+from edge_agent.live.ringbuffer import (
+    FLAG_R_WAVE,
+    FLAG_SEAM,
+    STATE_NO_SECTOR,
+    FrameRing,
+    RingClosedError,
+    RingReader,
+)
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import TransportConfig, socket
 
@@ -249,7 +256,10 @@ class Windower:
         cutoff = now - 1.0
         self._recent = [t for t in self._recent if t >= cutoff]
         lost = now - self._last_frame_t > self.cfg.lost_after_s
-        signal = "lost" if lost else self.quality.state()
+        if lost:  # no frames: the capture may say why (its ring's state)
+            signal = "no_sector" if self.ring is not None and self.ring.state == STATE_NO_SECTOR else "lost"
+        else:
+            signal = self.quality.state()
         if signal != self._signal:  # said once per change: a blank screen for hours is one line
             log.warning(
                 "windower %s: signal %s (frames blank %d, frozen %d, saturated %d; windows withheld %d)",

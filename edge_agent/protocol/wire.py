@@ -116,6 +116,8 @@ Status body (topic ``status.<stream>.``):
 | `signal`           | str              | `"ok"`, `"lost"` (no frames) or `"stale"` (no recent window) |
 |                    |                  | or, when half the last second's frames are bad, `"blank"`,   |
 |                    |                  | `"frozen"` or `"saturated"` (`edge_agent/live/frame_checks.py`) |
+|                    |                  | or `"no_sector"`: frames arrive but no ultrasound sector is  |
+|                    |                  | found in them (noise, a desktop; set the stream's `region`)  |
 | `windows_dropped`  | int ≥ 0          | windows dropped since start                                  |
 | `frames_dropped`   | int ≥ 0          | frames dropped since start (ring overwritten, reader lapped) |
 | `seq_gaps`         | int ≥ 0          | gaps seen in frame sequence numbers since start              |
@@ -188,7 +190,7 @@ MAX_CONTAINER_LEN = 64
 MAX_TRUTH_KEYS = 16
 MAX_INT = 2**63 - 1  # int64: every consumer language can hold it
 # "blank", "frozen", "saturated": most of the last second's frames were (live/frame_checks.py).
-SIGNAL_STATES = ("ok", "lost", "stale", "blank", "frozen", "saturated")
+SIGNAL_STATES = ("ok", "lost", "stale", "blank", "frozen", "saturated", "no_sector")
 ESTIMATE_PREFIX, STATUS_PREFIX, HEARTBEAT_TOPIC = "lvef.", "status.", "heartbeat"
 TOPIC_END = "."  # ends every stream's topic: no stream's topic is a prefix of another's
 NAME_PATTERN = r"[A-Za-z0-9_.-]{1,64}"

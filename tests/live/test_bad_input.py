@@ -39,7 +39,7 @@ from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 from edge_agent.cli import main
 from edge_agent.clients.subscriber import Subscriber
 from edge_agent.config import ConfigError, load_yaml
-from edge_agent.live.agent import SECTIONS, AgentConfig, load_agent_config, parse_agent_config
+from edge_agent.live.agent import SECTIONS, Agent, AgentConfig, load_agent_config, parse_agent_config
 from edge_agent.live.cycles import CycleConfig
 from edge_agent.live.frame_checks import (
     BLANK,
@@ -1037,3 +1037,34 @@ def test_bad_configurations_on_the_command_line_exit_2(
     err = capsys.readouterr().err
     assert err.startswith("edge-agent: configuration error: ") and err.count("\n") == 1
     assert message in err
+
+
+def test_a_video_with_no_ultrasound_sector_is_reported_within_seconds(tmp_path: Path) -> None:
+    """Frames arrive but none has a sector (noise: nothing sector-shaped moves): the stream's status
+    says no_sector and the capture logs why, with the fix, within a few seconds."""
+    path = tmp_path / "noise.avi"
+    rng = np.random.default_rng(0)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    for _ in range(60):
+        writer.write(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    writer.release()
+    cfg = load_agent_config(
+        None,
+        ["transport.publish=ipc://{run}/publish", "supervisor.log_level=WARNING", "worker.count=0"],
+        sources=[str(path)],
+    )
+    agent = Agent(cfg)
+    agent.start()
+    states: list[str] = []
+    try:
+        with Subscriber(agent.endpoints["publish"], topics=["status."]) as sub:
+            end = time.monotonic() + 12.0
+            while time.monotonic() < end and "no_sector" not in states:
+                agent.check()
+                msg = sub.recv(0.1)
+                if msg is not None:
+                    states.append(msg["signal"])
+    finally:
+        agent.stop()
+    assert "no_sector" in states, states
+    assert states.index("no_sector") <= 8  # one status a second, from the stream's start

@@ -527,7 +527,8 @@ def test_encoders_refuse_bad_streams_and_bodies() -> None:
         wire.encode_estimate("a", estimate_body(confidence=0.9))
     with pytest.raises(
         WireError,
-        match=r"^status\.signal: expected one of \['ok', 'lost', 'stale', 'blank', 'frozen', 'saturated'\]",
+        match=r"^status\.signal: expected one of \['ok', 'lost', 'stale', 'blank', 'frozen', 'saturated', "
+        r"'no_sector'\]",
     ):
         wire.encode_status("a", status_body(signal="bad"))
     with pytest.raises(WireError, match=r"^status\.windows_dropped"):
