@@ -147,14 +147,15 @@ class MonitorState:
     def stale_reason(self, stream: str, now: float, stale_after_s: float = 5.0) -> str | None:
         """Why ``stream``'s numbers cannot be trusted as current at ``now`` s, or None when they can.
 
-        Stale when the stream's latest status (newer than its latest estimate) reports the signal
-        lost or stale, when no estimate arrived for longer than ``view.stale_limit_s(stale_after_s)``
-        (counted from the stream's first message until its first estimate), or when a publisher's heartbeat
-        is older than HEARTBEAT_TIMEOUT_S (counted from the first message until the first heartbeat).
+        Stale when the stream's latest status (newer than its latest estimate) reports a signal in
+        NO_FRAMES (lost, stale, no_sector), when no estimate arrived for longer than
+        ``view.stale_limit_s(stale_after_s)`` (counted from the stream's first message until its first
+        estimate), or when a publisher's heartbeat is older than HEARTBEAT_TIMEOUT_S (counted from the
+        first message until the first heartbeat).
         """
         view = self.streams[stream]
         signal = (view.status or {}).get("signal")
-        if signal in ("lost", "stale") and (view.status_at or 0.0) >= (view.estimate_at or 0.0):
+        if signal in NO_FRAMES and (view.status_at or 0.0) >= (view.estimate_at or 0.0):
             return f"signal {signal}"  # the publisher says so: no need to wait out the stale limit
         since = view.first_seen if view.estimate_at is None else view.estimate_at
         if now - since > view.stale_limit_s(stale_after_s):
@@ -291,15 +292,22 @@ def _estimate_lines(est: dict[str, Any], view: StreamView, alarm: bool) -> list[
     return lines
 
 
+# Signal states in which no estimate can come, and how the monitor says so.
+NO_FRAMES = {
+    "lost": "SIGNAL LOST — no frames",
+    "stale": "SIGNAL STALE — no recent window",
+    "no_sector": "NO ULTRASOUND SECTOR in the frames — check the source and its region",
+}
+
+
 def _stream_panel(view: StreamView, state: MonitorState, now: float, stale_after_s: float) -> Panel:
     reason = state.stale_reason(view.stream, now, stale_after_s)
     signal = None if view.status is None else view.status["signal"]
     lines: list[RenderableType] = []
     if reason is not None:
         lines.append(Text(f" STALE — {reason} ", style="bold red reverse"))
-    if signal in ("lost", "stale"):
-        what = "SIGNAL LOST — no frames" if signal == "lost" else "SIGNAL STALE — no recent window"
-        lines.append(Text(f" {what} ", style="bold red reverse"))
+    if signal in NO_FRAMES:
+        lines.append(Text(f" {NO_FRAMES[signal]} ", style="bold red reverse"))
     alarm = bool(lines)
 
     est = view.estimate
