@@ -117,6 +117,16 @@ def _set_option(p: argparse.ArgumentParser, what: str = "a key") -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=f"override {what}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level_option(p: argparse.ArgumentParser, default: str | None, what: str = "log level") -> None:
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=default, help=what)
+
+
+MODEL_HELP = "the model artefact: its stem or any of its files (.pt, .onnx)"
+
+
 def _agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -223,7 +233,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=_shipped_path, default=DEFAULT_MODEL)
+    p.add_argument("--model", type=_shipped_path, default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--data", help="dataset folder (with --format)")
     p.add_argument("--format", choices=["echonet", "pediatric", "camus"], default="echonet")
     p.add_argument("--split", default="TEST")
@@ -295,7 +305,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _robustness_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=_shipped_path, default=DEFAULT_MODEL)
+    p.add_argument("--model", type=_shipped_path, default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--n", type=COUNT, default=500, help="simulated cines (equal parts good/medium/poor)")
     p.add_argument("--seed", type=int, default=4242, help="simulator seed, never one used in training")
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window")
@@ -403,12 +413,14 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seconds", type=SECONDS, help="stop after this many seconds (default: run until stopped)"
     )
+    _log_level_option(p, None, "the agent's log level (default: the config's supervisor.log_level)")
 
 
 @verb("run", "run the live agent: captures, windowers, workers, hub (Ctrl-C stops)", _run_arguments)
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.live.agent import Agent
 
+    args.set = [*([f"supervisor.log_level={args.log_level}"] if args.log_level else []), *args.set]
     cfg = _agent_config(args)
     _log_to_stderr(cfg.supervisor.log_level, "supervisor")
     agent = Agent(cfg)
@@ -450,7 +462,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
         default="ipc://{run}/publish",
         help="publish endpoint (default: private ipc)",
     )
-    p.add_argument("--log-level", default="WARNING", help="agent log level (the monitor owns the terminal)")
+    _log_level_option(p, "WARNING", "the agent's log level (the monitor owns the terminal)")
 
 
 @verb("demo", "run the agent and the bedside monitor together, then print a summary", _demo_arguments)
@@ -504,11 +516,18 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topic_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--topic",
+        action="append",
+        metavar="PREFIX",
+        help="topic prefix: lvef. (estimates), lvef.bed1. (bed 1's only), status. (repeatable; default all)",
+    )
+
+
 def _subscribe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect", action="append", required=True, type=endpoint_arg, metavar="ENDPOINT")
-    p.add_argument(
-        "--json", action="store_true", default=True, help="one JSON object per line (the only format)"
-    )
+    _topic_option(p)
     p.add_argument("--count", type=COUNT, help="exit after this many messages")
     p.add_argument(
         "--timeout",
@@ -526,6 +545,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         args.connect,
         count=args.count,
         timeout=args.timeout,
+        topics=tuple(args.topic or ("",)),
         curve_server_key=args.curve_server_key,
         curve_client_key=args.curve_client_key,
     )
@@ -590,10 +610,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", type=_shipped_path, default=DEFAULT_MODEL + ".pt", help="checkpoint with its sidecar JSON"
-    )
-    p.add_argument("--out", help="output path stem (default: next to the model)")
+    p.add_argument("--model", type=_shipped_path, default=DEFAULT_MODEL, help=MODEL_HELP)
+    p.add_argument("--out", help="folder for the ONNX graphs and their sidecars (default: the model's)")
     p.add_argument("--k", type=COUNT, default=40, help="posterior samples per window (static in the graph)")
     p.add_argument("--opset", type=int, default=17)
 
@@ -646,7 +664,10 @@ def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recordings", nargs="*", default=[], metavar="PATH", help="videos or DICOM cines too")
     p.add_argument("--out", default="calibration", help="folder for the windows and their manifest")
     p.add_argument(
-        "--model", type=_shipped_path, default=DEFAULT_MODEL + ".onnx", help="the fp32 fused graph"
+        "--model",
+        type=_shipped_path,
+        default=DEFAULT_MODEL,
+        help=MODEL_HELP + "; its fp32 fused graph is used",
     )
     p.add_argument("--force", action="store_true", help="redraw and requantise even when cached")
     p.add_argument(
@@ -720,6 +741,7 @@ def _worker_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ENDPOINT",
         help="the hub's workers endpoint, tcp://host:port",
     )
+    _log_level_option(p, None, "the worker's log level (default: the config's supervisor.log_level)")
 
 
 @verb("worker", "run one inference worker against a hub on another host", _worker_arguments)
@@ -727,6 +749,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from edge_agent.live.agent import remote_worker
     from edge_agent.protocol.security import client_keys, scheme
 
+    args.set = [*([f"supervisor.log_level={args.log_level}"] if args.log_level else []), *args.set]
     cfg = _agent_config(args)
     if scheme(args.connect) == "tcp":
         client_keys(cfg.transport)  # key errors now, not after the model has loaded
@@ -737,12 +760,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, metavar="PATH", help="the SQLite recording (made when absent)")
     _publish_endpoints(p)
-    p.add_argument(
-        "--topic",
-        action="append",
-        metavar="PREFIX",
-        help="topic prefix: lvef. (estimates), lvef.bed1. (bed 1's only), status. (repeatable; default all)",
-    )
+    _topic_option(p)
     p.add_argument(
         "--synchronous",
         type=str.upper,
@@ -760,7 +778,7 @@ def _record_arguments(p: argparse.ArgumentParser) -> None:
         metavar="OUT",
         help="export instead: estimates to OUT, status and gaps beside it (OUT.status.csv, OUT.gaps.csv)",
     )
-    p.add_argument("--log-level", default="INFO")
+    _log_level_option(p, "INFO")
     _curve_options(p)
 
 
@@ -817,7 +835,7 @@ def _metrics_arguments(p: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to serve on (default loopback only; no authentication)"
     )
     p.add_argument("--seconds", type=float, help="stop after this many seconds (default: until stopped)")
-    p.add_argument("--log-level", default="INFO")
+    _log_level_option(p, "INFO")
     _curve_options(p)
 
 
@@ -854,7 +872,7 @@ def _soak_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-s", type=float, help="s before the memory baseline (default 60)")
     _set_option(p, "an agent key")
     p.add_argument("--out", default="runs/soak", help="folder for report.md, soak.json and soak.png")
-    p.add_argument("--log-level", default="WARNING")
+    _log_level_option(p, "WARNING")
 
 
 @verb(
@@ -883,9 +901,15 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edge-agent", description=__doc__)
+    p = _Parser(
+        prog="edge-agent",
+        description="Streaming LVEF posterior monitor (MCSDR). Start with `edge-agent demo`; "
+        "`edge-agent VERB --help` for one verb's options. Exit status: 0 done, 1 a check failed or "
+        "the agent stopped on a fault, 2 a usage or configuration mistake (one line on stderr says "
+        "which and how to fix it).",
+    )
     p.add_argument("--version", action="version", version=f"edge-agent {package_version('edge-agent')}")
-    sub = p.add_subparsers(dest="verb", required=True)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     for v in VERBS:
         verb_parser = sub.add_parser(v.name, help=v.summary, formatter_class=_HelpFormatter)
         v.add_arguments(verb_parser)

@@ -90,8 +90,9 @@ class Step(nn.Module):
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """model: artefact (.pt + .json); out: ONNX path stem (default: next to the model); k: samples
-    per window (static in the graph); max_batch: windows per call the graph is checked with."""
+    """model: artefact (its stem or .pt, with the .json sidecar); out: folder for the graphs, named
+    after the artefact (default: the artefact's folder); k: samples per window (static in the
+    graph); max_batch: windows per call the graph is checked with."""
 
     model: str = "engines/mcsdr_default.pt"
     out: str | None = None
@@ -277,7 +278,8 @@ def export(req: ExportRequest) -> dict[str, Path]:
     """
     model, side = load_model(req.model)
     model = model.float().eval()
-    stem = Path(req.out) if req.out else Path(req.model).with_suffix("")
+    stem = Path(req.model).with_suffix("")  # the artefact's stem: engines/mcsdr_default
+    stem = Path(req.out) / stem.name if req.out else stem
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = {
         "fused": stem.with_suffix(".onnx"),

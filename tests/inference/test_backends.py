@@ -54,7 +54,8 @@ def test_shipped_onnx_agrees_with_torch_within_005_ef_points() -> None:
 
 
 def test_export_writes_the_fused_graph_its_parts_and_sidecars(tmp_path: Path) -> None:
-    paths = export(ExportRequest(model=str(MODEL), out=str(tmp_path / "m"), k=8))
+    paths = export(ExportRequest(model=str(MODEL), out=str(tmp_path), k=8))
+    assert paths["fused"] == tmp_path / "mcsdr_default.onnx"  # --out is a folder: named after the model
     assert sorted(paths) == ["encoder", "fused", "step"]
     fused = json.loads(Path(f"{paths['fused']}.json").read_text())
     assert [i["name"] for i in fused["inputs"]] == ["video", "demo", "demo_mask", "noise"]
@@ -74,7 +75,7 @@ def test_export_writes_the_fused_graph_its_parts_and_sidecars(tmp_path: Path) ->
 def test_export_refuses_a_graph_that_disagrees_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(export_mod, "TOLERANCE_EF", -1.0)  # no graph can meet it: the check must fire
     with pytest.raises(ExportError, match="differs from the torch model"):
-        export(ExportRequest(model=str(MODEL), out=str(tmp_path / "m"), k=4))
+        export(ExportRequest(model=str(MODEL), out=str(tmp_path), k=4))
     assert list(tmp_path.iterdir()) == []
 
 

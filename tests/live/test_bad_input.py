@@ -320,7 +320,7 @@ def _garbage_for_the_windows_socket() -> list[list[bytes]]:
         [os.urandom(64), os.urandom(1000)],
         [b""],
         _remap(valid, 0, lambda h: h.update(t_sent=math.nan)),
-        _remap(valid, 0, lambda h: h.update(v=2)),
+        _remap(valid, 0, lambda h: h.update(v=3)),  # another schema version
         _remap(valid, 0, lambda h: h.update(dtype="float32")),
         _remap(valid, 0, lambda h: h.update(demo={"age_years": math.inf})),
         [bytes(valid[0]), bytes(valid[1])[:-1]],  # truncated pixels
@@ -525,7 +525,7 @@ def test_subscriber_counts_invalid_messages_and_keeps_receiving(tmp_path: Path, 
             pass
         garbage = [
             _remap(heartbeat, 1, lambda b: b.update(uptime_s=math.nan)),
-            _remap(heartbeat, 1, lambda b: b.update(v=2)),
+            _remap(heartbeat, 1, lambda b: b.update(v=3)),
             _remap(heartbeat, 1, lambda b: b.update(invalid=-1)),
             [b"heartbeat", bytes(heartbeat[1])[:-3]],
             [b"lvef.bed1", os.urandom(40)],
@@ -969,7 +969,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     ("args", "message"),
     [
         (("run", "--set", "nonsense"), "override 'nonsense' must look like section.key=value"),
-        (("frobnicate",), "edge-agent: error: argument verb: invalid choice: 'frobnicate'"),
+        (("frobnicate",), "edge-agent: error: argument VERB: invalid choice: 'frobnicate'"),
         (("run", "--seconds", "abc"), "edge-agent run: error: argument --seconds: 'abc' is not a number"),
     ],
 )
