@@ -53,7 +53,7 @@ def coverage_targets(contours: np.ndarray, size: int = 112, grid: int = SIGNAL_G
 
 
 def _case_frames(
-    seed: int, index: int, n_frames: int, generation: int = 1, zoomed: bool = False
+    seed: int, index: int, n_frames: int, generation: int = 1, zoomed: bool = False, low_ef: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """n_frames instants of one simulated patient of ``generation``: (56×56 net inputs (n, 56, 56)
     uint8, coverage (n, 28, 28)).
@@ -62,9 +62,11 @@ def _case_frames(
     (−0.2…+0.25 s): the detector times ED from there, so the net must be right there (valve closure,
     atrial kick, isovolumic plateau), not only on average over the beat. ``zoomed``: the whole
     acquisition is seen through :func:`_zoom_out` (one framing per patient, as a real recording).
+    ``low_ef``: EF drawn uniform in 15–40 % (dilated, hypokinetic hearts: a small area swing).
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    case = draw_case(rng, quality=QUALITIES[index % 3], generation=generation)
+    ef = float(np.random.default_rng([seed, index, 1]).uniform(15.0, 40.0)) if low_ef else None
+    case = draw_case(rng, ef=ef, quality=QUALITIES[index % 3], generation=generation)
     case = dataclasses.replace(case, hrv=float(rng.uniform(0.02, 0.12)))
     phantom = make_phantom(case, rng, duration_s=20.0)
     eds = np.array([b.t_ed for b in phantom.beats])
@@ -104,12 +106,20 @@ def _share(i: int, share: float) -> bool:
 
 
 def _render_set(
-    seed: int, n_cases: int, frames_per_case: int, workers: int, gen2_share: float, zoom_share: float
+    seed: int,
+    n_cases: int,
+    frames_per_case: int,
+    workers: int,
+    gen2_share: float,
+    zoom_share: float,
+    low_ef_share: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """_case_frames of cases 0…n_cases−1 (``gen2_share`` of them generation 2, ``zoom_share`` of them
-    zoomed out, each spread evenly), in ``workers`` processes → (inputs, targets) stacked per case."""
+    zoomed out, each spread evenly; ``low_ef_share`` low-EF, drawn independently of both), in
+    ``workers`` processes → (inputs, targets) stacked per case."""
+    low_ef = np.random.default_rng([seed, 2]).random(n_cases) < low_ef_share
     args = [
-        (seed, i, frames_per_case, 2 if _share(i, gen2_share) else 1, _share(i, zoom_share))
+        (seed, i, frames_per_case, 2 if _share(i, gen2_share) else 1, _share(i, zoom_share), bool(low_ef[i]))
         for i in range(n_cases)
     ]
     if workers > 1:
@@ -157,12 +167,14 @@ def train_signal_net(
     gen2_share: float = 0.5,
     zoom_share: float = 0.3,
     width: int = 16,
+    low_ef_share: float = 0.0,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """Train the LV-area signal net on simulated patients; returns its weights and held-out metrics.
 
     ``gen2_share`` of the patients (training and held out) are generation 2 (real-echo image
     statistics, wide domain randomisation), the rest generation 1; ``zoom_share`` are seen zoomed out
-    and dimmed (:func:`_zoom_out`). ``width``: the hidden layers' channels (:func:`signal_layers`).
+    and dimmed (:func:`_zoom_out`); ``low_ef_share`` have an EF of 15–40 % (more of the hearts whose
+    small swing makes timing hardest). ``width``: the hidden layers' channels (:func:`signal_layers`).
 
     A batch is ``frames_per_batch_case`` frames of each of ``cases_per_batch`` patients. Loss: per-cell
     binary cross-entropy against the contour coverage, plus ``change_weight`` × the squared error of
@@ -176,8 +188,10 @@ def train_signal_net(
     """
     import torch
 
-    x, y = _render_set(seed, n_cases, frames_per_case, workers, gen2_share, zoom_share)
-    hx, hy = _render_set(seed + 1, max(3, n_cases // 5), frames_per_case, workers, gen2_share, zoom_share)
+    x, y = _render_set(seed, n_cases, frames_per_case, workers, gen2_share, zoom_share, low_ef_share)
+    hx, hy = _render_set(
+        seed + 1, max(3, n_cases // 5), frames_per_case, workers, gen2_share, zoom_share, low_ef_share
+    )
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)  # (cases, frames, 56, 56), (cases, frames, 28, 28)
     true_all = yt.sum((2, 3))
