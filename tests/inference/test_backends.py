@@ -172,6 +172,9 @@ def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) 
     text = report_markdown(result)
     assert "## Single stream" in text and "| naive |" in text and "## Live" in text and "## Targets" in text
     assert "| 480x640 RGB |" in text
+    # The ring's CRC, measured apart and judged against the capture stage.
+    crc = targets["ring CRC ≤ 5 % of the capture stage (480×640 RGB frame)"]
+    assert cap["ring CRC"]["n"] >= 3 and crc["measured"].endswith("µs)")
     paths = plot_report(result, tmp_path)
     assert [p.name for p in paths] == ["single_stream_cdf.png", "live_cdf.png", "stages.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
