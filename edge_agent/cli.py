@@ -389,22 +389,25 @@ def _agent_config(args: argparse.Namespace):
 
 
 def _check_sources(cfg) -> None:
-    """Every stream's source is a URI open_source understands and, for a file, exists (checked here,
-    before any process starts, instead of as a capture that dies and restarts)."""
+    """Every stream's source is a URI open_source understands and, for a file, exists and opens (its
+    header read: a broken DICOM or video fails here, in one line, before any process starts, instead
+    of as a capture that dies). Devices and network streams are not opened twice."""
     from edge_agent.live.sources import SourceError, open_source
     from edge_agent.live.sources.base import FileSource
 
     for i, stream in enumerate(cfg.streams):
+        where = f"streams[{i}] ({stream.id}).source"
         try:
             source = open_source(
                 stream.source, fps=stream.fps, loop=stream.loop, demographics=stream.demographics
             )
+            if isinstance(source, FileSource):
+                if not source.path.is_file():
+                    raise ConfigError(f"{where}: {source.path}: no such file; check the path")
+                source.open()
+                source.close()
         except SourceError as e:
-            raise ConfigError(f"streams[{i}] ({stream.id}).source: {e}") from None
-        if isinstance(source, FileSource) and not source.path.is_file():
-            raise ConfigError(
-                f"streams[{i}] ({stream.id}).source: {source.path}: no such file; check the path"
-            )
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:

@@ -88,8 +88,35 @@ def test_config_show_prints_a_config_that_loads_back_to_itself(tmp_path):
     assert again.returncode == 0 and again.stdout == out.stdout
 
 
+def _dicom_claiming(path: Path, rows: int, columns: int, frames: int) -> Path:
+    """A small real cine whose header claims another size (a damaged or hostile file)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.set_pixel_data(
+        np.zeros((6, 64, 64), np.uint8), photometric_interpretation="MONOCHROME2", bits_stored=8
+    )
+    ds.FrameTime = 20.0
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def test_user_mistakes_end_in_one_line_and_exit_2(tmp_path):
+    huge = _dicom_claiming(tmp_path / "huge.dcm", 60000, 60000, 100000)
+    (tmp_path / "huge.yaml").write_text(yaml.safe_dump({"streams": [{"id": "bed1", "source": str(huge)}]}))
     cases = [
+        (("run", "--config", str(tmp_path / "huge.yaml"), "--seconds", "5"), "the header does not match"),
+        (("demo", "--source", str(huge), "--seconds", "5"), "the header does not match"),
         (("evaluate", "--model", str(tmp_path / "nope"), "--synthetic"), "no such model artefact"),
         (("export", "--model", str(tmp_path / "nope.pt")), "no such model artefact"),
         (("calibrate", "--model", str(tmp_path / "nope.onnx")), "the fused ONNX graph"),

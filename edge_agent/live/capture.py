@@ -160,7 +160,9 @@ class Capture:
                 break
             except SourceError as e:
                 if not self.source.live or time.monotonic() + wait > deadline:
-                    raise
+                    # Its message names the file, the problem and the fix: one line, no traceback.
+                    log.error("capture %s: %s", self.stream.id, e)
+                    raise SystemExit(1) from None
                 log.warning(
                     "capture %s: cannot open the source yet (%s); retry in %.1f s", self.stream.id, e, wait
                 )
