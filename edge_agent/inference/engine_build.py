@@ -24,7 +24,7 @@ CUDA bindings: ``cuda-python`` (``from cuda.bindings import runtime as cudart``,
 12.6; the older ``from cuda import cudart`` layout is accepted too), not pycuda, because it is
 what NVIDIA's own TensorRT samples use, it exposes stream capture / CUDA graphs
 (``cudaStreamBeginCapture``, ``cudaGraphInstantiate``, ``cudaGraphLaunch``) which pycuda does not
-wrap, and it installs as a prebuilt wheel (``pip install cuda-python``) on x86_64 and on Jetson
+wrap, and it installs as a prebuilt wheel (``pip install "cuda-python>=12.6,<13"``) on x86_64 and on Jetson
 (aarch64, CUDA 12.6 in JetPack 6) where pycuda has to be compiled against the local toolkit.
 
 Everything that touches ``tensorrt`` or ``cudart`` needs an NVIDIA GPU; the key, path, sidecar and
@@ -55,9 +55,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CACHE_DIRNAME = "cache"  # plans go to <onnx dir>/cache/, i.e. engines/cache/ for engines/*.onnx
 
 INSTALL_HINT = (
-    "install TensorRT's Python bindings: `pip install tensorrt cuda-python` on an x86_64 machine "
-    "with an NVIDIA driver, or on a Jetson flash JetPack 6 (TensorRT 10.3, CUDA 12.6; "
-    "`sudo apt install python3-libnvinfer`) and `pip install cuda-python`"
+    "install TensorRT's Python bindings: `pip install 'edge-agent[tensorrt-cu12]'` (or "
+    "`[tensorrt-cu13]` for a CUDA 13 driver) on an x86_64 machine with an NVIDIA driver, or on a "
+    "Jetson flash JetPack 6.1+ (TensorRT 10.3, CUDA 12.6; `sudo apt install python3-libnvinfer`) "
+    "and `pip install 'cuda-python>=12.6,<13'` (README \"Deploying\")"
 )
 
 

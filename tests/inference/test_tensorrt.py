@@ -36,11 +36,11 @@ def _gpu_reason() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "tensorrt is not installed (pip install tensorrt, or JetPack on a Jetson)"
+        return "tensorrt is not installed (pip install 'edge-agent[tensorrt-cu12]', or JetPack on a Jetson)"
     try:
         cudart = engine_build.import_cudart()
     except EngineBuildError:
-        return "cuda-python is not installed (pip install cuda-python)"
+        return "cuda-python is not installed (pip install 'edge-agent[tensorrt-cu12]')"
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or count < 1:
         return "no CUDA device is present"
@@ -164,10 +164,10 @@ def test_device_strings():
 
 def test_missing_tensorrt_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
-    with pytest.raises(BackendError, match=r"pip install tensorrt.*JetPack"):
+    with pytest.raises(BackendError, match=r"pip install 'edge-agent\[tensorrt-cu12\]'.*JetPack"):
         TensorRTBackend.load(tmp_path / "m", device="cuda:0")
     (tmp_path / "m.onnx").write_bytes(b"onnx")
-    with pytest.raises(EngineBuildError, match="pip install tensorrt"):
+    with pytest.raises(EngineBuildError, match=r"pip install 'edge-agent\[tensorrt-cu12\]'"):
         engine_build.build_engine(tmp_path / "m.onnx", precision="fp32")
 
 
