@@ -13,8 +13,9 @@ newest beat is the one a bedside monitor wants. The oldest waiting window of any
 Peers that take windows and never answer (a hung remote worker, a hostile process on the workers
 endpoint) cannot starve the others: ready workers that have returned a result are served before
 those that never have, and a worker whose window timed out gets no other (its READYs are ignored)
-until it returns a result or a back-off has passed: result_timeout_s, doubling with each timeout in
-a row, at most BENCH_MAX_S. Log lines peers can provoke are rate-limited with counts
+until it returns a well-formed result or a back-off has passed: result_timeout_s, doubling with each
+timeout in a row, at most BENCH_MAX_S (a refused answer neither lifts the bench nor earns
+preference). Log lines peers can provoke are rate-limited with counts
 (:class:`~edge_agent.core.ratelimit.RateLimitedLog`).
 
 Results come back as posterior samples; the hub keeps each stream's running posterior (it is the
@@ -254,14 +255,16 @@ class Hub:
                 "worker-unknown", "hub: unknown message %r from a worker dropped (counted invalid)", kind[:16]
             )
             return
-        self.peers[identity] = _Peer(answered=self.peers.get(identity, _Peer()).answered + 1)
+        peer = self.peers.setdefault(identity, _Peer())
         window = self.in_flight.pop(identity, None)  # (stream, seq, t sent) of its window, if any
         try:
             if kind == wire.FAILED:
                 failure = wire.Failure.decode(parts[2:])
+                self._answered(peer)
                 self._window_failed(window, f"{failure.reason}: {failure.detail}")
             else:
                 result = wire.Result.decode(parts[2:])
+                self._answered(peer)
                 key = (result.stream, result.seq)
                 if key in self.expired:  # counted as dropped when it timed out; it came back after all
                     self.expired.discard(key)
@@ -269,9 +272,23 @@ class Hub:
                 self._publish_estimate(result)
         except wire.WireError as e:
             self.invalid += 1
+            # Not an answer: no preference earned and no bench lifted (its credit comes back, as a
+            # buggy backend's worker must keep serving; answering workers are served first).
             self._window_failed(window, f"its message was refused (counted invalid): {e}")
-        if identity not in self.ready:
+        if identity not in self.ready and time.monotonic() >= peer.benched_until:
             self.ready.append(identity)
+
+    @staticmethod
+    def _answered(peer: _Peer) -> None:
+        """A well-formed result or failure: the worker answers; its timeouts are forgiven."""
+        peer.answered, peer.strikes, peer.benched_until = peer.answered + 1, 0, 0.0
+
+    def _bench(self, peer: _Peer, now: float) -> float:
+        """One more timeout in a row: no window for the back-off, returned (s)."""
+        peer.strikes += 1
+        back_off = min(BENCH_MAX_S, self.cfg.result_timeout_s * 2 ** (peer.strikes - 1))
+        peer.benched_until = now + back_off
+        return back_off
 
     def _window_failed(self, window: tuple[str, int, float] | None, why: str) -> None:
         """A worker gave no usable posterior for the window it had: count it in the stream's
@@ -296,10 +313,7 @@ class Hub:
                 del self.in_flight[identity]
                 self.expired.add((stream, seq))
                 self.streams[stream].dropped += 1
-                peer = self.peers.setdefault(identity, _Peer())
-                peer.strikes += 1
-                back_off = min(BENCH_MAX_S, self.cfg.result_timeout_s * 2 ** (peer.strikes - 1))
-                peer.benched_until = now + back_off
+                back_off = self._bench(self.peers.setdefault(identity, _Peer()), now)
                 peer_log.warning(
                     "worker-timeout",
                     "hub: no result for %s window %d after %.1f s; that worker gets no window for %.1f s",

@@ -305,10 +305,11 @@ def test_a_worker_that_lets_its_window_time_out_is_benched_with_a_growing_back_o
         _pump(hub, 0.6)  # ... timed out again: benched for 1 s now
         assert hub.streams["a"].dropped == 2
         feed(1)
+        mute.send_multipart([b"RESULT", b"\x93garbage"])  # a refused answer does not lift the bench
         for _ in range(3):  # 0.3 s of READYs into the 1 s: all ignored
             mute.send(b"READY")
             _pump(hub, 0.1)
-        assert windows_for(mute) == 0
+        assert windows_for(mute) == 0 and hub.invalid == 1
         # A worker that answers is served first, and returning a result clears a worker's record.
         healthy.send(b"READY")
         _pump(hub, 0.2)
