@@ -157,7 +157,7 @@ def net_weights(net) -> list[tuple[np.ndarray, np.ndarray]]:
 def train_signal_net(
     n_cases: int = 900,
     frames_per_case: int = 32,
-    seed: int = 11,
+    seed: int = 13,
     steps: int = 10000,
     cases_per_batch: int = 8,
     frames_per_batch_case: int = 8,
@@ -167,7 +167,7 @@ def train_signal_net(
     gen2_share: float = 0.5,
     zoom_share: float = 0.3,
     width: int = 16,
-    low_ef_share: float = 0.0,
+    low_ef_share: float = 0.15,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """Train the LV-area signal net on simulated patients; returns its weights and held-out metrics.
 
