@@ -139,6 +139,27 @@ def engine_paths(onnx_path: Path, key: EngineKey, cache_dir: Path | None = None)
     return plan, plan.with_suffix(".json")
 
 
+def plan_dirs(onnx_path: Path) -> tuple[Path, Path]:
+    """Where the plans of ``onnx_path`` are looked for, in order: ``<onnx dir>/cache`` (what the
+    owner of an install built next to the model, e.g. ``sudo edge-agent build-engine``) and this
+    user's cache, ``$XDG_CACHE_HOME/edge-agent/engines`` (default ``~/.cache/edge-agent/engines``):
+    a service user cannot write inside a root-owned install."""
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-agent" / "engines"
+    return Path(onnx_path).parent / CACHE_DIRNAME, user
+
+
+def build_dir(onnx_path: Path) -> Path:
+    """Where a new plan for ``onnx_path`` goes: the first of :func:`plan_dirs` this process may
+    create files in (its nearest existing folder is writable), else the user's cache."""
+    for directory in plan_dirs(onnx_path):
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.is_dir() and os.access(existing, os.W_OK):
+            return directory
+    return plan_dirs(onnx_path)[-1]
+
+
 def cached_engine(onnx_path: Path, key: EngineKey, cache_dir: Path | None = None) -> Path | None:
     """The cached plan for ``onnx_path`` and ``key``, or None (logging why) when it must be rebuilt.
 
@@ -490,7 +511,8 @@ def build_engine(
     cache file, read when present and written after calibrating; calibration_data: iterable of
     dicts input name -> numpy array (B_cal, ...) for INT8 calibration (TensorRT 10 only);
     dla_core: build for that DLA core with GPU fallback; device: CUDA device index; cache_dir:
-    where plans go (default ``<onnx dir>/cache``); force: rebuild even when a cached plan matches.
+    where plans are looked for and go (default: :func:`plan_dirs` searched in order, a new plan in
+    :func:`build_dir`); force: rebuild even when a cached plan matches.
     """
     validate_build_args(precision, max_batch, workspace_mb, dla_core)
     onnx_path = Path(onnx_path)
@@ -500,13 +522,12 @@ def build_engine(
     cudart = import_cudart()
     cuda_call(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
     key = engine_key(precision, max_batch, dla_core, device)
-    cache_dir = Path(cache_dir) if cache_dir is not None else None
-    plan, _side = engine_paths(onnx_path, key, cache_dir)
-    if not force:
-        hit = cached_engine(onnx_path, key, cache_dir)
-        if hit is not None:
-            log.info("reusing engine %s", hit)
-            return hit
+    searched = (Path(cache_dir),) if cache_dir is not None else plan_dirs(onnx_path)
+    plan, _side = engine_paths(onnx_path, key, searched[0] if cache_dir is not None else build_dir(onnx_path))
+    hits = [] if force else [h for d in searched if (h := cached_engine(onnx_path, key, d)) is not None]
+    if hits:
+        log.info("reusing engine %s", hits[0])
+        return hits[0]
     timing_path = Path(timing_cache) if timing_cache is not None else plan.parent / key.timing_cache_name()
     calibration_path = Path(calibration_cache) if calibration_cache is not None else None
     _build_plan(

@@ -90,6 +90,18 @@ def test_engine_paths_default_to_cache_dir_next_to_the_onnx(tmp_path):
     assert plan2.parent == tmp_path / "elsewhere"
 
 
+def test_plans_are_looked_for_next_to_the_model_then_in_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    onnx = tmp_path / "engines" / "m.onnx"
+    beside, user = engine_build.plan_dirs(onnx)
+    assert (beside, user) == (tmp_path / "engines" / "cache", tmp_path / "xdg" / "edge-agent" / "engines")
+    assert engine_build.build_dir(onnx) == beside  # the folder can be made and written: plans go beside
+    # Where nothing can be created next to the model (here its "folder" is a file; in deployment a
+    # root-owned install run by a service user), a new plan goes to the user's cache.
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    assert engine_build.build_dir(tmp_path / "blocked" / "m.onnx") == user
+
+
 def _fake_build(tmp_path: Path, key: EngineKey = KEY) -> tuple[Path, Path]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     onnx = tmp_path / "m.onnx"
