@@ -47,8 +47,11 @@ def _last_status(msgs: list[dict]) -> dict[str, dict]:
 
 
 def test_killed_worker_is_restarted_within_2s_and_the_window_it_held_is_counted(tmp_path: Path) -> None:
+    # One worker, so the one that is frozen is the one serving (the hub prefers workers that have
+    # answered: a second, idle one might never have had a window); a hub queue long enough that
+    # nothing waiting during the freeze overflows, so the held window is the only one dropped.
     sources = [f"synthetic://?seed={s}&hr=90&fps=50&ecg=1" for s in (21, 22)]
-    agent = Agent(_config(sources, "worker.count=2"))
+    agent = Agent(_config(sources, "worker.count=1", "hub.queue_per_stream=16"))
     agent.start()
     msgs: list[dict] = []
     try:
