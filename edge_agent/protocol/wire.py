@@ -224,13 +224,16 @@ Check = Callable[[Any, str], Any]
 # and the codec cannot drift apart.
 
 
-def _described(check: Check, schema: dict[str, Any]) -> Check:
+def _described(check: Check, schema: dict[str, Any] | Callable[[], dict[str, Any]]) -> Check:
+    """Attach the JSON Schema of what ``check`` accepts: a map, or a function making it (records,
+    built on every message, describe themselves only when json_schema asks)."""
     check.schema = schema  # type: ignore[attr-defined]
     return check
 
 
 def _schema_of(check: Check) -> dict[str, Any]:
-    return check.schema  # type: ignore[attr-defined]
+    schema = check.schema  # type: ignore[attr-defined]
+    return schema() if callable(schema) else schema
 
 
 # repr of untrusted values for error messages: short, and bounded in depth, because a hostile
@@ -387,9 +390,16 @@ def _record(
                 out[key] = inner(value[key], f"{name}.{key}")
         return out
 
-    properties = {k: _schema_of(c) for k, c in {**required, **optional}.items()}
-    schema = {"type": "object", "required": list(required), "properties": properties}
-    return _described(check, {**schema, "additionalProperties": open_})
+    def schema() -> dict[str, Any]:
+        properties = {k: _schema_of(c) for k, c in {**required, **optional}.items()}
+        return {
+            "type": "object",
+            "required": list(required),
+            "properties": properties,
+            "additionalProperties": open_,
+        }
+
+    return _described(check, schema)
 
 
 def _check_message(
@@ -419,8 +429,10 @@ def _message_record(
     kind: str, required: Mapping[str, Check], optional: Mapping[str, Check], open_: bool
 ) -> Check:
     """The whole map of one message kind: ``v`` (this version), ``kind``, then its fields."""
-    version = _described(_int(SCHEMA_VERSION, SCHEMA_VERSION), {"const": SCHEMA_VERSION})
-    return _record({"v": version, "kind": _choice((kind,)), **required}, optional, open_)
+    return _record({"v": _VERSION, "kind": _choice((kind,)), **required}, optional, open_)
+
+
+_VERSION = _described(_int(SCHEMA_VERSION, SCHEMA_VERSION), {"const": SCHEMA_VERSION})
 
 
 _STREAM = _text(STREAM_PATTERN, "a stream id of 1-64 characters of [A-Za-z0-9_-]")
