@@ -4,7 +4,8 @@ CAMUS, for tests (the simulator's tests reuse the EchoNet writers).
 The EchoNet "LV" is a dark ellipse on a bright textured background whose size follows
 ``0.8 + 0.2 cos(2π (t - ed_frame) / period)``: largest (ED) at ``ed_frame + k·period``, smallest
 (ES) half a period later, so ED, ES and the period are known exactly. The CAMUS fixture is an
-apical sector (apex top-centre) whose dark LV shrinks from ED to ES.
+apical sector (apex top-centre) whose dark LV shrinks from ED to ES. :func:`dicom_cine` builds an
+ultrasound multi-frame DICOM (the tests that play, break or lie about one share it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 import cv2
 import nibabel as nib
 import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
 ECHONET_SIZE = 112
 BACKGROUND = 150
@@ -333,3 +336,22 @@ def summary_body(mean: float, **extra: object) -> dict[str, object]:
         "multimodal": False,
         **extra,
     }
+
+
+def dicom_cine(frames: np.ndarray, **tags: object) -> Dataset:
+    """A multi-frame MONOCHROME2 8-bit ultrasound DICOM of ``frames`` ((F, H, W) uint8), the extra
+    tags (keyword=value) set after the pixels, so they may also contradict them. Save it with
+    ``.save_as(path, enforce_file_format=True)``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.set_pixel_data(frames, photometric_interpretation="MONOCHROME2", bits_stored=8)
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    return ds

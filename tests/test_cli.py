@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from fixtures import dicom_cine
 
 from edge_agent.cli import build_parser
 
@@ -91,23 +92,10 @@ def test_config_show_prints_a_config_that_loads_back_to_itself(tmp_path):
 def _dicom_claiming(path: Path, rows: int, columns: int, frames: int) -> Path:
     """A small real cine whose header claims another size (a damaged or hostile file)."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.set_pixel_data(
-        np.zeros((6, 64, 64), np.uint8), photometric_interpretation="MONOCHROME2", bits_stored=8
-    )
-    ds.FrameTime = 20.0
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
-    ds.save_as(path, enforce_file_format=True)
+    cine = dicom_cine(np.zeros((6, 64, 64), np.uint8), FrameTime=20.0, Rows=rows, Columns=columns)
+    cine.NumberOfFrames = frames
+    cine.save_as(path, enforce_file_format=True)
     return path
 
 

@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 import yaml
 import zmq
+from fixtures import dicom_cine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+from pydicom.dataset import Dataset
 
 from edge_agent.cli import main
 from edge_agent.clients.subscriber import Subscriber
@@ -657,20 +657,7 @@ def test_fuzz_damaged_avi_gives_frames_or_a_source_error(data: st.DataObject) ->
 
 
 def _dicom(frames: np.ndarray, **tags: Any) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.set_pixel_data(frames, photometric_interpretation="MONOCHROME2", bits_stored=8)
-    ds.FrameTime = 20.0
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    return ds
+    return dicom_cine(frames, **{"FrameTime": 20.0, **tags})
 
 
 def _cine(n: int = 6) -> np.ndarray:

@@ -11,11 +11,10 @@ from urllib.parse import urlencode
 import cv2
 import numpy as np
 import pytest
+from fixtures import dicom_cine
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
 from edge_agent.core.demographics import DEMOGRAPHIC_FIELDS
 from edge_agent.live.preprocess import to_gray
@@ -282,19 +281,7 @@ def test_dicom_cine_loops_with_time_increasing() -> None:
 
 def _write_dicom(path: Path, frames: np.ndarray, **tags) -> None:
     """A multi-frame MONOCHROME2 8-bit ultrasound DICOM with the given extra tags (keyword=value)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.set_pixel_data(frames, photometric_interpretation="MONOCHROME2", bits_stored=8)
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
+    dicom_cine(frames, **tags).save_as(path, enforce_file_format=True)
 
 
 def _cine(n: int = 6) -> np.ndarray:
