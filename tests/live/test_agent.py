@@ -213,14 +213,20 @@ def _window(stream: str, seq: int) -> wire.Window:
     )
 
 
-def test_hub_bounds_its_queue_and_balances_by_credit(tmp_path: Path) -> None:
+def _started_hub(tmp_path: Path, cfg: HubConfig) -> tuple[Hub, dict[str, str], zmq.Context, zmq.Socket]:
+    """A hub on private ipc endpoints, a context for the test's peers and a windower's PUSH socket."""
     endpoints = {k: f"ipc://{tmp_path}/{k}" for k in ("windows", "workers", "publish")}
-    hub = Hub(HubConfig(queue_per_stream=2, status_period_s=0.05), TransportConfig(linger_ms=0), endpoints)
+    hub = Hub(cfg, TransportConfig(linger_ms=0), endpoints)
     hub.start()
     ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoints["windows"])
+    return hub, endpoints, ctx, push
+
+
+def test_hub_bounds_its_queue_and_balances_by_credit(tmp_path: Path) -> None:
+    hub, endpoints, ctx, push = _started_hub(tmp_path, HubConfig(queue_per_stream=2, status_period_s=0.05))
     try:
-        push = ctx.socket(zmq.PUSH)
-        push.connect(endpoints["windows"])
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"status.a")
         sub.connect(endpoints["publish"])
@@ -263,13 +269,8 @@ def _pump(hub: Hub, seconds: float) -> None:
 
 
 def test_a_worker_that_lets_its_window_time_out_is_benched_with_a_growing_back_off(tmp_path: Path) -> None:
-    endpoints = {k: f"ipc://{tmp_path}/{k}" for k in ("windows", "workers", "publish")}
-    hub = Hub(HubConfig(queue_per_stream=8, result_timeout_s=0.5), TransportConfig(linger_ms=0), endpoints)
-    hub.start()
-    ctx = zmq.Context()
+    hub, endpoints, ctx, push = _started_hub(tmp_path, HubConfig(queue_per_stream=8, result_timeout_s=0.5))
     try:
-        push = ctx.socket(zmq.PUSH)
-        push.connect(endpoints["windows"])
         mute, healthy = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
         for sock in (mute, healthy):
             sock.connect(endpoints["workers"])
