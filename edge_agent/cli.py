@@ -382,7 +382,10 @@ def _agent_config(args: argparse.Namespace):
     path = args.config
     if path is None and (shipped_default := resolve(DEFAULT_AGENT_CONFIG)).exists():
         path = shipped_default  # from the current directory, else the shipped one
-    cfg = load_agent_config(path, args.set, sources=getattr(args, "source", None))
+    # --log-level (run, worker, demo) is supervisor.log_level; an explicit --set of it wins.
+    level = getattr(args, "log_level", None)
+    overrides = [*([f"supervisor.log_level={level}"] if level else []), *args.set]
+    cfg = load_agent_config(path, overrides, sources=getattr(args, "source", None))
     if hasattr(args, "source"):  # run and demo open the streams: a bad source is an argument error
         _check_sources(cfg)
     return cfg
@@ -423,7 +426,6 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.live.agent import Agent
 
-    args.set = [*([f"supervisor.log_level={args.log_level}"] if args.log_level else []), *args.set]
     cfg = _agent_config(args)
     _log_to_stderr(cfg.supervisor.log_level, "supervisor")
     agent = Agent(cfg)
@@ -472,7 +474,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge_agent.tools.demo import run_demo
 
-    args.set = [f"transport.publish={args.publish}", f"supervisor.log_level={args.log_level}", *args.set]
+    args.set = [f"transport.publish={args.publish}", *args.set]
     cfg = _agent_config(args)
     _log_to_stderr(cfg.supervisor.log_level, "supervisor")
     summary = run_demo(cfg, args.seconds, json_path=args.json)
@@ -752,7 +754,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from edge_agent.live.agent import remote_worker
     from edge_agent.protocol.security import client_keys, scheme
 
-    args.set = [*([f"supervisor.log_level={args.log_level}"] if args.log_level else []), *args.set]
     cfg = _agent_config(args)
     if scheme(args.connect) == "tcp":
         client_keys(cfg.transport)  # key errors now, not after the model has loaded
