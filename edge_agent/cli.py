@@ -462,6 +462,11 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     _source_option(p)
     p.add_argument("--json", help="write the summary JSON here")
     p.add_argument(
+        "--screenshot",
+        metavar="PATH.svg",
+        help="write the monitor screen as it stood when the sources stopped (SVG)",
+    )
+    p.add_argument(
         "--publish",
         type=endpoint_arg,
         default="ipc://{run}/publish",
@@ -477,7 +482,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.set = [f"transport.publish={args.publish}", *args.set]
     cfg = _agent_config(args)
     _log_to_stderr(cfg.supervisor.log_level, "supervisor")
-    summary = run_demo(cfg, args.seconds, json_path=args.json)
+    summary = run_demo(cfg, args.seconds, json_path=args.json, screenshot_path=args.screenshot)
     keys = (
         "n_estimates",
         "mae_vs_truth",

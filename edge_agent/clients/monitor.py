@@ -10,7 +10,9 @@ another host.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -365,6 +367,28 @@ def render(state: MonitorState, now: float, stale_after_s: float = 5.0) -> Rende
         return Group(Text("waiting for estimates…", style="dim"), _footer(state, now))
     panels = [_stream_panel(state.streams[s], state, now, stale_after_s) for s in sorted(state.streams)]
     return Group(Columns(panels), _footer(state, now))
+
+
+def screenshot_svg(
+    messages: Sequence[dict[str, Any]],
+    at: float,
+    stale_after_s: float = 5.0,
+    title: str = "edge-agent monitor",
+) -> str:
+    """The monitor screen as it stood at ``at`` (receive clock, s), drawn as an SVG document.
+
+    ``messages``: received messages (each with its receive time); those received after ``at`` are
+    left out, so a run can be pictured at any moment after it ended.
+    """
+    state = MonitorState()
+    for msg in messages:
+        if msg[T_RECEIVED] <= at:
+            state.apply(msg, msg[T_RECEIVED])
+    columns = max(1, min(len(state.streams), 2)) * (PANEL_WIDTH + 1) + 1
+    console = Console(record=True, width=max(columns, 80), file=io.StringIO(), force_terminal=True)
+    console.print(render(state, at, stale_after_s))
+    # rich names web fonts on a CDN; a bedside network has none, and the monospace fallback suffices.
+    return re.sub(r"@font-face \{.*?\}\s*", "", console.export_svg(title=title), flags=re.S)
 
 
 # ---------------------------------------------------------------- live loop

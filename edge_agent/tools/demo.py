@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from edge_agent.clients.monitor import run_monitor
+from edge_agent.clients.monitor import run_monitor, screenshot_svg
 from edge_agent.clients.subscriber import T_RECEIVED
 from edge_agent.core.metrics import distribution
 from edge_agent.live.agent import Agent, AgentConfig
@@ -134,8 +134,12 @@ def run_demo(
     json_path: str | Path | None = None,
     console: Console | None = None,
     drain_s: float = 3.0,
+    screenshot_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the agent with the monitor for ``seconds`` s; return (and write) the summary."""
+    """Run the agent with the monitor for ``seconds`` s; return (and write) the summary.
+
+    ``screenshot_path``: also write the monitor screen as it stood when the sources stopped (SVG).
+    """
     agent = Agent(cfg)
     messages: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -170,4 +174,7 @@ def run_demo(
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
+    if screenshot_path is not None:
+        Path(screenshot_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(screenshot_path).write_text(screenshot_svg(messages, min(t_stop_sources, time.monotonic())))
     return summary

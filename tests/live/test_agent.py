@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -354,6 +355,8 @@ def test_demo_command_writes_its_summary_and_leaves_nothing(tmp_path: Path) -> N
         "12",
         "--json",
         str(out),
+        "--screenshot",
+        str(tmp_path / "monitor.svg"),
         "--source",
         "synthetic://?ef=60&hr=80&quality=medium&seed=9",
     ]
@@ -365,6 +368,10 @@ def test_demo_command_writes_its_summary_and_leaves_nothing(tmp_path: Path) -> N
     assert 0 < summary["latency_from_ready_ms"]["p50"] <= summary["latency_ms"]["p50"] < 2000
     assert summary["leftovers"] == {"processes": [], "rings": []}
     assert "bed1 #" in done.stdout  # the monitor's line per estimate (output is not a terminal)
+    # The screen as it stood when the sources stopped, drawn although the output was not a terminal.
+    svg = ET.parse(tmp_path / "monitor.svg").getroot()
+    shown = " ".join("".join(t.itertext()) for t in svg.iter("{http://www.w3.org/2000/svg}text"))
+    assert "bed1" in shown and "LVEF" in shown and "signal ok" in shown.replace("\xa0", " ")
 
 
 def _free_port() -> int:
