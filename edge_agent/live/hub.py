@@ -16,7 +16,11 @@ those that never have, and a worker whose window timed out gets no other (its RE
 until it returns a well-formed result or a back-off has passed: result_timeout_s, doubling with each
 timeout in a row, at most BENCH_MAX_S (a refused answer neither lifts the bench nor earns
 preference). Log lines peers can provoke are rate-limited with counts
-(:class:`~edge_agent.core.ratelimit.RateLimitedLog`).
+(:class:`~edge_agent.core.ratelimit.RateLimitedLog`). What the hub remembers of peers is bounded:
+at most MAX_PEERS identities (those unseen the longest, holding no window, are forgotten first, so
+a flood of new identities cannot exhaust memory; a worker forgotten is learned again at its next
+READY, which idle workers repeat), and
+at most MAX_EXPIRED timed-out windows whose late result would still be un-counted.
 
 Results come back as posterior samples; the hub keeps each stream's running posterior (it is the
 one place every beat of a stream meets, whichever worker computed it) and publishes the beat's
@@ -50,6 +54,8 @@ from edge_agent.protocol.transport import TransportConfig, socket
 log = logging.getLogger(__name__)
 peer_log = RateLimitedLog(log)
 BENCH_MAX_S = 300.0  # longest back-off of a worker whose windows keep timing out
+MAX_PEERS = 256  # worker identities remembered (a real deployment has a handful)
+MAX_EXPIRED = 1024  # timed-out windows remembered (their late results are un-counted)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ class _Stream:
 class _Peer:
     """A worker identity, as the hub has seen it answer."""
 
+    last_seen: float  # monotonic s of its last message
+    incarnation: bytes = b""  # its process's, from READY: a new one means it restarted
     answered: int = 0  # results and failures it returned
     strikes: int = 0  # its windows that timed out in a row
     benched_until: float = 0.0  # monotonic s: no window for it (its READY ignored) before this
@@ -129,10 +137,10 @@ class Hub:
         self.streams: dict[str, _Stream] = {}
         self.ready: deque[bytes] = deque()
         self.in_flight: dict[bytes, tuple[str, int, float]] = {}  # worker → (stream, seq, t sent)
-        self.expired: set[tuple[str, int]] = set()
+        self.expired: dict[tuple[str, int], None] = {}  # timed-out windows, oldest first (a set in order)
         self.cache: dict[bytes, list[bytes]] = {}  # topic → last message (last-value cache)
-        self.incarnations: dict[bytes, bytes] = {}  # worker identity → its process's incarnation
         self.peers: dict[bytes, _Peer] = {}  # worker identity → how it has answered
+        self.peers_forgotten = 0
         self.pub_counts: dict[str, int] = {}  # topic → messages published on it
         self.invalid = 0
         self.ctx: zmq.Context | None = None
@@ -234,18 +242,19 @@ class Hub:
 
     def _on_worker(self, parts: list[zmq.Frame]) -> None:
         identity, kind = parts[0].bytes, parts[1].bytes
+        peer = self._peer(identity)
         if kind == wire.READY:
-            incarnation = parts[2].bytes if len(parts) > 2 else b""
-            if self.incarnations.get(identity, incarnation) != incarnation and identity in self.in_flight:
+            incarnation = parts[2].bytes if len(parts) > 2 else peer.incarnation
+            if peer.incarnation not in (b"", incarnation) and identity in self.in_flight:
                 # A new process under a known identity: its predecessor died with this window.
                 stream, seq, _t = self.in_flight.pop(identity)
                 self._stream(stream).dropped += 1
                 log.warning("hub: %s restarted; %s window %d it held is lost", identity.decode(), stream, seq)
-            self.incarnations[identity] = incarnation
+            peer.incarnation = incarnation
             # Idle workers repeat READY (so a restarted hub learns of them): one credit per worker,
             # none while its window is out (the READY crossed the window on the wire) or while it
             # is benched for letting windows time out.
-            benched = time.monotonic() < self.peers.setdefault(identity, _Peer()).benched_until
+            benched = time.monotonic() < peer.benched_until
             if identity not in self.in_flight and identity not in self.ready and not benched:
                 self.ready.append(identity)
             return
@@ -255,7 +264,6 @@ class Hub:
                 "worker-unknown", "hub: unknown message %r from a worker dropped (counted invalid)", kind[:16]
             )
             return
-        peer = self.peers.setdefault(identity, _Peer())
         window = self.in_flight.pop(identity, None)  # (stream, seq, t sent) of its window, if any
         try:
             if kind == wire.FAILED:
@@ -267,7 +275,7 @@ class Hub:
                 self._answered(peer)
                 key = (result.stream, result.seq)
                 if key in self.expired:  # counted as dropped when it timed out; it came back after all
-                    self.expired.discard(key)
+                    del self.expired[key]
                     self._stream(key[0]).dropped -= 1
                 self._publish_estimate(result)
         except wire.WireError as e:
@@ -277,6 +285,27 @@ class Hub:
             self._window_failed(window, f"its message was refused (counted invalid): {e}")
         if identity not in self.ready and time.monotonic() >= peer.benched_until:
             self.ready.append(identity)
+
+    def _peer(self, identity: bytes) -> _Peer:
+        """The record of a worker identity, seen now; past MAX_PEERS the longest unseen are forgotten."""
+        now = time.monotonic()
+        peer = self.peers.pop(identity, None) or _Peer(last_seen=now)
+        peer.last_seen = now
+        self.peers[identity] = peer  # re-inserted: the dict stays in order of last message
+        if len(self.peers) > MAX_PEERS:
+            # Forget a quarter at once (oldest first, never one holding a window): amortised O(1).
+            idle = [i for i in self.peers if i not in self.in_flight][: MAX_PEERS // 4]
+            for gone in idle:
+                del self.peers[gone]
+            self.ready = deque(i for i in self.ready if i in self.peers)
+            self.peers_forgotten += len(idle)
+            peer_log.warning(
+                "peers-forgotten",
+                "hub: over %d worker identities; %d forgotten so far",
+                MAX_PEERS,
+                self.peers_forgotten,
+            )
+        return peer
 
     @staticmethod
     def _answered(peer: _Peer) -> None:
@@ -311,9 +340,11 @@ class Hub:
         for identity, (stream, seq, t_sent) in list(self.in_flight.items()):
             if now - t_sent > self.cfg.result_timeout_s:
                 del self.in_flight[identity]
-                self.expired.add((stream, seq))
+                self.expired[(stream, seq)] = None
+                if len(self.expired) > MAX_EXPIRED:
+                    del self.expired[next(iter(self.expired))]
                 self.streams[stream].dropped += 1
-                back_off = self._bench(self.peers.setdefault(identity, _Peer()), now)
+                back_off = self._bench(self.peers[identity], now)  # in flight: never forgotten
                 peer_log.warning(
                     "worker-timeout",
                     "hub: no result for %s window %d after %.1f s; that worker gets no window for %.1f s",
@@ -330,7 +361,7 @@ class Hub:
                 return
             _t, name = min(waiting)
             # Workers that have answered before those that never have.
-            identity = next((i for i in self.ready if self.peers.get(i, _Peer()).answered), self.ready[0])
+            identity = next((i for i in self.ready if self.peers[i].answered), self.ready[0])
             self.ready.remove(identity)
             _t_sent, window, parts = self.streams[name].queue.popleft()
             try:

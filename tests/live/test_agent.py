@@ -21,6 +21,7 @@ import zmq
 
 from edge_agent.clients.subscriber import T_RECEIVED, Subscriber
 from edge_agent.config import ConfigError
+from edge_agent.live import hub as hub_module
 from edge_agent.live.agent import Agent, AgentConfig, load_agent_config
 from edge_agent.live.hub import Hub, HubConfig
 from edge_agent.live.ringbuffer import SHM_DIR
@@ -267,6 +268,42 @@ def _pump(hub: Hub, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         hub.process(0.01)
+
+
+def test_a_flood_of_worker_identities_is_bounded_and_keeps_the_worker_that_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module, "MAX_PEERS", 16)
+    hub, endpoints, ctx, push = _started_hub(tmp_path, HubConfig(queue_per_stream=8))
+    try:
+        healthy = ctx.socket(zmq.DEALER)
+        healthy.connect(endpoints["workers"])
+        push.send_multipart(wire.encode_window(_window("a", 0)))
+        healthy.send(b"READY")
+        _pump(hub, 0.2)
+        window = wire.decode_window(healthy.recv_multipart())
+        healthy.send_multipart([b"RESULT", *wire.encode_result(window, np.full(40, 50.0), "torch", 1.0, 1.0)])
+        flood = []
+        for i in range(60):  # new identities saying READY, the healthy worker repeating its own
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, b"flood-%d" % i)
+            sock.connect(endpoints["workers"])
+            sock.send(b"READY")
+            flood.append(sock)
+            if i % 8 == 0:
+                healthy.send(b"READY")
+            _pump(hub, 0.01)
+        _pump(hub, 0.2)
+        assert len(hub.peers) <= 16 and hub.peers_forgotten >= 44
+        assert set(hub.ready) <= set(hub.peers)
+        push.send_multipart(wire.encode_window(_window("a", 1)))
+        _pump(hub, 0.2)
+        assert healthy.poll(2000)
+        assert wire.decode_window(healthy.recv_multipart()).seq == 1  # still known, still served first
+        assert not any(sock.poll(0) for sock in flood)
+    finally:
+        ctx.destroy(linger=0)
+        hub.stop()
 
 
 def test_a_worker_that_lets_its_window_time_out_is_benched_with_a_growing_back_off(tmp_path: Path) -> None:
