@@ -98,6 +98,7 @@ def _number(kind: type, lo: float, what: str, strict: bool = False) -> Callable[
 
 
 SECONDS = _number(float, 0.0, "a number of seconds > 0", strict=True)
+SECONDS_OR_0 = _number(float, 0.0, "a number of seconds >= 0")
 COUNT = _number(int, 1, "an integer >= 1")
 
 
@@ -872,13 +873,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _soak_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--minutes", type=float, help="run length (default 10)")
-    p.add_argument("--streams", type=int, help="simulated streams (default 3)")
-    p.add_argument("--workers", type=int, help="local workers (default 2)")
-    p.add_argument("--kill-worker-every-s", type=float, help="s between worker kills (default 45; 0: none)")
-    p.add_argument("--outage-every-s", type=float, help="s between a source's signal losses (default 60)")
-    p.add_argument("--outage-s", type=float, help="length of each signal loss, s (default 5)")
-    p.add_argument("--warmup-s", type=float, help="s before the memory baseline (default 60)")
+    p.add_argument("--seconds", type=SECONDS, help="run length (default 600)")
+    p.add_argument("--streams", type=COUNT, help="simulated streams (default 3)")
+    p.add_argument("--workers", type=COUNT, help="local workers (default 2)")
+    p.add_argument(
+        "--kill-worker-every-s", type=SECONDS_OR_0, help="s between worker kills (default 45; 0: none)"
+    )
+    p.add_argument(
+        "--outage-every-s", type=SECONDS_OR_0, help="s between a source's signal losses (default 60; 0: none)"
+    )
+    p.add_argument("--outage-s", type=SECONDS_OR_0, help="length of each signal loss, s (default 5)")
+    p.add_argument("--warmup-s", type=SECONDS_OR_0, help="s before the memory baseline (default 60)")
     _set_option(p, "an agent key")
     p.add_argument("--out", default="runs/soak", help="folder for report.md, soak.json and soak.png")
     _log_level_option(p, "WARNING")
@@ -886,7 +891,7 @@ def _soak_arguments(p: argparse.ArgumentParser) -> None:
 
 @verb(
     "soak",
-    "run the agent for minutes under injected faults; check memory, leaks and accounting",
+    "run the agent for minutes or hours under injected faults; check memory, leaks and accounting",
     _soak_arguments,
 )
 def cmd_soak(args: argparse.Namespace) -> int:
@@ -895,7 +900,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
     _log_to_stderr(args.log_level, "soak")
     # Options left None keep SoakConfig's defaults (the ones their help names).
-    keys = ("minutes", "streams", "workers", "kill_worker_every_s", "outage_every_s", "outage_s", "warmup_s")
+    keys = ("seconds", "streams", "workers", "kill_worker_every_s", "outage_every_s", "outage_s", "warmup_s")
     cfg = from_mapping(SoakConfig, {k: getattr(args, k) for k in keys if getattr(args, k) is not None})
     result = run_soak(cfg, args.set)
     out = Path(args.out)

@@ -58,7 +58,7 @@ RESTART_LIMIT_S = 2.0  # a killed worker's replacement process must be up within
 class SoakConfig:
     """The soak run (``edge-agent soak`` options).
 
-    minutes: run length. streams, workers, fps: simulated feeds and local workers. loop_s: seconds
+    seconds: run length. streams, workers, fps: simulated feeds and local workers. loop_s: seconds
     each feed renders once and replays (0: render live; costs ≈ 0.2 cores per 50 fps stream).
     kill_worker_every_s: s between SIGKILLs of a random worker (0: none). outage_every_s, outage_s:
     each stream's simulated signal loss, stream i's period stretched by 13 % × i so they do not
@@ -67,7 +67,7 @@ class SoakConfig:
     total RSS growth after warm-up (fraction). seed: which worker dies when.
     """
 
-    minutes: float = 10.0
+    seconds: float = 600.0
     streams: int = 3
     workers: int = 2
     fps: float = 50.0
@@ -81,12 +81,12 @@ class SoakConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.minutes <= 0 or self.streams < 1 or self.workers < 1:
-            raise ValueError("minutes must be > 0, streams and workers >= 1")
-        if self.warmup_s + SAMPLES_PER_END * self.sample_every_s >= 60.0 * self.minutes:
+        if self.seconds <= 0 or self.streams < 1 or self.workers < 1:
+            raise ValueError("seconds must be > 0, streams and workers >= 1")
+        if self.warmup_s + SAMPLES_PER_END * self.sample_every_s >= self.seconds:
             raise ValueError(
                 f"warmup_s={self.warmup_s:g} plus {SAMPLES_PER_END} samples of {self.sample_every_s:g} s "
-                f"leave no time to measure in {self.minutes:g} min: run longer or shorten the warm-up"
+                f"leave no time to measure in {self.seconds:g} s: run longer or shorten the warm-up"
             )
 
 
@@ -346,13 +346,13 @@ def _note_restarts(agent: Agent, events: list[dict[str, Any]], t0: float) -> Non
 def _run_with_faults(
     agent: Agent, sub: Subscriber, cfg: SoakConfig, drain_s: float
 ) -> tuple[_Heard, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Start the agent, kill workers and sample its processes for cfg.minutes, then stop the sources
+    """Start the agent, kill workers and sample its processes for cfg.seconds, then stop the sources
     and listen drain_s more; returns what was heard, the kills and the samples."""
     rng = random.Random(cfg.seed)
     heard = _Heard()
     events: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
-    duration = 60.0 * cfg.minutes
+    duration = cfg.seconds
     agent.start()
     t0 = time.monotonic()
     next_kill = cfg.kill_worker_every_s or float("inf")
@@ -417,7 +417,7 @@ def run_soak(cfg: SoakConfig, overrides: Sequence[str] = (), drain_s: float = 5.
     result: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "sources": soak_sources(cfg),
-        "seconds": 60.0 * cfg.minutes,
+        "seconds": cfg.seconds,
         "estimates": heard.estimates,
         "events": events,
         "worker_kills": len(events),
@@ -442,7 +442,7 @@ def report_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         "# edge-agent soak",
         "",
-        f"{cfg['minutes']:g} min, {cfg['streams']} simulated streams at {cfg['fps']:g} fps, "
+        f"{cfg['seconds'] / 60:g} min, {cfg['streams']} simulated streams at {cfg['fps']:g} fps, "
         f"{cfg['workers']} workers; a worker SIGKILLed every {cfg['kill_worker_every_s']:g} s "
         f"({result['worker_kills']} kills); each source lost for {cfg['outage_s']:g} s about every "
         f"{cfg['outage_every_s']:g} s; {result['estimates']} estimates.",

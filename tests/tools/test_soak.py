@@ -48,14 +48,14 @@ def test_window_accounting_finds_windows_lost_silently() -> None:
 
 def test_config_and_sources() -> None:
     with pytest.raises(ValueError, match="no time to measure"):
-        SoakConfig(minutes=1.0, warmup_s=60.0)
+        SoakConfig(seconds=60.0, warmup_s=60.0)
     uris = soak_sources(SoakConfig(streams=2, outage_every_s=20, outage_s=3))
     assert "outage_every_s=20&" in uris[0] and "outage_every_s=22.6&" in uris[1] and "ecg=1" in uris[0]
 
 
 def test_short_soak_with_kills_and_outages_loses_nothing_silently() -> None:
     cfg = SoakConfig(
-        minutes=1.0,
+        seconds=60.0,
         streams=2,
         workers=2,
         loop_s=8.0,
