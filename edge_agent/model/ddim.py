@@ -276,8 +276,9 @@ def ddim_sample(
     Gradients are not disabled here; wrap the call in ``torch.inference_mode()`` for inference.
 
     Args:
-        eps_fn: noise predictor ``eps_fn(x_t (B, 1), t (B,) int64) -> eps (B, 1)`` (conditioning is
-            closed over by the caller).
+        eps_fn: noise predictor ``eps_fn(x_t (B, 1), t (1,) int64) -> eps (B, 1)``: ``t`` is the
+            step's timestep, shared by every row (broadcast it; a constant in a traced graph, so an
+            exporter folds everything computed from it); conditioning is closed over by the caller.
         x_T: starting noise ``(B, 1)``, usually ``N(0, 1)``.
         schedule: the diffusion schedule the predictor was trained with.
         num_inference_steps: ``S``; ``None`` uses ``schedule.num_inference_steps``.
@@ -291,8 +292,7 @@ def ddim_sample(
     coefficients = schedule.step_coefficients(num_inference_steps)
     x = x_T
     for t, (a, b) in zip(timesteps.tolist(), coefficients.tolist(), strict=True):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
-        eps = eps_fn(x, t_batch)
+        eps = eps_fn(x, torch.full((1,), t, dtype=torch.int64, device=x.device))
         if eps.shape != x.shape:
             raise ValueError(f"eps_fn returned shape {tuple(eps.shape)} at t={t}, expected {tuple(x.shape)}")
         # Song et al. 2021, eq. 12 with sigma_t = 0, folded into x_prev = a_i x_t + b_i eps.

@@ -249,16 +249,23 @@ class CrossAttentionBlock(nn.Module):
 
     def keys_values(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, N, D) → k, v (B, H, N, D/H)."""
-        b, n, d = tokens.shape
-        k, v = self.kv(tokens).view(b, n, 2, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        n, d = int(tokens.shape[1]), int(tokens.shape[2])
+        k, v = self.kv(tokens).reshape(-1, n, 2, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         return k, v
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, kk, d = h.shape
+        """h (B, K, D) queries, temb (B or 1, K or 1, D), k, v from :meth:`keys_values` → (B, K, D).
+
+        Shapes other than the batch are read as Python ints (constants in an exported graph: the
+        unrolled sampler then carries no shape arithmetic), and the batch is left to reshape (-1).
+        """
+        kk, d = int(h.shape[1]), int(h.shape[2])
         h = h + self.time(temb)
-        q = self.q(self.norm_q(h)).view(b, kk, self.n_heads, d // self.n_heads).transpose(1, 2)
-        att = F.scaled_dot_product_attention(q, k, v)  # (B, H, K, D/H)
-        h = h + self.out(att.transpose(1, 2).reshape(b, kk, d))
+        dh = d // self.n_heads
+        q = self.q(self.norm_q(h)).reshape(-1, kk, self.n_heads, dh).transpose(1, 2)
+        # The default scale, 1/√d_h, given as a constant: an exporter would compute it from q's shape.
+        att = F.scaled_dot_product_attention(q, k, v, scale=1.0 / math.sqrt(dh))  # (B, H, K, D/H)
+        h = h + self.out(att.transpose(1, 2).reshape(-1, kk, d))
         return h + self.ff(self.norm_ff(h))
 
 
@@ -408,7 +415,8 @@ class MCSDR(nn.Module):
 
     # ----- diffusion head ------------------------------------------------------------------------
     def eps(self, y_t: torch.Tensor, t: torch.Tensor, kv: list[torch.Tensor]) -> torch.Tensor:
-        """Noise prediction. y_t (B, K) noisy targets, t (B, K) int64 timesteps → ε (B, K)."""
+        """Noise prediction. y_t (B, K) noisy targets, t (B, K) int64 timesteps (or any shape that
+        broadcasts to it: (1, 1) for one shared step) → ε (B, K)."""
         # Input preconditioning (as EDM's c_in): divide y_t by its expected std √(ᾱ_t S² + 1 − ᾱ_t)
         # so the network sees unit-scale inputs at every t whatever the target scale S.
         ab = self.alphas_cumprod[t]
@@ -420,11 +428,11 @@ class MCSDR(nn.Module):
         return self.eps_out(h)[..., 0]
 
     def denoiser(self, kv: list[torch.Tensor]) -> EpsFn:
-        """ε_θ closed over one batch's condition, for :func:`ddim_sample`: (y_t (B, K), t (B,)) → ε (B, K).
+        """ε_θ closed over one batch's condition, for :func:`ddim_sample`: (y_t (B, K), t (1,)) → ε (B, K).
 
-        The sampler passes one timestep per row; every trajectory of a window shares it.
+        The sampler passes the step's one timestep: its embedding is computed once, not per row.
         """
-        return lambda y, t: self.eps(y, t[:, None].expand_as(y), kv)
+        return lambda y, t: self.eps(y, t[:, None], kv)
 
     def posterior(
         self,

@@ -7,9 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from edge_agent.core.artefacts import file_sha256
@@ -70,6 +72,14 @@ def test_export_writes_the_fused_graph_its_parts_and_sidecars(tmp_path: Path) ->
     assert [i["name"] for i in step["inputs"]][:2] == ["y", "t"] and step["outputs"][0]["name"] == "eps"
     for p in paths.values():
         assert json.loads(Path(f"{p}.json").read_text())["sha256"] == file_sha256(p)
+    # The unrolled sampler is lean: its ten timestep embeddings are constants (no Sin/Cos left to
+    # run, in fp16 or otherwise) and it adds no shape arithmetic to the encoder's.
+    ops = {
+        name: Counter(n.op_type for n in onnx.load(paths[name]).graph.node) for name in ("fused", "encoder")
+    }
+    assert ops["fused"]["Sin"] == ops["fused"]["Cos"] == 0
+    for shape_op in ("Shape", "ConstantOfShape", "Expand"):
+        assert ops["fused"][shape_op] == ops["encoder"][shape_op], shape_op
 
 
 def test_export_refuses_a_graph_that_disagrees_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:

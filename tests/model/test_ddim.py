@@ -88,7 +88,7 @@ def textbook_ddim(eps_fn, x: torch.Tensor, timesteps: list[int]) -> torch.Tensor
     for k, t in enumerate(timesteps):
         ab_t = REF_AB[t]
         ab_prev = REF_AB[timesteps[k + 1]] if k + 1 < len(timesteps) else 1.0
-        eps = eps_fn(x, torch.full((x.shape[0],), t, dtype=torch.int64))
+        eps = eps_fn(x, torch.full((1,), t, dtype=torch.int64))
         x0_pred = (x - math.sqrt(1.0 - ab_t) * eps) / math.sqrt(ab_t)
         x = math.sqrt(ab_prev) * x0_pred + math.sqrt(1.0 - ab_prev) * eps
     return x
@@ -265,11 +265,12 @@ def test_ddim_sample_matches_textbook_loop_and_golden_value(spacing: str, k: flo
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out, k * x_T, rtol=1e-10, atol=0)
 
-    # A non-linear, timestep-dependent denoiser checks that t_i is passed in order, as int64 (B,).
+    # A non-linear, timestep-dependent denoiser checks that t_i is passed in order, as one int64 (1,)
+    # shared by every row (a constant when traced: see MCSDR.denoiser).
     seen: list[int] = []
 
     def wiggle(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        assert t.shape == (x.shape[0],) and t.dtype == torch.int64
+        assert t.shape == (1,) and t.dtype == torch.int64
         seen.append(int(t[0]))
         return torch.tanh(x) * (t.to(x.dtype)[:, None] / 1000.0) + 0.1
 
@@ -303,7 +304,7 @@ def test_step_reproduces_sampler_and_dtype_follows_input(spacing: str) -> None:
     assert out.dtype == torch.float32 and out.shape == (2, 1)
     y = x
     for i, t in enumerate(sched.timesteps().tolist()):
-        y = sched.step(eps_fn(y, torch.full((2,), t, dtype=torch.int64)), i, y)
+        y = sched.step(eps_fn(y, torch.full((1,), t, dtype=torch.int64)), i, y)
     torch.testing.assert_close(out, y, rtol=0, atol=0)
     with pytest.raises(ValueError, match="step index"):
         sched.step(x, 5, x)
