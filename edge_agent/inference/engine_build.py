@@ -456,6 +456,9 @@ def _configure_precision(
         if precision == "fp32" and (has_half or has_qdq):
             log.warning("fp32 requested but %s carries fp16/Q-DQ types: the typed ONNX decides", onnx_path)
         return None
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default (Ampere and newer): fp32 must mean fp32, or parity with torch slips.
+        config.clear_flag(trt.BuilderFlag.TF32)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # int8 too: layers without int8 kernels fall back to fp16
     if precision != "int8":
@@ -615,15 +618,35 @@ def _build_plan(
     )
     if key.dla_core is not None:
         _configure_dla(trt, builder, config, key.dla_core)
-    timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
+    _use_timing_cache(config, timing_path)
 
     serialized = _serialize(builder, network, config, calibrator, onnx_path)
-    _atomic_write(timing_path, config.get_timing_cache().serialize())
-    _atomic_write(plan, serialized)
+    _atomic_write(plan, serialized)  # the plan first: nothing about the timing cache can lose it
     seconds = time.monotonic() - started
     write_engine_sidecar(plan, key, onnx_path, io, seconds)
+    try:
+        _atomic_write(timing_path, config.get_timing_cache().serialize())
+    except Exception as e:  # only the next build's speed depends on it
+        log.warning("timing cache %s not saved (%s); the next build times its tactics afresh", timing_path, e)
     log.info("built %s in %.0f s (timing cache %s)", plan, seconds, timing_path)
+
+
+def _use_timing_cache(config: Any, timing_path: Path) -> None:
+    """Give the builder the timing cache at ``timing_path``; a missing, corrupt or foreign one
+    (another GPU or TensorRT version) is replaced by an empty cache, with a warning."""
+    blob = timing_path.read_bytes() if timing_path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(blob)
+        accepted = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+    except Exception as e:  # TensorRT raises its own types on a corrupt blob
+        log.debug("timing cache %s: %s", timing_path, e)
+        accepted = False
+    if not accepted and blob:
+        log.warning(
+            "timing cache %s rejected (corrupt or from another device); starting a new one", timing_path
+        )
+    if not accepted:
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 def build_engine_cli(

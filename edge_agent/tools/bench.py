@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from tqdm import tqdm
 from edge_agent.core.metrics import distribution
 from edge_agent.core.shipped import resolve
 from edge_agent.inference.export import random_inputs
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("encoder", "default", "torch", "naive")
 GATINGS = ("ecg", "image")
@@ -149,10 +152,12 @@ def posterior_variants(model: str | Path, threads: int = 1) -> dict[str, Callabl
     pt = Path(model).with_suffix(".pt")
     out: dict[str, Callable[..., np.ndarray]] = {}
     for name in available_backends():
+        # Each backend on the device it runs on: TensorRT on the first GPU, the others on the CPU.
+        device = "cuda:0" if name == "tensorrt" else "cpu"
         try:
-            out[name] = _samples_of(load_backend(name, pt, threads=threads))
-        except BackendError:
-            continue  # e.g. tensorrt without a GPU: not a variant of this machine
+            out[name] = _samples_of(load_backend(name, pt, device=device, threads=threads))
+        except BackendError as e:  # e.g. tensorrt installed on a machine without a GPU
+            log.warning("bench: %s is not a variant of this machine: %s", name, e)
     int8 = pt.with_suffix(".int8.onnx")
     if "onnxruntime" in out and int8.exists():
         out["onnxruntime-int8"] = _samples_of(load_backend("onnxruntime", int8, threads=threads))

@@ -303,7 +303,7 @@ def test_tiny_fp32_engine_matches_onnxruntime(tmp_path):
     onnx = _tiny_onnx(tmp_path / "tiny.onnx")
     backend = TensorRTBackend.load(tmp_path / "tiny", device="cuda:0", precision="fp32")
     try:
-        for b in (1, 3, 8, 11):  # 11 > max batch 8: split in two executions
+        for b in (1, 3, 8, 11):  # 11 > max batch 8: two executions of 8, the second padded
             inputs = _inputs(b, seed=b)
             got = _posterior(backend, inputs)
             assert got.shape == (b, K) and got.dtype == np.float64
@@ -374,6 +374,49 @@ def test_cuda_graph_replay_equals_plain_enqueue(tmp_path):
     finally:
         graphed.close()
         plain.close()
+
+
+@gpu
+def test_a_corrupt_timing_cache_is_replaced_and_the_plan_kept(tmp_path):
+    onnx = _tiny_onnx(tmp_path / "tiny.onnx")
+    key = engine_build.engine_key("fp32", 4)
+    timing = tmp_path / "cache" / key.timing_cache_name()
+    timing.parent.mkdir()
+    timing.write_bytes(b"\x00not a timing cache" * 64)
+    plan = engine_build.build_engine(onnx, precision="fp32", max_batch=4)
+    assert plan.is_file() and plan.with_suffix(".json").is_file()
+    assert timing.read_bytes()[:19] != b"\x00not a timing cache"  # replaced by the new build's
+
+
+@gpu
+def test_batches_over_max_batch_keep_one_shape_and_the_graph(tmp_path):
+    onnx = _tiny_onnx(tmp_path / "tiny.onnx")
+    backend = TensorRTBackend.load(tmp_path / "tiny", device="cuda:0", precision="fp32", max_batch=4)
+    try:
+        for _ in range(3):  # 10 windows: chunks of 4, 4 and 4 (2 padded), one shape throughout
+            inputs = _inputs(10, seed=3)
+            np.testing.assert_allclose(_posterior(backend, inputs), _onnxruntime(onnx, inputs), rtol=1e-3)
+        assert backend.graph_active
+        for b in (1, 4, 1, 4):  # alternating batch sizes: right answers, the graph rebuilt as needed
+            inputs = _inputs(b, seed=b)
+            np.testing.assert_allclose(_posterior(backend, inputs), _onnxruntime(onnx, inputs), rtol=1e-3)
+    finally:
+        backend.close()
+
+
+@gpu
+def test_load_and_close_twenty_times_returns_the_device_memory(tmp_path):
+    from cuda.bindings import runtime as cudart
+
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    TensorRTBackend.load(tmp_path / "tiny", device="cuda:0", precision="fp32").close()  # builds the plan
+    free_before = cudart.cudaMemGetInfo()[1]
+    for _ in range(20):
+        backend = TensorRTBackend.load(tmp_path / "tiny", device="cuda:0", precision="fp32")
+        _posterior(backend, _inputs(2))
+        _posterior(backend, _inputs(2))  # captured: the graph is freed too
+        backend.close()
+    assert cudart.cudaMemGetInfo()[1] >= free_before - (16 << 20)  # within 16 MiB of the baseline
 
 
 @gpu

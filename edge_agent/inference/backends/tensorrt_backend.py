@@ -102,10 +102,12 @@ class TensorRTBackend(Backend):
         sidecar: dict[str, Any],
         plan: Path,
         cuda_graph: bool,
+        device_index: int = 0,
     ) -> None:
-        """Create the context, buffers and stream for ``engine``. Needs a GPU."""
+        """Create the context, buffers and stream for ``engine`` on GPU ``device_index``. Needs a GPU."""
         self.sidecar = sidecar
         self.plan = plan
+        self._index = device_index
         self._trt, self._cudart, self._runtime, self._engine = trt, cudart, runtime, engine
         self._use_graph = cuda_graph
         self._graph_exec: Any = None
@@ -119,8 +121,10 @@ class TensorRTBackend(Backend):
             raise BackendError(f"worker.model: TensorRT could not create an execution context for {plan}")
         try:
             self._allocate()
-        except Exception:
+        except Exception as e:
             self.close()
+            if isinstance(e, CudaError):  # e.g. out of device memory: "auto" may fall back
+                raise BackendError(f"worker.model: {plan.name}: {e}") from None
             raise
 
     def _allocate(self) -> None:
@@ -142,7 +146,12 @@ class TensorRTBackend(Backend):
         for n in outputs:
             self.max_shapes[n] = tuple(self._context.get_tensor_shape(n))
         self.max_batch, self.k = self.max_shapes[OUTPUT]
-        self._stream = cuda_call(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        # Non-blocking: the legacy default stream (other libraries' work) does not serialise with it.
+        self._stream = cuda_call(
+            cudart,
+            cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+            "cudaStreamCreateWithFlags",
+        )
         for n in names:
             count = int(np.prod(self.max_shapes[n]))
             self._device[n] = cuda_call(
@@ -199,7 +208,7 @@ class TensorRTBackend(Backend):
         except (EngineBuildError, CudaError) as e:
             raise BackendError(f"worker.model: {e}") from None
         log.info("tensorrt: %s on cuda:%d (%s)", plan.name, index, precision)
-        return cls(trt, cudart, runtime, engine, sidecar, plan, cuda_graph)
+        return cls(trt, cudart, runtime, engine, sidecar, plan, cuda_graph, index)
 
     @property
     def graph_active(self) -> bool:
@@ -211,7 +220,8 @@ class TensorRTBackend(Backend):
     ) -> RawPosterior:
         """frames (B, 32, 112, 112) uint8, demo (B, 4) float32, mask (B, 4) bool, noise (B, K) float32
         -> samples (B, K) float64 EF %, before recalibration, and ood_score (B,). Batches over the
-        engine's max batch are split."""
+        engine's max batch run as chunks of exactly max batch (the last one padded), so that the
+        shape stays put and the captured CUDA graph is kept."""
         frames, demo, mask, noise = (np.asarray(a) for a in (frames, demo, mask, noise))
         b = frames.shape[0]
         expected = {
@@ -226,19 +236,22 @@ class TensorRTBackend(Backend):
                 raise ValueError(f"{name}: shape {array.shape}, expected {expected[name]}")
         if b == 0:
             return RawPosterior(np.empty((0, self.k)), np.empty(0))
-        chunks = [
-            self._run({n: a[i : i + self.max_batch] for n, a in arrays.items()})
-            for i in range(0, b, self.max_batch)
-        ]
-        samples = np.concatenate([c[OUTPUT] for c in chunks]).astype(np.float64)
+        if b > self.max_batch:
+            pad = -b % self.max_batch
+            arrays = {n: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for n, a in arrays.items()}
+        step = min(b, self.max_batch)
+        chunks = [self._run({n: a[i : i + step] for n, a in arrays.items()}) for i in range(0, b, step)]
+        samples = np.concatenate([c[OUTPUT] for c in chunks])[:b].astype(np.float64)
         if OOD not in self.outputs:
             return RawPosterior(samples, no_ood_score(b))
-        return RawPosterior(samples, np.concatenate([c[OOD] for c in chunks]).astype(np.float64))
+        return RawPosterior(samples, np.concatenate([c[OOD] for c in chunks])[:b].astype(np.float64))
 
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One engine execution on at most max_batch windows; returns each output, (b, K) samples and
         (b,) scores, in the output dtype."""
         cudart, stream = self._cudart, self._stream
+        # The current device is per host thread: the worker's may not be the one that loaded.
+        cuda_call(cudart, cudart.cudaSetDevice(self._index), f"cudaSetDevice({self._index})")
         b = arrays["video"].shape[0]
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         for name, array in arrays.items():
@@ -305,24 +318,37 @@ class TensorRTBackend(Backend):
             self._graph_exec = None
 
     def close(self) -> None:
-        """Free the graph, buffers, stream, context and engine; safe to call twice."""
+        """Free the graph, buffers, stream, context and engine; safe to call twice. Every resource is
+        released even when a CUDA call fails; the first failure is raised (as BackendError) after."""
         if self._cudart is None:
             return
         cudart = self._cudart
+        errors: list[str] = []
+
+        def attempt(result: tuple[Any, ...], what: str) -> None:
+            try:
+                cuda_call(cudart, result, what)
+            except CudaError as e:
+                errors.append(str(e))
+
         if self._stream is not None:
-            cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        self._drop_graph()
+            attempt(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        if self._graph_exec is not None:
+            attempt(cudart.cudaGraphExecDestroy(self._graph_exec), "cudaGraphExecDestroy")
+            self._graph_exec = None
         for ptr in self._device.values():
-            cuda_call(cudart, cudart.cudaFree(ptr), "cudaFree")
+            attempt(cudart.cudaFree(ptr), "cudaFree")
         for pinned in self._host.values():
-            cuda_call(cudart, cudart.cudaFreeHost(pinned.ptr), "cudaFreeHost")
+            attempt(cudart.cudaFreeHost(pinned.ptr), "cudaFreeHost")
         self._device.clear()
         self._host.clear()
         if self._stream is not None:
-            cuda_call(cudart, cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
+            attempt(cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
             self._stream = None
         # Context before engine before runtime: TensorRT objects must die in reverse creation order.
         self._context = None
         self._engine = None
         self._runtime = None
         self._cudart = None
+        if errors:
+            raise BackendError(f"tensorrt: closing {self.plan.name}: {'; '.join(errors)}")
