@@ -641,7 +641,6 @@ def _build_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", type=_shipped_path, default=DEFAULT_MODEL + ".onnx")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch of windows per call")
-    p.add_argument("--dla-core", type=int, help="Jetson Orin: build for this DLA core, with GPU fallback")
     p.add_argument("--calibration-cache", help="TensorRT 10.x INT8 calibration cache")
     p.add_argument("--workspace-mb", type=int, default=1024)
     p.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
@@ -660,7 +659,6 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
             args.onnx,
             precision=args.precision,
             max_batch=args.max_batch,
-            dla_core=args.dla_core,
             calibration_cache=args.calibration_cache,
             workspace_mb=args.workspace_mb,
             force=args.force,

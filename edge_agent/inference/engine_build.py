@@ -5,7 +5,7 @@ into a serialised engine ("plan") with one optimisation profile: batch 1 / 1 / `
 (min / opt / max) on axis 0 of every input. A plan only runs on the GPU model and TensorRT version
 that built it, so plans live in ``engines/cache/`` under a name made from an :class:`EngineKey`::
 
-    <stem>.<gpu>.sm<cc>.trt<version>.<precision>[.dla<N>].b<max_batch>.plan   (+ .json sidecar)
+    <stem>.<gpu>.sm<cc>.trt<version>.<precision>.b<max_batch>.plan   (+ .json sidecar)
 
 The sidecar records the key, the ONNX's sha256, the build time and the engine's I/O; a cached
 plan is reused only when both the key and the ONNX hash match, else it is rebuilt.
@@ -83,15 +83,14 @@ class EngineKey:
     """What a plan is only valid for.
 
     gpu: the CUDA device name ("Orin", "NVIDIA GeForce RTX 4090"); compute_capability: "8.7";
-    trt_version: ``tensorrt.__version__``; precision: fp32 | fp16 | int8; dla_core: the DLA core
-    the plan targets, None for GPU only; max_batch: the profile's largest batch.
+    trt_version: ``tensorrt.__version__``; precision: fp32 | fp16 | int8; max_batch: the profile's
+    largest batch. (No DLA: README "build-engine" says why.)
     """
 
     gpu: str
     compute_capability: str
     trt_version: str
     precision: str
-    dla_core: int | None
     max_batch: int
 
     def _device_part(self) -> str:
@@ -100,8 +99,7 @@ class EngineKey:
 
     def plan_name(self, stem: str) -> str:
         """File name of the plan built from ``<stem>.onnx`` for this key."""
-        dla = f".dla{self.dla_core}" if self.dla_core is not None else ""
-        return f"{stem}.{self._device_part()}.{self.precision}{dla}.b{self.max_batch}.plan"
+        return f"{stem}.{self._device_part()}.{self.precision}.b{self.max_batch}.plan"
 
     def timing_cache_name(self) -> str:
         """Default timing-cache file: timings are per device and TensorRT version, not per model."""
@@ -115,20 +113,13 @@ class EngineKey:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
-def validate_build_args(
-    precision: str, max_batch: int, workspace_mb: int = 1024, dla_core: int | None = None
-) -> None:
+def validate_build_args(precision: str, max_batch: int, workspace_mb: int = 1024) -> None:
     """Raise EngineBuildError naming the bad argument; no GPU needed."""
     if precision not in PRECISIONS:
         raise EngineBuildError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     for name, value in (("max_batch", max_batch), ("workspace_mb", workspace_mb)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise EngineBuildError(f"{name} must be an integer >= 1, got {value!r}")
-    if dla_core is not None:
-        if isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0:
-            raise EngineBuildError(f"dla_core must be None or an integer >= 0, got {dla_core!r}")
-        if precision == "fp32":
-            raise EngineBuildError("DLA runs fp16 or int8 only; build with --precision fp16 or int8")
 
 
 def engine_paths(onnx_path: Path, key: EngineKey, cache_dir: Path | None = None) -> tuple[Path, Path]:
@@ -164,7 +155,7 @@ def cached_engine(onnx_path: Path, key: EngineKey, cache_dir: Path | None = None
     """The cached plan for ``onnx_path`` and ``key``, or None (logging why) when it must be rebuilt.
 
     A plan is refused when it or its sidecar is missing or unreadable, when the sidecar's key differs
-    (another GPU, TensorRT version, precision, DLA core or max batch) or when the ONNX's sha256
+    (another GPU, TensorRT version, precision or max batch) or when the ONNX's sha256
     differs from the one the plan was built from.
     """
     plan, side = engine_paths(onnx_path, key, cache_dir)
@@ -269,9 +260,9 @@ def trt_logger(trt: Any) -> Any:
     return _TRT_LOGGER
 
 
-def engine_key(precision: str, max_batch: int, dla_core: int | None = None, device: int = 0) -> EngineKey:
+def engine_key(precision: str, max_batch: int, device: int = 0) -> EngineKey:
     """The EngineKey of this machine's CUDA ``device`` and installed TensorRT. Needs a GPU."""
-    validate_build_args(precision, max_batch, dla_core=dla_core)
+    validate_build_args(precision, max_batch)
     trt = import_tensorrt()
     cudart = import_cudart()
     props = cuda_call(cudart, cudart.cudaGetDeviceProperties(device), f"cudaGetDeviceProperties({device})")
@@ -281,7 +272,6 @@ def engine_key(precision: str, max_batch: int, dla_core: int | None = None, devi
         compute_capability=f"{props.major}.{props.minor}",
         trt_version=trt.__version__,
         precision=precision,
-        dla_core=dla_core,
         max_batch=max_batch,
     )
 
@@ -481,17 +471,6 @@ def _configure_precision(
     return calibrator
 
 
-def _configure_dla(trt: Any, builder: Any, config: Any, dla_core: int) -> None:
-    if builder.num_DLA_cores <= dla_core:
-        raise EngineBuildError(
-            f"DLA core {dla_core} requested but this device has {builder.num_DLA_cores} DLA cores "
-            "(Jetson AGX Orin has 2, Orin Nano none); drop --dla-core"
-        )
-    config.default_device_type = trt.DeviceType.DLA
-    config.DLA_core = dla_core
-    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers DLA cannot run go to the GPU instead of failing
-
-
 def build_engine(
     onnx_path: str | Path,
     precision: str = "fp16",
@@ -500,7 +479,6 @@ def build_engine(
     timing_cache: str | Path | None = None,
     calibration_cache: str | Path | None = None,
     calibration_data: Iterable[Mapping[str, np.ndarray]] | None = None,
-    dla_core: int | None = None,
     device: int = 0,
     cache_dir: str | Path | None = None,
     force: bool = False,
@@ -513,18 +491,18 @@ def build_engine(
     ``timing.<gpu>.sm<cc>.trt<ver>.cache`` next to the plans); calibration_cache: INT8 calibration
     cache file, read when present and written after calibrating; calibration_data: iterable of
     dicts input name -> numpy array (B_cal, ...) for INT8 calibration (TensorRT 10 only);
-    dla_core: build for that DLA core with GPU fallback; device: CUDA device index; cache_dir:
+    device: CUDA device index; cache_dir:
     where plans are looked for and go (default: :func:`plan_dirs` searched in order, a new plan in
     :func:`build_dir`); force: rebuild even when a cached plan matches.
     """
-    validate_build_args(precision, max_batch, workspace_mb, dla_core)
+    validate_build_args(precision, max_batch, workspace_mb)
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EngineBuildError(f"{onnx_path}: no such ONNX file; export the model to ONNX first")
     trt = import_tensorrt()
     cudart = import_cudart()
     cuda_call(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
-    key = engine_key(precision, max_batch, dla_core, device)
+    key = engine_key(precision, max_batch, device)
     searched = (Path(cache_dir),) if cache_dir is not None else plan_dirs(onnx_path)
     plan, _side = engine_paths(onnx_path, key, searched[0] if cache_dir is not None else build_dir(onnx_path))
     hits = [] if force else [h for d in searched if (h := cached_engine(onnx_path, key, d)) is not None]
@@ -585,7 +563,7 @@ def _build_plan(
     calibration_cache: Path | None,
     calibration_data: Iterable[Mapping[str, np.ndarray]] | None,
 ) -> None:
-    """Parse ``onnx_path``, build it for ``key`` (precision, max_batch, dla_core) and write ``plan``,
+    """Parse ``onnx_path``, build it for ``key`` (precision, max_batch) and write ``plan``,
     its sidecar and the timing cache."""
     started = time.monotonic()
     log.info(
@@ -616,8 +594,6 @@ def _build_plan(
         calibration_cache,
         calibration_data,
     )
-    if key.dla_core is not None:
-        _configure_dla(trt, builder, config, key.dla_core)
     _use_timing_cache(config, timing_path)
 
     serialized = _serialize(builder, network, config, calibrator, onnx_path)
@@ -653,12 +629,11 @@ def build_engine_cli(
     onnx: str | Path,
     precision: str = "fp16",
     max_batch: int = 8,
-    dla_core: int | None = None,
     calibration_cache: str | Path | None = None,
     workspace_mb: int = 1024,
     force: bool = False,
 ) -> int:
-    """``edge-agent build-engine --onnx PATH --precision fp32|fp16|int8 [--max-batch 8] [--dla-core N]
+    """``edge-agent build-engine --onnx PATH --precision fp32|fp16|int8 [--max-batch 8]
     [--calibration-cache PATH]``: build or reuse the plan and print its path. Raises EngineBuildError."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     plan = build_engine(
@@ -667,7 +642,6 @@ def build_engine_cli(
         max_batch=max_batch,
         workspace_mb=workspace_mb,
         calibration_cache=calibration_cache,
-        dla_core=dla_core,
         force=force,
     )
     print(f"engine {plan}\nsidecar {plan.with_suffix('.json')}")

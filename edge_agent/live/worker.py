@@ -46,6 +46,9 @@ class WorkerConfig:
     precision: fp32 | fp16 | int8, or null for the backend's default (TensorRT fp16, else fp32);
         TensorRT builds or reuses the engine of that precision, ONNX Runtime int8 runs the
         calibrated ``<model>.int8.onnx``.
+    max_batch, cuda_graph, calibration_cache: TensorRT only: the engine's largest batch (null: the
+        ONNX sidecar's, else 8; the plan ``build-engine --max-batch`` made), CUDA-graph replay, and
+        the TensorRT 10.x INT8 calibration cache for an int8 engine from a float ONNX.
     """
 
     count: int = 1
@@ -57,6 +60,9 @@ class WorkerConfig:
     threads: int = 1
     recalibrate: bool = True
     precision: Literal["fp32", "fp16", "int8"] | None = None
+    max_batch: int | None = None
+    cuda_graph: bool = True
+    calibration_cache: str | None = None
 
 
 def starting_noises(k: int, seed: int) -> np.ndarray:
@@ -96,6 +102,11 @@ class Worker:
             device=self.cfg.device,
             threads=self.cfg.threads,
             precision=self.cfg.precision,
+            engine={
+                "max_batch": self.cfg.max_batch,
+                "cuda_graph": self.cfg.cuda_graph,
+                "calibration_cache": self.cfg.calibration_cache,
+            },
         )
         recal = self.backend.sidecar.get("recalibration") or {}
         self.scale = float(recal["scale"]) if self.cfg.recalibrate and recal.get("scale") else None

@@ -232,3 +232,13 @@ def test_precision_selects_the_int8_model_or_is_refused() -> None:
     with pytest.raises(BackendError, match="onnxruntime runs fp32 or int8"):
         load_backend("onnxruntime", MODEL, precision="fp16")
     assert load_backend("auto", MODEL, precision="int8").name == "onnxruntime"
+
+
+def test_engine_options_reach_tensorrt_and_the_others_ignore_them() -> None:
+    """worker.max_batch / cuda_graph / calibration_cache are TensorRT's; the signature takes them
+    (a CPU device is then refused with the fix), and ONNX Runtime loads as if they were not there."""
+    engine = {"max_batch": 16, "cuda_graph": False, "calibration_cache": "engines/cache/calib.cache"}
+    with pytest.raises(BackendError, match="cannot run the tensorrt backend; use cuda"):
+        load_backend("tensorrt", MODEL, device="cpu", engine=engine)
+    backend = load_backend("onnxruntime", MODEL, threads=1, engine=engine)
+    backend.close()

@@ -60,7 +60,6 @@ KEY = EngineKey(
     compute_capability="8.7",
     trt_version="10.3.0",
     precision="fp16",
-    dla_core=None,
     max_batch=8,
 )
 
@@ -73,9 +72,9 @@ def test_plan_name_sanitises_gpu_and_names_every_key_field():
         KEY.plan_name("mcsdr_default")
         == "mcsdr_default.nvidia-jetson-agx-orin-nvgpu.sm87.trt10.3.0.fp16.b8.plan"
     )
-    dla = EngineKey("Orin", "8.7", "10.3.0.30", "int8", 1, 4)
-    assert dla.plan_name("m") == "m.orin.sm87.trt10.3.0.30.int8.dla1.b4.plan"
-    weird = EngineKey("RTX/4090 ../..", "8.9", "10.7.0+cuda12", "fp32", None, 1)
+    orin = EngineKey("Orin", "8.7", "10.3.0.30", "int8", 4)
+    assert orin.plan_name("m") == "m.orin.sm87.trt10.3.0.30.int8.b4.plan"
+    weird = EngineKey("RTX/4090 ../..", "8.9", "10.7.0+cuda12", "fp32", 1)
     name = weird.plan_name("m")
     assert "/" not in name and ".." not in name and name.endswith(".fp32.b1.plan")
     assert KEY.timing_cache_name() == "timing.nvidia-jetson-agx-orin-nvgpu.sm87.trt10.3.0.cache"
@@ -152,8 +151,6 @@ def test_cached_engine_refuses_missing_or_broken_sidecar(tmp_path):
         (("fp16", 2.5), "max_batch"),
         (("fp16", True), "max_batch"),
         (("fp16", 8, 0), "workspace_mb"),
-        (("fp16", 8, 1024, -1), "dla_core"),
-        (("fp32", 8, 1024, 0), "DLA runs fp16 or int8"),
     ],
 )
 def test_build_arguments_are_validated(args, message):
@@ -162,7 +159,7 @@ def test_build_arguments_are_validated(args, message):
 
 
 def test_valid_build_arguments_pass():
-    validate_build_args("int8", 1, 64, 0)
+    validate_build_args("int8", 1, 64)
     validate_build_args("fp32", 16)
 
 

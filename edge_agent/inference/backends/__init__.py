@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -80,11 +81,14 @@ def load_backend(
     device: str = "cpu",
     threads: int | None = None,
     precision: str | None = None,
+    engine: Mapping[str, Any] | None = None,
 ) -> Backend:
     """Load ``model`` (an artefact with its sidecar JSON) on backend ``name`` ("auto" picks).
 
     precision: fp32 | fp16 | int8, or None for the backend's own default (TensorRT fp16, the others
     fp32). ONNX Runtime runs int8 from the calibrated ``<model>.int8.onnx``; torch runs fp32 only.
+    engine: options of a compiled engine (TensorRT's ``max_batch``, ``cuda_graph``,
+    ``calibration_cache``); the interpreting backends have none and ignore them.
     """
     if name == "auto":
         found = available_backends()
@@ -93,7 +97,7 @@ def load_backend(
         errors = []
         for candidate in found:
             try:
-                return load_backend(candidate, model, device, threads, precision)
+                return load_backend(candidate, model, device, threads, precision, engine)
             except BackendError as e:  # e.g. no exported ONNX: the next backend may still run
                 errors.append(str(e))
         raise BackendError("no installed backend could load the model: " + "; ".join(errors))
@@ -103,6 +107,7 @@ def load_backend(
         )
     module, cls, _package = _BACKENDS[name]
     backend = getattr(importlib.import_module(module), cls)
-    if precision is None:
-        return backend.load(Path(model), device=device, threads=threads)
-    return backend.load(Path(model), device=device, threads=threads, precision=precision)
+    options: dict[str, Any] = {} if precision is None else {"precision": precision}
+    if name == "tensorrt":
+        options.update(engine or {})
+    return backend.load(Path(model), device=device, threads=threads, **options)

@@ -9,7 +9,7 @@ device buffers sized for the engine's max batch, pinned host staging buffers and
 device, runs the engine and copies the samples (and the out-of-distribution scores) back. The
 first call at a batch size enqueues with ``execute_async_v3`` (TensorRT needs one plain enqueue
 after a shape change before capture); the next call at that batch size captures the enqueue into
-a CUDA graph, which later calls replay. If capture fails (some engines, e.g. with DLA or
+a CUDA graph, which later calls replay. If capture fails (some engines, e.g. with
 data-dependent shapes, cannot be captured) the backend logs why and keeps enqueueing. A new batch
 size drops the graph and starts over.
 
@@ -170,16 +170,16 @@ class TensorRTBackend(Backend):
         threads: int | None = None,
         precision: str = "fp16",
         max_batch: int | None = None,
-        dla_core: int | None = None,
         cuda_graph: bool = True,
+        calibration_cache: str | None = None,
     ) -> TensorRTBackend:
         """Load artefact ``path`` on GPU ``device`` ("cuda" / "cuda:N"), building its engine if needed.
 
         threads: unused (the GPU does the work; kept for the common ``load`` signature); precision:
-        fp32 | fp16 | int8 (int8 needs a Q/DQ ONNX or a calibration cache built beforehand with
-        ``edge-agent build-engine``); max_batch: the engine's largest batch (default: the ONNX
-        sidecar's ``max_batch``, else 8); dla_core: run on that DLA core (Jetson) with GPU
-        fallback; cuda_graph: replay repeated same-batch enqueues as a CUDA graph.
+        fp32 | fp16 | int8 (int8 needs a Q/DQ ONNX, or on TensorRT 10.x ``calibration_cache``, the
+        entropy calibrator's cache file); max_batch: the engine's largest batch (default: the ONNX
+        sidecar's ``max_batch``, else 8; ``worker.max_batch``, the plan ``build-engine
+        --max-batch`` made); cuda_graph: replay repeated same-batch enqueues as a CUDA graph.
         """
         index = cuda_device_index(device)
         try:
@@ -191,16 +191,15 @@ class TensorRTBackend(Backend):
         batch = max_batch if max_batch is not None else int(onnx_side.get("max_batch", 8))
         try:
             cuda_call(cudart, cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
-            plan = engine_build.build_engine(
-                onnx, precision=precision, max_batch=batch, dla_core=dla_core, device=index
-            )
+            build = {"precision": precision, "max_batch": batch, "device": index}
+            plan = engine_build.build_engine(onnx, calibration_cache=calibration_cache, **build)
             runtime = trt.Runtime(engine_build.trt_logger(trt))
             engine = runtime.deserialize_cuda_engine(plan.read_bytes())
             if engine is None:
                 # A plan TensorRT refuses (corrupt, or built by an incompatible patch release): rebuild once.
                 log.warning("TensorRT could not deserialize %s; rebuilding it", plan)
                 plan = engine_build.build_engine(
-                    onnx, precision=precision, max_batch=batch, dla_core=dla_core, device=index, force=True
+                    onnx, calibration_cache=calibration_cache, force=True, **build
                 )
                 engine = runtime.deserialize_cuda_engine(plan.read_bytes())
             if engine is None:
