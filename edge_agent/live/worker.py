@@ -43,12 +43,13 @@ class WorkerConfig:
         (the same noises for every window: results are reproducible).
     threads: intra-op threads per worker (share the cores between workers).
     recalibrate: apply the sidecar's dispersion recalibration (see the evaluation report).
-    precision: fp32 | fp16 | int8, or null for the backend's default (TensorRT fp16, else fp32);
-        TensorRT builds or reuses the engine of that precision, ONNX Runtime int8 runs the
-        calibrated ``<model>.int8.onnx``.
-    max_batch, cuda_graph, calibration_cache: TensorRT only: the engine's largest batch (null: the
-        ONNX sidecar's, else 8; the plan ``build-engine --max-batch`` made), CUDA-graph replay, and
-        the TensorRT 10.x INT8 calibration cache for an int8 engine from a float ONNX.
+    precision: fp32 | fp16 | bf16 | int8, or null for the backend's default (TensorRT and cuda
+        fp16, else fp32); TensorRT builds or reuses the engine of that precision, cuda runs under
+        autocast (fp16, bf16), ONNX Runtime int8 runs the calibrated ``<model>.int8.onnx``.
+    max_batch, cuda_graph, calibration_cache: the GPU backends': the engine's largest batch (null:
+        the ONNX sidecar's, else 8; the plan ``build-engine --max-batch`` made), CUDA-graph replay
+        (TensorRT and cuda), and the TensorRT 10.x INT8 calibration cache for an int8 engine from
+        a float ONNX.
     """
 
     count: int = 1
@@ -59,7 +60,7 @@ class WorkerConfig:
     seed: int = 0
     threads: int = 1
     recalibrate: bool = True
-    precision: Literal["fp32", "fp16", "int8"] | None = None
+    precision: Literal["fp32", "fp16", "bf16", "int8"] | None = None
     max_batch: int | None = None
     cuda_graph: bool = True
     calibration_cache: str | None = None

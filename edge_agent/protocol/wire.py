@@ -86,7 +86,7 @@ Estimate body (topic ``lvef.<stream>.``):
 |               |                      | of validation windows); nil when the model carries no score      |
 | `beat_ood_score` | float ≥ 0 or nil  | this beat's out-of-distribution score                            |
 | `hr_bpm`      | float > 0 or nil     | heart rate, beats/min                                            |
-| `backend`     | str                  | inference backend: `"torch"`, `"onnxruntime"`, `"tensorrt"`      |
+| `backend`     | str                  | backend: `"onnxruntime"`, `"torch"`, `"tensorrt"`, `"cuda"`      |
 | `latency_ms`  | float                | window's last frame capture → publish, ms                        |
 | `demo`        | map, optional        | the window's `demo`; only when the hub's `publish_demographics`  |
 |               |                      | is true (off by default: patient data stays off the network)     |
@@ -488,7 +488,7 @@ _ESTIMATE_FIELDS: dict[str, Check] = {
     "beat": _record(SUMMARY_CHECKS),
     "running": _record({**SUMMARY_CHECKS, "n_beats": _int(1)}),
     "hr_bpm": _HR,
-    "backend": _text(NAME_PATTERN, "a backend name such as 'torch', 'onnxruntime' or 'tensorrt'"),
+    "backend": _text(NAME_PATTERN, "a backend name such as 'onnxruntime', 'torch', 'tensorrt' or 'cuda'"),
     "latency_ms": _float(),
     "stages": _number_map(None, 16),
     "reliable": _bool,
@@ -766,7 +766,7 @@ def decode_window(
 MAX_SAMPLES = 4096
 # The worker's fields of a result, after the window's; n_samples, the samples frame's length, last.
 _RESULT_OWN: dict[str, Check] = {
-    "backend": _text(NAME_PATTERN, "a backend name such as 'torch', 'onnxruntime' or 'tensorrt'"),
+    "backend": _text(NAME_PATTERN, "a backend name such as 'onnxruntime', 'torch', 'tensorrt' or 'cuda'"),
     "infer_ms": _float(lo=0.0),
     "t_done": _TIME,
 }

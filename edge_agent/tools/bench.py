@@ -152,8 +152,8 @@ def posterior_variants(model: str | Path, threads: int = 1) -> dict[str, Callabl
     pt = Path(model).with_suffix(".pt")
     out: dict[str, Callable[..., np.ndarray]] = {}
     for name in available_backends():
-        # Each backend on the device it runs on: TensorRT on the first GPU, the others on the CPU.
-        device = "cuda:0" if name == "tensorrt" else "cpu"
+        # Each backend on the device it runs on: the GPU backends on the first GPU, the others on the CPU.
+        device = "cuda:0" if name in ("tensorrt", "cuda") else "cpu"
         try:
             out[name] = _samples_of(load_backend(name, pt, device=device, threads=threads))
         except BackendError as e:  # e.g. tensorrt installed on a machine without a GPU

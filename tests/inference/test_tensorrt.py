@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from edge_agent.inference import engine_build
-from edge_agent.inference.backends import BackendError
-from edge_agent.inference.backends.tensorrt_backend import TensorRTBackend, cuda_device_index, onnx_files
+from edge_agent.inference.backends import BackendError, cuda_device_index
+from edge_agent.inference.backends.tensorrt_backend import TensorRTBackend, onnx_files
 from edge_agent.inference.engine_build import (
     EngineBuildError,
     EngineKey,
@@ -164,11 +164,11 @@ def test_valid_build_arguments_pass():
 
 
 def test_device_strings():
-    assert cuda_device_index("cuda") == 0
-    assert cuda_device_index("cuda:1") == 1
+    assert cuda_device_index("cuda", "tensorrt") == 0
+    assert cuda_device_index("cuda:1", "tensorrt") == 1
     for bad in ("cpu", "cuda:x", "gpu0"):
-        with pytest.raises(BackendError, match="cuda or cuda:N"):
-            cuda_device_index(bad)
+        with pytest.raises(BackendError, match="cannot run the tensorrt backend; use cuda or cuda:N"):
+            cuda_device_index(bad, "tensorrt")
 
 
 def test_missing_tensorrt_names_the_install(monkeypatch, tmp_path):

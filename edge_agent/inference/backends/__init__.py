@@ -8,14 +8,16 @@ recalibration, summaries) is the worker's and is identical for every backend::
 
 ``auto`` picks the first backend, in the order of ``_BACKENDS``, whose runtime is installed and which
 can load the artefact: TensorRT where it is installed and the worker's device is a GPU (it builds
-or reuses a cached engine from the exported ``.onnx``), else ONNX Runtime (needs the exported
-``.onnx`` next to the checkpoint), else torch.
+or reuses a cached engine from the exported ``.onnx``), else on a GPU the CUDA backend (torch with
+CUDA: fp16 and CUDA graphs, no TensorRT), else ONNX Runtime (needs the exported ``.onnx`` next to
+the checkpoint), else torch.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +28,7 @@ import numpy as np
 # Preference order of "auto": the fastest backend that can run here comes first.
 _BACKENDS = {
     "tensorrt": ("edge_agent.inference.backends.tensorrt_backend", "TensorRTBackend", "tensorrt"),
+    "cuda": ("edge_agent.inference.backends.cuda_backend", "CudaBackend", "torch"),
     "onnxruntime": ("edge_agent.inference.backends.onnxruntime_backend", "OnnxRuntimeBackend", "onnxruntime"),
     "torch": ("edge_agent.inference.backends.torch_backend", "TorchBackend", "torch"),
 }
@@ -70,6 +73,18 @@ class Backend(ABC):
         """Free the backend's resources (device memory, threads, engines)."""
 
 
+def cuda_device_index(device: str, backend: str) -> int:
+    """CUDA device index of "cuda" (0) or "cuda:N" (N) for a GPU-only ``backend``; anything else
+    is a BackendError naming the fix."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device.strip())
+    if not match:
+        raise BackendError(
+            f"worker.device: {device!r} cannot run the {backend} backend; use cuda or cuda:N "
+            "(or the torch / onnxruntime backends on cpu)"
+        )
+    return int(match.group(1) or 0)
+
+
 def available_backends() -> list[str]:
     """Backends whose runtime package is installed here, in "auto"'s preference order."""
     return [name for name, (_m, _c, package) in _BACKENDS.items() if importlib.util.find_spec(package)]
@@ -87,8 +102,8 @@ def load_backend(
 
     precision: fp32 | fp16 | int8, or None for the backend's own default (TensorRT fp16, the others
     fp32). ONNX Runtime runs int8 from the calibrated ``<model>.int8.onnx``; torch runs fp32 only.
-    engine: options of a compiled engine (TensorRT's ``max_batch``, ``cuda_graph``,
-    ``calibration_cache``); the interpreting backends have none and ignore them.
+    engine: options of the GPU backends (TensorRT's ``max_batch``, ``cuda_graph``,
+    ``calibration_cache``; the CUDA backend's ``cuda_graph``); the CPU backends have none.
     """
     if name == "auto":
         found = available_backends()
@@ -110,4 +125,6 @@ def load_backend(
     options: dict[str, Any] = {} if precision is None else {"precision": precision}
     if name == "tensorrt":
         options.update(engine or {})
+    elif name == "cuda" and engine and "cuda_graph" in engine:
+        options["cuda_graph"] = engine["cuda_graph"]
     return backend.load(Path(model), device=device, threads=threads, **options)

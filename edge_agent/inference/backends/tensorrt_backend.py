@@ -23,14 +23,13 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_agent.inference import engine_build
-from edge_agent.inference.backends import Backend, BackendError, RawPosterior, no_ood_score
+from edge_agent.inference.backends import Backend, BackendError, RawPosterior, cuda_device_index, no_ood_score
 from edge_agent.inference.engine_build import CudaError, EngineBuildError, cuda_call
 
 log = logging.getLogger(__name__)
@@ -38,17 +37,6 @@ log = logging.getLogger(__name__)
 INPUTS = ("video", "demo", "demo_mask", "noise")
 OUTPUT = "samples"
 OOD = "ood_score"  # absent from engines of graphs exported before the score
-
-
-def cuda_device_index(device: str) -> int:
-    """CUDA device index of "cuda" (0) or "cuda:N" (N); anything else is a BackendError."""
-    match = re.fullmatch(r"cuda(?::(\d+))?", device.strip())
-    if not match:
-        raise BackendError(
-            f"worker.device: {device!r} cannot run the tensorrt backend; use cuda or cuda:N "
-            "(or the torch / onnxruntime backends on cpu)"
-        )
-    return int(match.group(1) or 0)
 
 
 def onnx_files(path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
@@ -181,7 +169,7 @@ class TensorRTBackend(Backend):
         sidecar's ``max_batch``, else 8; ``worker.max_batch``, the plan ``build-engine
         --max-batch`` made); cuda_graph: replay repeated same-batch enqueues as a CUDA graph.
         """
-        index = cuda_device_index(device)
+        index = cuda_device_index(device, "tensorrt")
         try:
             trt = engine_build.import_tensorrt()
             cudart = engine_build.import_cudart()
