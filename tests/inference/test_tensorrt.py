@@ -199,6 +199,13 @@ def test_onnx_files_sidecars(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"sha256": "b" * 64}))
     with pytest.raises(BackendError, match="re-export the ONNX"):
         onnx_files(tmp_path / "m")
+    # int8 on TensorRT builds the Q/DQ graph of `edge-agent calibrate`, described by the same m.json.
+    with pytest.raises(BackendError, match=r"m\.qdq\.onnx is missing; run `edge-agent calibrate`"):
+        onnx_files(tmp_path / "m.pt", ".qdq")
+    (tmp_path / "m.qdq.onnx").write_bytes(b"onnx")
+    (tmp_path / "m.qdq.onnx.json").write_text(json.dumps({"k": K, "model_sha256": "b" * 64}))
+    onnx, _onnx_side, side = onnx_files(tmp_path / "m.pt", ".qdq")
+    assert onnx == tmp_path / "m.qdq.onnx" and side == {"sha256": "b" * 64}
 
 
 # ----------------------------------------------------------------------------------------- GPU

@@ -39,23 +39,26 @@ OUTPUT = "samples"
 OOD = "ood_score"  # absent from engines of graphs exported before the score
 
 
-def onnx_files(path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(onnx path, ONNX sidecar, backend sidecar) of artefact ``path`` (with or without suffix).
+def onnx_files(path: Path, variant: str = "") -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(onnx path, ONNX sidecar, backend sidecar) of artefact ``path`` (with or without suffix);
+    ``variant`` ".qdq" picks ``<stem>.qdq.onnx``, the Q/DQ graph ``edge-agent calibrate`` makes.
 
     The backend sidecar is the artefact's ``<stem>.json`` (recalibration, target transform) when it
     exists, else the ONNX sidecar; when both name the weights' hash they must agree, so the
     recalibration applied to the samples belongs to the weights inside the ONNX.
     """
-    onnx = Path(path).with_suffix(".onnx")
+    stem = Path(path).with_suffix("")
+    onnx = stem.with_name(f"{stem.name}{variant}.onnx")
     side_path = onnx.with_name(onnx.name + ".json")
     if not onnx.is_file():
-        raise BackendError(f"worker.model: {onnx} is missing; export the model to ONNX first")
+        make = "run `edge-agent calibrate`" if variant == ".qdq" else "export the model to ONNX first"
+        raise BackendError(f"worker.model: {onnx} is missing; {make}")
     if not side_path.is_file():
         raise BackendError(
             f"worker.model: {side_path.name} (the ONNX sidecar) is missing; re-export the ONNX"
         )
     onnx_side = json.loads(side_path.read_text())
-    artefact_path = onnx.with_suffix(".json")
+    artefact_path = stem.with_name(f"{stem.name}.json")
     if not artefact_path.is_file():
         return onnx, onnx_side, onnx_side
     artefact = json.loads(artefact_path.read_text())
@@ -66,6 +69,11 @@ def onnx_files(path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
             f"describes weights {weights[:12]}; re-export the ONNX"
         )
     return onnx, onnx_side, artefact
+
+
+def _has_qdq(path: Path) -> bool:
+    stem = Path(path).with_suffix("")
+    return stem.with_name(f"{stem.name}.qdq.onnx").is_file()
 
 
 class _Pinned:
@@ -164,10 +172,12 @@ class TensorRTBackend(Backend):
         """Load artefact ``path`` on GPU ``device`` ("cuda" / "cuda:N"), building its engine if needed.
 
         threads: unused (the GPU does the work; kept for the common ``load`` signature); precision:
-        fp32 | fp16 | int8 (int8 needs a Q/DQ ONNX, or on TensorRT 10.x ``calibration_cache``, the
-        entropy calibrator's cache file); max_batch: the engine's largest batch (default: the ONNX
-        sidecar's ``max_batch``, else 8; ``worker.max_batch``, the plan ``build-engine
-        --max-batch`` made); cuda_graph: replay repeated same-batch enqueues as a CUDA graph.
+        fp32 | fp16 | int8 (int8 builds ``<stem>.qdq.onnx``, the explicitly quantised graph of
+        ``edge-agent calibrate``, on TensorRT 10 and 11 alike: its denoiser stays float; only
+        without it, on TensorRT 10.x, the float ONNX with ``calibration_cache``, the entropy
+        calibrator's cache, which quantises every layer it can); max_batch: the engine's largest
+        batch (default: the ONNX sidecar's ``max_batch``, else 8; ``worker.max_batch``, the plan
+        ``build-engine --max-batch`` made); cuda_graph: replay same-batch enqueues as a CUDA graph.
         """
         index = cuda_device_index(device, "tensorrt")
         try:
@@ -175,7 +185,8 @@ class TensorRTBackend(Backend):
             cudart = engine_build.import_cudart()
         except EngineBuildError as e:
             raise BackendError(f"worker.backend: tensorrt: {e}") from None
-        onnx, onnx_side, sidecar = onnx_files(path)
+        qdq = precision == "int8" and (calibration_cache is None or _has_qdq(path))
+        onnx, onnx_side, sidecar = onnx_files(path, ".qdq" if qdq else "")
         batch = max_batch if max_batch is not None else int(onnx_side.get("max_batch", 8))
         try:
             cuda_call(cudart, cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
