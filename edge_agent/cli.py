@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -508,7 +509,10 @@ def _monitor_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ENDPOINT",
         help="e.g. tcp://127.0.0.1:5556",
     )
-    p.add_argument("--stale-after", type=SECONDS, default=5.0, help="s without an estimate before STALE")
+    p.add_argument(
+        "--stale-after", type=SECONDS, help="s without an estimate before STALE (alarms.stale_after_s, 5)"
+    )
+    _agent_options(p)  # its `alarms` section: the thresholds
     p.add_argument("--seconds", type=SECONDS, help="exit after this many seconds")
     _curve_options(p)
 
@@ -517,9 +521,12 @@ def _monitor_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from edge_agent.clients.monitor import run_monitor
 
+    alarms = _agent_config(args).alarms
+    if args.stale_after is not None:
+        alarms = dataclasses.replace(alarms, stale_after_s=args.stale_after)
     run_monitor(
         args.connect,
-        stale_after_s=args.stale_after,
+        alarms=alarms,
         duration_s=args.seconds,
         curve_server_key=args.curve_server_key,
         curve_client_key=args.curve_client_key,

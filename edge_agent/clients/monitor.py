@@ -15,9 +15,7 @@ import json
 import re
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from rich.columns import Columns
@@ -27,19 +25,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from edge_agent.clients.alarms import AGENT, Alarm, AlarmBoard, AlarmConfig, AlarmEvent, ef_category
+from edge_agent.clients.state import HEARTBEAT_TIMEOUT_S, MonitorState, StreamView
 from edge_agent.clients.subscriber import T_RECEIVED, Subscriber
 from edge_agent.core.reliability import is_reliable
 
-TREND_BEATS = 30  # beat means kept for the sparkline
-STALE_BEATS = 3  # an estimate is overdue after this many beat periods (when longer than stale_after_s)
-HEARTBEAT_TIMEOUT_S = 3.0  # publisher counted gone after this long without a heartbeat
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 PANEL_WIDTH = 49  # characters: a 30-beat trend line fits, and two panels fit a 100-column terminal
-# Clinical EF bands, after the 2021 universal definition of heart failure (HFrEF / HFmrEF /
-# HFpEF: reduced ≤ 40 %, mildly reduced 41–49 %, preserved ≥ 50 %), with 40 % itself counted
-# mildly reduced so that "reduced" means exactly EF < 40 %, the event P(EF<40) measures.
-EF_NORMAL, EF_REDUCED = 50.0, 40.0
+TREND_SCALE = (15.0, 85.0)  # EF % the trend's blocks span, fixed so that 40 and 50 % stay in place
 P_REDUCED_ALARM, P_REDUCED_WARN = 0.5, 0.2  # P(EF<40) colour thresholds: red, yellow
+NOTICE = "NOT FOR CLINICAL USE — research prototype; the shipped model is trained on simulated echo"
 
 
 # ---------------------------------------------------------------- JSON lines
@@ -81,113 +76,12 @@ def subscribe_json(
     return written
 
 
-# ---------------------------------------------------------------- monitor state
-
-
-@dataclass
-class StreamView:
-    """What the monitor knows of one stream; times are receive times, s (monitor's time.monotonic()).
-
-    ``estimate``/``status``: the latest decoded bodies (None until one arrives); ``trend``: the
-    last TREND_BEATS beat means, EF %; ``hr_bpm``: latest heart rate from either message.
-    """
-
-    stream: str
-    first_seen: float
-    estimate: dict[str, Any] | None = None
-    estimate_at: float | None = None
-    status: dict[str, Any] | None = None
-    status_at: float | None = None
-    hr_bpm: float | None = None
-    trend: deque[float] = field(default_factory=lambda: deque(maxlen=TREND_BEATS))
-
-    def stale_limit_s(self, stale_after_s: float) -> float:
-        """Seconds without an estimate before the stream is stale: stale_after_s, or STALE_BEATS
-        beat periods at the current heart rate when that is longer (slow hearts beat rarely)."""
-        if self.hr_bpm is None:
-            return stale_after_s
-        return max(stale_after_s, STALE_BEATS * 60.0 / self.hr_bpm)
-
-
-@dataclass
-class MonitorState:
-    """Everything the monitor shows, built from decoded messages; pure (no sockets, no clock).
-
-    ``publishers``: host → (receive time of its latest heartbeat, s; heartbeat body).
-    ``first_message_at``: receive time of the first message, s (None before any).
-    """
-
-    streams: dict[str, StreamView] = field(default_factory=dict)
-    publishers: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
-    first_message_at: float | None = None
-
-    def apply(self, msg: dict[str, Any], now: float) -> None:
-        """Fold in one decoded message (estimate, status or heartbeat) received at ``now`` s."""
-        if self.first_message_at is None:
-            self.first_message_at = now
-        kind = msg.get("kind")
-        if kind == "heartbeat":
-            self.publishers[msg["host"]] = (now, msg)
-            return
-        if kind not in ("estimate", "status"):
-            raise ValueError(f"kind: expected estimate, status or heartbeat, got {kind!r}")
-        view = self.streams.setdefault(msg["stream"], StreamView(msg["stream"], first_seen=now))
-        if msg["hr_bpm"] is not None:
-            view.hr_bpm = msg["hr_bpm"]
-        if kind == "status":
-            view.status, view.status_at = msg, now
-            return
-        view.estimate, view.estimate_at = msg, now
-        view.trend.append(msg["beat"]["mean"])
-
-    def heartbeat_age(self, now: float) -> float | None:
-        """Seconds since the oldest publisher's latest heartbeat (None before any heartbeat)."""
-        if not self.publishers:
-            return None
-        return now - min(t for t, _ in self.publishers.values())
-
-    def stale_reason(self, stream: str, now: float, stale_after_s: float = 5.0) -> str | None:
-        """Why ``stream``'s numbers cannot be trusted as current at ``now`` s, or None when they can.
-
-        Stale when the stream's latest status (newer than its latest estimate) reports a signal in
-        NO_FRAMES (lost, stale, no_sector), when no estimate arrived for longer than
-        ``view.stale_limit_s(stale_after_s)`` (counted from the stream's first message until its first
-        estimate), or when a publisher's heartbeat is older than HEARTBEAT_TIMEOUT_S (counted from the
-        first message until the first heartbeat).
-        """
-        view = self.streams[stream]
-        signal = (view.status or {}).get("signal")
-        if signal in NO_FRAMES and (view.status_at or 0.0) >= (view.estimate_at or 0.0):
-            return f"signal {signal}"  # the publisher says so: no need to wait out the stale limit
-        since = view.first_seen if view.estimate_at is None else view.estimate_at
-        if now - since > view.stale_limit_s(stale_after_s):
-            what = "no estimate yet" if view.estimate_at is None else "no estimate"
-            return f"{what} for {now - since:.1f} s"
-        heartbeat_age = self.heartbeat_age(now)
-        if heartbeat_age is None and self.first_message_at is not None:
-            if now - self.first_message_at > HEARTBEAT_TIMEOUT_S:
-                return "no publisher heartbeat"
-        elif heartbeat_age is not None and heartbeat_age > HEARTBEAT_TIMEOUT_S:
-            return f"publisher silent for {heartbeat_age:.1f} s"
-        return None
-
-    def stale(self, stream: str, now: float, stale_after_s: float = 5.0) -> bool:
-        """True when :meth:`stale_reason` gives a reason."""
-        return self.stale_reason(stream, now, stale_after_s) is not None
-
-
 # ---------------------------------------------------------------- rendering
 
 
-def ef_category(ef: float) -> str:
-    """EF % → clinical band: "normal" (≥ 50), "mildly reduced" (40–49), "reduced" (< 40)."""
-    if ef >= EF_NORMAL:
-        return "normal"
-    return "mildly reduced" if ef >= EF_REDUCED else "reduced"
-
-
 _CATEGORY_STYLE = {"normal": "green", "mildly reduced": "yellow", "reduced": "bold red"}
-_CATEGORY_BAND = {"normal": "≥ 50 %", "mildly reduced": "40–49 %", "reduced": "< 40 %"}
+_CATEGORY_BAND = {"normal": "≥ 50 %", "mildly reduced": "41–49 %", "reduced": "≤ 40 %"}
+_PRIORITY_STYLE = {"high": "bold red reverse", "medium": "bold yellow reverse", "low": "yellow"}
 
 
 def _p_style(p: float) -> str:
@@ -196,11 +90,13 @@ def _p_style(p: float) -> str:
     return "yellow" if p >= P_REDUCED_WARN else "green"
 
 
-def sparkline(values: Sequence[float]) -> str:
-    """One character per value, ▁ (the minimum) to █ (the maximum); all ▄ when the values are equal."""
+def sparkline(values: Sequence[float], scale: tuple[float, float] | None = None) -> str:
+    """One character per value, ▁ (the minimum) to █ (the maximum); all ▄ when the values are equal.
+    ``scale``: (lo, hi) the blocks span instead, values outside it clipped."""
     if not values:
         return ""
-    lo, hi = min(values), max(values)
+    lo, hi = scale or (min(values), max(values))
+    values = [min(max(v, lo), hi) for v in values]
     if hi == lo:
         return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2 - 1] * len(values)
     top = len(SPARK_BLOCKS) - 1
@@ -286,44 +182,61 @@ def _estimate_lines(est: dict[str, Any], view: StreamView, alarm: bool) -> list[
         beat_line.append(" multimodal", style="yellow")
     lines.append(beat_line)
     trend = list(view.trend)
-    # Oldest beat left; the labels give the range the blocks span (▁ = min, █ = max).
-    lines.append(Text.assemble("trend ", (sparkline(trend), "cyan"), f" {min(trend):.0f}–{max(trend):.0f} %"))
+    # Oldest beat left, on a fixed 15–85 % scale, each block in its clinical band's colour.
+    blocks = Text("trend ")
+    for block, ef in zip(sparkline(trend, TREND_SCALE), trend, strict=True):
+        blocks.append(block, _CATEGORY_STYLE[ef_category(ef)])
+    blocks.append(f" {min(trend):.0f}–{max(trend):.0f} %")
+    lines.append(blocks)
     lines.append(Text(f"latency {est['latency_ms']:.0f} ms · {est['backend']}", style="dim"))
     if "ef" in est.get("truth", {}):
         lines.append(Text(f"simulator truth EF {est['truth']['ef']:.1f} %", style="dim"))
     return lines
 
 
-# Signal states in which no estimate can come, and how the monitor says so.
-NO_FRAMES = {
+# How the monitor words each alarm (its message says the rest).
+SIGNAL_BANNERS = {
     "lost": "SIGNAL LOST — no frames",
     "stale": "SIGNAL STALE — no recent window",
+    "blank": "SIGNAL BLANK — no image content",
+    "frozen": "SIGNAL FROZEN — the image does not change",
+    "saturated": "SIGNAL SATURATED",
     "no_sector": "NO ULTRASOUND SECTOR in the frames — check the source and its region",
 }
+_NUMBERS_OLD = ("signal", "stale", "publisher_gone")  # alarms that leave the shown numbers out of date
 
 
-def _stream_panel(view: StreamView, state: MonitorState, now: float, stale_after_s: float) -> Panel:
-    reason = state.stale_reason(view.stream, now, stale_after_s)
+def banner(alarm: Alarm, signal: str | None = None) -> str:
+    """The words the monitor shows (and logs) for an alarm; ``signal``: the bed's signal state."""
+    if alarm.kind == "signal" and signal in SIGNAL_BANNERS:
+        return SIGNAL_BANNERS[signal]
+    if alarm.kind in ("stale", "publisher_gone"):
+        return f"STALE — {alarm.message}"
+    return f"ALARM — {alarm.message}"
+
+
+def _stream_panel(view: StreamView, alarms: list[Alarm], gone: bool) -> Panel:
+    """One bed: its alarms (acknowledged ones dimmed), the estimate, the signal. ``gone``: the
+    publisher is gone, so what the panel shows is the last thing known."""
     signal = None if view.status is None else view.status["signal"]
     lines: list[RenderableType] = []
-    if reason is not None:
-        lines.append(Text(f" STALE — {reason} ", style="bold red reverse"))
-    if signal in NO_FRAMES:
-        lines.append(Text(f" {NO_FRAMES[signal]} ", style="bold red reverse"))
-    alarm = bool(lines)
-
+    for alarm in alarms:
+        if alarm.kind == "unreliable":
+            continue  # the LOW CONFIDENCE block below says it, with the score
+        style = "dim" if alarm.acknowledged_until is not None else _PRIORITY_STYLE[alarm.priority]
+        lines.append(Text(f" {banner(alarm, signal)} ", style=style))
+    old = gone or any(a.kind in _NUMBERS_OLD for a in alarms)
+    urgent = old or any(a.priority == "high" for a in alarms)
     est = view.estimate
     if est is None:
         lines.append(Text("waiting for the first estimate…", style="dim"))
     else:
-        lines += _estimate_lines(est, view, alarm)
+        lines += _estimate_lines(est, view, old)
     if view.status is not None:
         st = view.status
-        lines.append(
-            Text(
-                f"signal {st['signal']} · {st['fps']:.1f} fps", style="dim" if st["signal"] == "ok" else "red"
-            )
-        )
+        said = f"signal {st['signal']} · {st['fps']:.1f} fps"
+        style = "red" if st["signal"] != "ok" else "dim"
+        lines.append(Text(f"last known: {said}" if gone else said, style="dim" if gone else style))
         lines.append(
             Text(
                 f"dropped {_count(st['windows_dropped'], 'window')}, {_count(st['frames_dropped'], 'frame')}"
@@ -332,7 +245,7 @@ def _stream_panel(view: StreamView, state: MonitorState, now: float, stale_after
     return Panel(
         Group(*lines),
         title=Text(view.stream, style="bold"),
-        border_style="red" if alarm else "green",
+        border_style="red" if urgent else "green",
         width=PANEL_WIDTH,
     )
 
@@ -361,18 +274,27 @@ def _footer(state: MonitorState, now: float) -> Text:
     return text
 
 
-def render(state: MonitorState, now: float, stale_after_s: float = 5.0) -> RenderableType:
-    """The monitor screen at ``now`` s: one panel per stream (sorted by id) and a footer line."""
+def render(board: AlarmBoard, now: float) -> RenderableType:
+    """The monitor screen at ``now`` s: the notice, a line per agent-level alarm, one panel per
+    stream (sorted by id) with its alarms, and a footer line. Updates the board's alarms."""
+    alarms = board.update(now)
+    state = board.state
+    head: list[RenderableType] = [Text(NOTICE, style="bold yellow")]
+    gone = [a for a in alarms if a.bed == AGENT]
+    head += [Text(f" PUBLISHER GONE — {a.message} ", style="bold red reverse") for a in gone]
     if not state.streams:
-        return Group(Text("waiting for estimates…", style="dim"), _footer(state, now))
-    panels = [_stream_panel(state.streams[s], state, now, stale_after_s) for s in sorted(state.streams)]
-    return Group(Columns(panels), _footer(state, now))
+        return Group(*head, Text("waiting for estimates…", style="dim"), _footer(state, now))
+    panels = [
+        _stream_panel(state.streams[bed], [a for a in alarms if a.bed == bed], bool(gone))
+        for bed in sorted(state.streams)
+    ]
+    return Group(*head, Columns(panels), _footer(state, now))
 
 
 def screenshot_svg(
     messages: Sequence[dict[str, Any]],
     at: float,
-    stale_after_s: float = 5.0,
+    alarms: AlarmConfig | None = None,
     title: str = "edge-agent monitor",
 ) -> str:
     """The monitor screen as it stood at ``at`` (receive clock, s), drawn as an SVG document.
@@ -380,13 +302,13 @@ def screenshot_svg(
     ``messages``: received messages (each with its receive time); those received after ``at`` are
     left out, so a run can be pictured at any moment after it ended.
     """
-    state = MonitorState()
+    board = AlarmBoard(alarms or AlarmConfig())
     for msg in messages:
         if msg[T_RECEIVED] <= at:
-            state.apply(msg, msg[T_RECEIVED])
-    columns = max(1, min(len(state.streams), 2)) * (PANEL_WIDTH + 1) + 1
-    console = Console(record=True, width=max(columns, 80), file=io.StringIO(), force_terminal=True)
-    console.print(render(state, at, stale_after_s))
+            board.apply(msg, msg[T_RECEIVED])
+    columns = max(1, min(len(board.state.streams), 2)) * (PANEL_WIDTH + 1) + 1
+    console = Console(record=True, width=max(columns, len(NOTICE)), file=io.StringIO(), force_terminal=True)
+    console.print(render(board, at))
     # rich names web fonts on a CDN; a bedside network has none, and the monospace fallback suffices.
     return re.sub(r"@font-face \{.*?\}\s*", "", console.export_svg(title=title), flags=re.S)
 
@@ -413,6 +335,18 @@ def estimate_line(msg: dict[str, Any]) -> str:
     )
 
 
+def alarm_line(event: AlarmEvent, state: MonitorState) -> str:
+    """One log line for an alarm transition: who, and the banner (raised) or what happened."""
+    who = event.bed or "agent"
+    if event.what in ("raised", "resounded"):
+        view = state.streams.get(event.bed)
+        signal = None if view is None or view.status is None else view.status["signal"]
+        alarm = Alarm(event.bed, event.kind, event.priority, event.message, event.t)
+        again = " (again: its silence ran out)" if event.what == "resounded" else ""
+        return f"{who}: {banner(alarm, signal)}{again}"
+    return f"{who}: {event.kind} {event.what}"
+
+
 def _messages_until(sub: Subscriber, until: float) -> Iterator[dict[str, Any]]:
     """Messages received before ``until`` s (time.monotonic())."""
     while (timeout := until - time.monotonic()) > 0:
@@ -424,7 +358,7 @@ def _messages_until(sub: Subscriber, until: float) -> Iterator[dict[str, Any]]:
 
 def run_monitor(
     endpoints: str | Sequence[str],
-    stale_after_s: float = 5.0,
+    alarms: AlarmConfig | None = None,
     refresh_hz: float = 4.0,
     duration_s: float | None = None,
     console: Console | None = None,
@@ -436,15 +370,16 @@ def run_monitor(
     """Show the live monitor for ``duration_s`` s (None: until Ctrl-C) and return the final state.
 
     On a terminal: a rich Live screen redrawn ``refresh_hz`` times a second. Otherwise (output piped
-    or to a file): one line per new estimate, plus a line when a stream turns stale or recovers, its
+    or to a file): one line per new estimate, plus a line when an alarm is raised or cleared, a
     signal changes, an invalid message arrives or messages went missing, so that logs stay useful.
+    ``alarms``: the thresholds (:class:`AlarmConfig`; its ``stale_after_s`` makes a stream STALE).
     ``on_message`` gets every message received, ``on_tick`` is called once per refresh (the demo
     supervises its agent there). ``curve_*``: as for :class:`Subscriber`.
     """
     if refresh_hz <= 0:
         raise ValueError(f"refresh_hz: must be > 0, got {refresh_hz}")
     console = console or Console()
-    state = MonitorState()
+    board = AlarmBoard(alarms or AlarmConfig())
     period = 1.0 / refresh_hz
     end = None if duration_s is None else time.monotonic() + duration_s
     with Subscriber(endpoints, curve_server_key=curve_server_key, curve_client_key=curve_client_key) as sub:
@@ -454,24 +389,23 @@ def run_monitor(
                     while end is None or time.monotonic() < end:
                         tick = time.monotonic() + period
                         for msg in _messages_until(sub, tick if end is None else min(tick, end)):
-                            state.apply(msg, msg[T_RECEIVED])
+                            board.apply(msg, msg[T_RECEIVED])
                             if on_message is not None:
                                 on_message(msg)
-                        live.update(render(state, time.monotonic(), stale_after_s), refresh=True)
+                        live.update(render(board, time.monotonic()), refresh=True)
                         if on_tick is not None:
                             on_tick()
             else:
-                _log_lines(sub, state, console, stale_after_s, period, end, on_message, on_tick)
+                _log_lines(sub, board, console, period, end, on_message, on_tick)
         except KeyboardInterrupt:
             pass  # Ctrl-C is how a bedside monitor is closed
-    return state
+    return board.state
 
 
 def _log_lines(
     sub: Subscriber,
-    state: MonitorState,
+    board: AlarmBoard,
     console: Console,
-    stale_after_s: float,
     period: float,
     end: float | None,
     on_message: Callable[[dict[str, Any]], None] | None = None,
@@ -481,14 +415,14 @@ def _log_lines(
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     say(f"monitor: listening on {', '.join(sub.endpoints)}")
-    stale: set[str] = set()
+    state = board.state
     invalid_seen = missed_seen = 0
     while end is None or time.monotonic() < end:
         tick = time.monotonic() + period
         for msg in _messages_until(sub, tick if end is None else min(tick, end)):
             view = state.streams.get(msg.get("stream", ""))
             signal_before = None if view is None or view.status is None else view.status["signal"]
-            state.apply(msg, msg[T_RECEIVED])
+            board.apply(msg, msg[T_RECEIVED])
             if on_message is not None:
                 on_message(msg)
             if msg["kind"] == "estimate":
@@ -503,12 +437,7 @@ def _log_lines(
             missed_seen = sub.missed
         if on_tick is not None:
             on_tick()
-        now = time.monotonic()
-        for stream in sorted(state.streams):
-            reason = state.stale_reason(stream, now, stale_after_s)
-            if reason is not None and stream not in stale:
-                stale.add(stream)
-                say(f"{stream}: STALE — {reason}")
-            elif reason is None and stream in stale:
-                stale.discard(stream)
-                say(f"{stream}: recovered")
+        before = board.n_events
+        board.update(time.monotonic())
+        for event in list(board.log)[max(0, len(board.log) - (board.n_events - before)) :]:
+            say(alarm_line(event, state))

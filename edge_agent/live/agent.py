@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.clients.alarms import AlarmConfig
 from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter, connect_endpoint
 from edge_agent.config import ConfigError, from_mapping, load_yaml, parse_with_overrides
 from edge_agent.core.stage import Stage, run_child, run_stage
@@ -77,6 +78,7 @@ class AgentConfig:
     hub: HubConfig = field(default_factory=HubConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)  # for the monitor and the ward page
 
 
 SECTIONS: dict[str, type] = {
@@ -88,6 +90,7 @@ SECTIONS: dict[str, type] = {
     "hub": HubConfig,
     "supervisor": SupervisorConfig,
     "metrics": MetricsConfig,
+    "alarms": AlarmConfig,
 }
 
 

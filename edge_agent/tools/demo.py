@@ -156,6 +156,7 @@ def run_demo(
     try:
         run_monitor(
             agent.endpoints["publish"],
+            alarms=cfg.alarms,
             duration_s=seconds + drain_s,
             console=console,
             on_message=messages.append,
@@ -176,5 +177,7 @@ def run_demo(
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
     if screenshot_path is not None:
         Path(screenshot_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(screenshot_path).write_text(screenshot_svg(messages, min(t_stop_sources, time.monotonic())))
+        Path(screenshot_path).write_text(
+            screenshot_svg(messages, min(t_stop_sources, time.monotonic()), cfg.alarms)
+        )
     return summary

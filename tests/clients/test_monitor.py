@@ -16,8 +16,11 @@ import pytest
 import zmq
 from rich.console import Console
 
+from edge_agent.clients.alarms import AlarmBoard, AlarmConfig
 from edge_agent.clients.monitor import (
+    NOTICE,
     SPARK_BLOCKS,
+    TREND_SCALE,
     MonitorState,
     big_number,
     ef_category,
@@ -86,9 +89,14 @@ def decoded(parts: Sequence[Any]) -> dict[str, Any]:
     return wire.decode_published([bytes(p) for p in parts])
 
 
+def board_of(state: MonitorState, stale_after_s: float = 5.0) -> AlarmBoard:
+    """The alarm board the monitor draws, over a state fed by the test."""
+    return AlarmBoard(AlarmConfig(stale_after_s=stale_after_s), state=state)
+
+
 def screen(state: MonitorState, now: float, stale_after_s: float = 5.0) -> str:
     console = Console(record=True, width=100, color_system=None, file=io.StringIO())
-    console.print(render(state, now, stale_after_s))
+    console.print(render(board_of(state, stale_after_s), now))
     return console.export_text()
 
 
@@ -200,8 +208,9 @@ def test_render_shows_ef_interval_hr_category_and_sparkline() -> None:
     assert "HR 60 bpm" in text
     assert f"{ef_category(running['mean'])} (" in text
     assert f"P(EF<40) {running['p_ef_lt_40']:.2f} running" in text
-    spark = sparkline(list(view.trend))
-    assert spark in text and spark[0] == SPARK_BLOCKS[0] and spark[-1] == SPARK_BLOCKS[-1]
+    # On the fixed 15–85 % scale: 45 % and 55 % are blocks 3 and 4 wherever the trend lies.
+    spark = sparkline(list(view.trend), TREND_SCALE)
+    assert spark in text and spark[0] == SPARK_BLOCKS[3] and spark[-1] == SPARK_BLOCKS[4]
     assert f"{min(view.trend):.0f}–{max(view.trend):.0f} %" in text
     assert "signal ok · 49.8 fps" in text and "dropped 2 windows, 7 frames" in text
     assert "simulator truth EF 55.0 %" in text
@@ -211,7 +220,7 @@ def test_render_shows_ef_interval_hr_category_and_sparkline() -> None:
     # The big seven-segment number is the running mean, rounded.
     for row in big_number(f"{running['mean']:.0f}").splitlines():
         assert row in text
-    assert "STALE" not in text
+    assert "STALE" not in text and NOTICE in text
 
 
 def test_an_unreliable_estimate_is_low_confidence_and_its_interval_withheld() -> None:
@@ -238,14 +247,14 @@ def test_render_warns_stale_and_signal_lost() -> None:
     assert "STALE — no estimate for 8.0 s" in screen(state, now=110.0, stale_after_s=5.0)
     state.apply(decoded(status_parts(signal="lost", fps=0.0)), 102.5)
     text = screen(state, now=102.5)
-    # The last estimate stays on screen, flagged stale at once: the frames it came from are gone.
-    assert "SIGNAL LOST" in text and "STALE — signal lost" in text
+    # The last estimate stays on screen, flagged at once: the frames it came from are gone.
+    assert "SIGNAL LOST — no frames" in text and "STALE" not in text
 
 
 def test_render_stale_warning_is_red_and_reverse() -> None:
     state = fed_state(beats=2)
     console = Console(record=True, width=100, color_system="truecolor", file=io.StringIO())
-    console.print(render(state, now=120.0))
+    console.print(render(board_of(state), now=120.0))
     html = console.export_html(inline_styles=True)
     assert "STALE" in html and "#800000" in html  # rich's "red" in the standard palette
 
@@ -257,17 +266,19 @@ def test_render_several_streams_and_waiting() -> None:
     state.apply(decoded(status_parts(stream="bed3")), 101.0)
     text = screen(state, now=101.0)
     assert "bed1" in text and "bed2" in text and "bed3" in text
-    assert "reduced (< 40 %)" in text
+    assert "reduced (≤ 40 %)" in text
     assert "waiting for the first estimate" in text
     assert "3 streams · dropped 4 windows, 14 frames" in text
 
 
 def test_ef_category_bands() -> None:
-    assert [ef_category(ef) for ef in (65.0, 50.0, 49.9, 40.0, 39.9, 10.0)] == [
+    """The 2021 universal definition of heart failure: reduced ≤ 40 %, mildly reduced 41–49 %."""
+    assert [ef_category(ef) for ef in (65.0, 50.0, 49.9, 40.1, 40.0, 39.9, 10.0)] == [
         "normal",
         "normal",
         "mildly reduced",
         "mildly reduced",
+        "reduced",
         "reduced",
         "reduced",
     ]
@@ -489,7 +500,9 @@ def test_run_monitor_piped_reports_stale_and_invalid(ctx: zmq.Context) -> None:
 
     thread = threading.Thread(target=publish)
     thread.start()
-    state = run_monitor(endpoint, stale_after_s=0.3, refresh_hz=20.0, duration_s=1.5, console=console)
+    state = run_monitor(
+        endpoint, alarms=AlarmConfig(stale_after_s=0.3), refresh_hz=20.0, duration_s=1.5, console=console
+    )
     thread.join()
     pub.close()
     text = console.export_text()
