@@ -877,6 +877,43 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _web_arguments(p: argparse.ArgumentParser) -> None:
+    _publish_endpoints(p)
+    p.add_argument(
+        "--port", type=int, help="HTTP port of the page (web.port; default 8080; 0: any free port)"
+    )
+    p.add_argument("--seconds", type=SECONDS, help="stop after this many seconds (default: until stopped)")
+    _agent_options(p)  # its `web` and `alarms` sections
+    _log_level_option(p, "INFO")
+    _curve_options(p)
+
+
+@verb(
+    "web", "the ward page: every bed in a browser, with the alarms (http://127.0.0.1:8080/)", _web_arguments
+)
+def cmd_web(args: argparse.Namespace) -> int:
+    from edge_agent.clients.record import DEFAULT_ENDPOINT
+    from edge_agent.clients.ward import WardServer
+    from edge_agent.core.stage import run_stage
+
+    _log_to_stderr(args.log_level, "web")
+    cfg = _agent_config(args)
+    web = dataclasses.replace(cfg.web, port=args.port if args.port is not None else cfg.web.port or 8080)
+    server = WardServer(
+        web,
+        args.connect or [DEFAULT_ENDPOINT],
+        cfg.alarms,
+        curve_server_key=args.curve_server_key,
+        curve_client_key=args.curve_client_key,
+    )
+    try:
+        run_stage(lambda: server, duration_s=args.seconds)
+    except OSError as e:  # the port is taken or the address is not this host's
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _soak_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=SECONDS, help="run length (default 600)")
     p.add_argument("--streams", type=COUNT, help="simulated streams (default 3)")

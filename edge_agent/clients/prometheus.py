@@ -57,7 +57,7 @@ from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from edge_agent.clients.subscriber import T_RECEIVED, Subscriber, classify_seq
+from edge_agent.clients.subscriber import T_RECEIVED, Subscriber, classify_seq, subscriber_keys
 from edge_agent.protocol import wire
 from edge_agent.protocol.transport import TransportConfig
 
@@ -152,14 +152,7 @@ class MetricsExporter:
             raise ValueError("metrics.port: null means no exporter; set a port (e.g. 9108) to run one")
         self.cfg = cfg
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        own = None if transport is None else transport.curve_secret
-        if (
-            own is not None
-            and curve_client_key is None
-            and all(e.startswith("tcp://") for e in self.endpoints)
-        ):
-            curve_server_key = curve_client_key = own  # the certificate holds the public key too
-        self.curve_keys = (curve_server_key, curve_client_key)
+        self.curve_keys = subscriber_keys(self.endpoints, transport, curve_server_key, curve_client_key)
         self.sub: Subscriber | None = None
         self.server: Any = None
         self.port: int | None = None

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import zmq
 
 from edge_agent.protocol import security, wire
+from edge_agent.protocol.transport import TransportConfig
 
 # Key the Subscriber adds to every returned message: its receive time, s (time.monotonic()). The
 # leading underscore cannot clash with the schema: wire field names are identifiers without one.
@@ -153,6 +154,21 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def subscriber_keys(
+    endpoints: Sequence[str],
+    transport: TransportConfig | None,
+    curve_server_key: str | None,
+    curve_client_key: str | None,
+) -> tuple[str | None, str | None]:
+    """The CURVE (server key, client key) a client of the agent subscribes with: the ones given, or
+    for the agent's own clients (``transport`` given, ``curve_secret`` set, tcp endpoints) the
+    agent's certificate, which the hub admits (the certificate holds the public key too)."""
+    own = None if transport is None else transport.curve_secret
+    if own is not None and curve_client_key is None and all(e.startswith("tcp://") for e in endpoints):
+        return own, own
+    return curve_server_key, curve_client_key
 
 
 class SeqStep(NamedTuple):

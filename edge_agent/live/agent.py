@@ -33,6 +33,7 @@ from typing import Any
 
 from edge_agent.clients.alarms import AlarmConfig
 from edge_agent.clients.prometheus import MetricsConfig, MetricsExporter, connect_endpoint
+from edge_agent.clients.ward import WardServer, WebConfig
 from edge_agent.config import ConfigError, from_mapping, load_yaml, parse_with_overrides
 from edge_agent.core.stage import Stage, run_child, run_stage
 from edge_agent.live.capture import Capture, CaptureConfig, StreamConfig
@@ -79,6 +80,7 @@ class AgentConfig:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alarms: AlarmConfig = field(default_factory=AlarmConfig)  # for the monitor and the ward page
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -91,6 +93,7 @@ SECTIONS: dict[str, type] = {
     "supervisor": SupervisorConfig,
     "metrics": MetricsConfig,
     "alarms": AlarmConfig,
+    "web": WebConfig,
 }
 
 
@@ -312,8 +315,9 @@ class Agent:
 def compose(cfg: AgentConfig, endpoints: Mapping[str, str], rings: Mapping[str, str]) -> list[_Proc]:
     """Every stage of the agent, wired: which process reads which ring and talks to which socket.
 
-    Start order: 0 hub (binds every socket), 1 workers and the metrics exporter (when
-    ``metrics.port`` is set), 2 windowers, 3 captures; stop is the reverse.
+    Start order: 0 hub (binds every socket), 1 workers, the metrics exporter (when
+    ``metrics.port`` is set) and the ward page (``web.port``), 2 windowers, 3 captures; stop is
+    the reverse.
     """
     t = cfg.transport
     procs = [_Proc("hub", functools.partial(Hub, cfg.hub, t, dict(endpoints)), 0)]
@@ -328,6 +332,9 @@ def compose(cfg: AgentConfig, endpoints: Mapping[str, str], rings: Mapping[str, 
     if cfg.metrics.port is not None:  # a subscriber like any monitor: nothing added to the hub's loop
         publish = connect_endpoint(endpoints["publish"])
         procs.append(_Proc("metrics", functools.partial(MetricsExporter, cfg.metrics, publish, t), 1))
+    if cfg.web.port is not None:  # another subscriber
+        publish = connect_endpoint(endpoints["publish"])
+        procs.append(_Proc("web", functools.partial(WardServer, cfg.web, publish, cfg.alarms, t), 1))
     for s in cfg.streams:
         procs.append(
             _Proc(

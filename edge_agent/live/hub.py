@@ -76,7 +76,7 @@ class HubConfig:
 
     queue_per_stream: int = 2
     result_timeout_s: float = 10.0
-    status_period_s: float = 1.0
+    status_period_s: float = 0.5
     heartbeat_period_s: float = 1.0
     stale_after_s: float = 5.0
     running_beats: int = 5

@@ -56,8 +56,8 @@ class WindowConfig:
     """
 
     view_change_corr: float = 0.9
-    status_period_s: float = 1.0
-    lost_after_s: float = 2.0
+    status_period_s: float = 0.5
+    lost_after_s: float = 1.0  # with the status periods, a stopped feed is shown lost within 2 s
     attach_timeout_s: float = 60.0
 
 

@@ -293,6 +293,8 @@ class BenchConfig:
     sim_loop_s: the simulated feeds render this many seconds once and replay them like recorded
         cines (``synthetic://?loop_s=``), so the simulator (≈ 4 ms of CPU per frame: 1.2 of 2
         cores for four 50 fps streams) does not compete with the agent under test; 0 renders live.
+    ward_beds, ward_seconds: the ward page server under that many beds for that long
+        (:func:`~edge_agent.tools.ward_load.ward_load`); 0 beds: not run.
     """
 
     model: str = "engines/mcsdr_default.pt"
@@ -307,6 +309,8 @@ class BenchConfig:
     gating: tuple[str, ...] = ("ecg", "image")
     sim_loop_s: float = 20.0
     tegrastats_interval_ms: int = 200  # from the YAML's telemetry section
+    ward_beds: int = 16
+    ward_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.gating) - set(GATINGS))
@@ -314,7 +318,7 @@ class BenchConfig:
             raise ValueError(f"bench.gating: {list(self.gating)} — use a list of {list(GATINGS)}")
 
 
-QUICK = {"min_seconds": 0.5, "min_samples": 5, "stream_seconds": 10.0}
+QUICK = {"min_seconds": 0.5, "min_samples": 5, "stream_seconds": 10.0, "ward_seconds": 5.0}
 
 
 def bench_config(
@@ -403,6 +407,10 @@ def run_bench(cfg: BenchConfig, agent_overrides: tuple[str, ...] = ()) -> dict[s
         result["capture"] = capture_cost(cfg.min_seconds, cfg.min_samples)
         runs = [(n, g) for g in cfg.gating for n in cfg.streams]
         result["live"] = [live(n, g, cfg, agent_overrides) for n, g in tqdm(runs, desc="live", unit="run")]
+        if cfg.ward_beds:
+            from edge_agent.tools.ward_load import ward_load
+
+            result["ward"] = ward_load(cfg.ward_beds, cfg.ward_seconds)
     result["telemetry"] = telemetry.summary()
     result["posterior_speed"] = posterior_speed(cfg.model, cfg.min_seconds, cfg.min_samples, cfg.threads)
     naive = result["single_stream"].get("naive", {}).get("p50")
@@ -457,6 +465,20 @@ def check_targets(result: dict[str, Any], default: str) -> list[dict[str, Any]]:
                 "target": "ring CRC ≤ 5 % of the capture stage (480×640 RGB frame)",
                 "measured": f"{100 * share:.1f} % ({1e3 * capture['ring CRC']['p50']:.1f} µs)",
                 "met": share <= 0.05,
+            }
+        )
+    ward = result.get("ward")
+    if ward:
+        p99 = ward["latency_ms"]["p99"]
+        out.append(
+            {
+                "target": f"ward page, {ward['beds']} beds: updates p99 ≤ 1 s, server CPU < 10 % of one core",
+                "measured": f"p99 {p99:.1f} ms, CPU {100 * ward['cpu_share']:.1f} %, "
+                f"{ward['delivered']} of {ward['estimates']} delivered",
+                "met": p99 is not None
+                and p99 <= 1000.0
+                and ward["cpu_share"] < 0.1
+                and ward["delivered"] == ward["estimates"],
             }
         )
     ratio = result["ratios_to_naive"].get(default)
@@ -528,6 +550,19 @@ def report_markdown(result: dict[str, Any]) -> str:
             f"{run['windows_dropped']} | "
             f"{_pair(a)} | {_pair(run.get('latency_steady_ms', {}))} | {_pair(b)} | {stage} |"
         )
+    ward = result.get("ward")
+    if ward:
+        lat = ward["latency_ms"]
+        lines += [
+            "",
+            f"## Ward page: {ward['beds']} beds at {ward['hr_bpm']:g} bpm for {ward['seconds']:g} s "
+            "(estimate published → event at the page)",
+            "",
+            "| estimates | delivered | p50 ms | p99 ms | max ms | server CPU, % of one core |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {ward['estimates']} | {ward['delivered']} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
+            f"{lat['max']:.1f} | {100 * ward['cpu_share']:.1f} |",
+        ]
     lines += ["", "## Targets (2-core CPU, default backend)", "", "| target | measured | met |"]
     lines.append("|---|---|---|")
     for t in result.get("targets", []):

@@ -1,0 +1,150 @@
+"""The ward page (edge_agent.clients.ward) in a real browser: the distribution's Chromium, driven by
+Playwright, against a real agent with two simulated beds (one at EF ≈ 30 %).
+
+Chromium comes from the distribution (``apt-get install chromium``, which .ci/run does); where it
+is missing the browser test is skipped with that reason. Screenshots go to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.clients.alarms import AlarmConfig
+from edge_agent.clients.ward import WardServer, WebConfig
+from edge_agent.live.agent import Agent, load_agent_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NUMBER = re.compile(r"^\d{1,2}$")
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_beyond_loopback_needs_a_token_and_tls() -> None:
+    with pytest.raises(ValueError, match=r"beyond loopback: set web\.token and web\.tls_cert"):
+        WebConfig(port=8080, host="0.0.0.0")
+    with pytest.raises(ValueError, match=r"web\.port: null means no page server"):
+        WardServer(WebConfig(), "tcp://127.0.0.1:1")
+    WebConfig(port=8080, host="0.0.0.0", token="t", tls_cert="c.pem", tls_key="k.pem")  # accepted
+    WebConfig(port=8080, host="::1")
+
+
+@contextlib.contextmanager
+def _serving(server: WardServer) -> Iterator[None]:
+    """Run the page server's process loop in a thread until the with-block ends."""
+    running = threading.Event()
+    running.set()
+
+    def loop() -> None:
+        while running.is_set():
+            server.process(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    server.start()
+    thread.start()
+    try:
+        yield
+    finally:
+        running.clear()
+        thread.join(5.0)
+        server.stop()
+
+
+def test_the_api_answers_with_a_token_only(tmp_path: Path) -> None:
+    """A token-protected server (on loopback here) refuses requests without it; the snapshot and
+    a bad acknowledgement answer as documented."""
+    server = WardServer(WebConfig(port=0, token="s3cret"), f"ipc://{tmp_path}/nobody")
+    with _serving(server):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server.url + "api/snapshot", timeout=5)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(server.url + "api/snapshot?token=s3cret", timeout=5) as r:
+            snap = json.load(r)
+            assert r.headers["Cache-Control"] == "no-store"
+        assert snap["beds"] == {} and snap["alarms"] == [] and snap["alarm_config"]["reduced_beats"] == 3
+        ack = urllib.request.Request(
+            server.url + "api/ack?token=s3cret", data=b'{"bed": "bed1", "kind": "reduced_ef"}', method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(ack, timeout=5)
+        assert missing.value.code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_the_ward_page_in_a_browser_two_beds_alarm_ack_signal_lost_publisher_gone(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    cfg = load_agent_config(
+        None,
+        ["supervisor.log_level=WARNING", f"transport.publish=ipc://{tmp_path}/publish"],
+        sources=["synthetic://?ef=62&seed=1", "synthetic://?ef=30&seed=3"],
+    )
+    alarms = AlarmConfig(reduced_beats=3)
+    agent = Agent(cfg)
+    agent.start()
+    server = WardServer(WebConfig(port=0), agent.endpoints["publish"], alarms)
+    try:
+        with _serving(server), sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server.url)
+            # Both tiles fill in and keep updating.
+            bed1, bed2 = page.locator("#bed-bed1"), page.locator("#bed-bed2")
+            expect(bed1.locator(".ef")).to_have_text(NUMBER, timeout=60_000)
+            expect(bed2.locator(".ef")).to_have_text(NUMBER, timeout=30_000)
+            first = bed1.locator(".age").inner_text()
+            page.wait_for_timeout(2500)
+            assert bed1.locator(".age").inner_text() != first
+            # The low-EF bed: the sustained reduced-EF alarm, raised at the configured beat count.
+            alarm = page.locator('#alarm-strip li[data-bed="bed2"][data-kind="reduced_ef"]')
+            expect(alarm).to_be_visible(timeout=60_000)
+            # Raised by the board at the third reduced estimate in a row (or the fourth, when two
+            # estimates fall between two of its half-second updates).
+            raised = [
+                e for e in server.board.log if (e.bed, e.kind, e.what) == ("bed2", "reduced_ef", "raised")
+            ]
+            assert len(raised) == 1 and re.search(r"for [34] estimates$", raised[0].message), raised
+            assert page.locator('#alarm-strip li[data-bed="bed1"][data-kind="reduced_ef"]').count() == 0
+            expect(bed2.locator(".category")).to_have_text("reduced (≤ 40 %)")
+            page.screenshot(path=str(tmp_path / "ward_alarm.png"), full_page=True)
+            # Acknowledge: the alarm stays, marked and without its button.
+            alarm.get_by_role("button", name="Acknowledge").click()
+            expect(alarm).to_have_class(re.compile(r"\backnowledged\b"), timeout=5_000)
+            expect(alarm).to_contain_text("(acknowledged)")
+            # A source stops (its capture process dies): "signal lost" within 2 s.
+            capture = next(proc for proc in agent.procs if proc.name == "capture:bed1")
+            assert capture.process is not None
+            capture.process.kill()
+            t_stop = time.monotonic()
+            lost = page.locator('#alarm-strip li[data-bed="bed1"][data-kind="signal"]')
+            expect(lost).to_contain_text("signal lost", timeout=10_000)
+            assert time.monotonic() - t_stop <= 2.0 + 0.3  # 0.3 s: the browser's own polling
+            page.screenshot(path=str(tmp_path / "ward_signal_lost.png"), full_page=True)
+            # The agent stops: "publisher gone".
+            agent.stop()
+            expect(page.locator("#publisher")).to_contain_text("PUBLISHER GONE", timeout=10_000)
+            page.screenshot(path=str(tmp_path / "ward_publisher_gone.png"), full_page=True)
+            assert errors == []
+            browser.close()
+    finally:
+        agent.stop()
