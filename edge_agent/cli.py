@@ -892,7 +892,7 @@ def _web_arguments(p: argparse.ArgumentParser) -> None:
     "web", "the ward page: every bed in a browser, with the alarms (http://127.0.0.1:8080/)", _web_arguments
 )
 def cmd_web(args: argparse.Namespace) -> int:
-    from edge_agent.clients.record import DEFAULT_ENDPOINT
+    from edge_agent.clients.record import DEFAULT_ENDPOINT, RecordError
     from edge_agent.clients.ward import WardServer
     from edge_agent.core.stage import run_stage
 
@@ -908,6 +908,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     )
     try:
         run_stage(lambda: server, duration_s=args.seconds)
+    except RecordError as e:  # web.db names no recording: the user's to fix
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # the port is taken or the address is not this host's
         print(f"edge-agent: {e}", file=sys.stderr)
         return 1

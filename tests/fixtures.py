@@ -14,12 +14,16 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+from edge_agent.model import posterior
+from edge_agent.protocol import wire
 
 ECHONET_SIZE = 112
 BACKGROUND = 150
@@ -355,3 +359,34 @@ def dicom_cine(frames: np.ndarray, **tags: object) -> Dataset:
     for keyword, value in tags.items():
         setattr(ds, keyword, value)
     return ds
+
+
+def estimate_message(
+    seq: int, ef: float, p_lt_40: float | None = None, reliable: bool = True, stream: str = "bed1"
+) -> dict[str, Any]:
+    """A decoded estimate of ``stream`` (as a subscriber receives it) whose running posterior has
+    mean ``ef`` and, when given, P(EF<40) ``p_lt_40`` (a share of the 40 samples at 38 %, the rest
+    placed to keep the mean)."""
+    if p_lt_40 is None:
+        samples = ef + np.linspace(-1.0, 1.0, 40)
+    else:
+        low = round(40 * p_lt_40)
+        samples = np.r_[np.full(low, 38.0), np.full(40 - low, (40 * ef - 38.0 * low) / (40 - low))]
+    summary = posterior.summarize(samples).to_dict()
+    body = {
+        "seq": seq,
+        "frame_seq": [seq * 50, seq * 50 + 49],
+        "t": [float(seq), seq + 0.98],
+        "t_ready": seq + 1.1,
+        "t_published": seq + 1.2,
+        "hr_bpm": 60.0,
+        "backend": "onnxruntime",
+        "latency_ms": 30.0,
+        "stages": {"infer": 20.0},
+        "reliable": reliable,
+        "ood_score": 0.4 if reliable else 3.0,
+        "beat_ood_score": 0.4,
+        "beat": summary,
+        "running": {**summary, "n_beats": min(seq + 1, 5)},
+    }
+    return wire.decode_published([bytes(p) for p in wire.encode_estimate(stream, body)])

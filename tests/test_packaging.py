@@ -91,6 +91,15 @@ def test_the_wheel_runs_the_demo_from_anywhere_without_torch(tmp_path: Path) -> 
         for rel in RUNTIME_FILES:
             assert f"edge_agent/_shipped/{rel}" in names, rel
         assert not [n for n in names if "mcsdr_default_eval" in n or n.endswith(".plan")]
+        # The ward page and its vendored chart library: served from the package, no CDN.
+        for asset in (
+            "index.html",
+            "ward.js",
+            "ward.css",
+            "vendor/uPlot.iife.min.js",
+            "vendor/uPlot.LICENSE",
+        ):
+            assert f"edge_agent/clients/ward/{asset}" in names, asset
         z.extractall(tmp_path / "installed")
     env = {
         **os.environ,

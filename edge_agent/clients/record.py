@@ -29,6 +29,9 @@ recorder's wall clock, ISO 8601 UTC, and ``received_unix`` the same in s):
   seq numbers were skipped (the hub dropped windows, or messages were lost on the way: compare
   ``status.windows_dropped``), ``restart`` when the numbering started again (the stream's windower
   restarted). The previous seq is the last one in the database, so a gap can span recorder downtime.
+* ``alarms``: the alarm log of the ward page server (``web.db`` names this database): one row per
+  alarm transition (raised, acknowledged, resounded, cleared) with the bed, kind, priority and
+  message (:class:`WardStore`; the recorder itself only creates the table).
 * ``publishers``: one row per publisher process (host, pid) with first/last heartbeat, count and the
   longest silence between two recorded heartbeats. Heartbeats carry no clinical data; what they
   tell (was the agent alive, since when, did it stall) fits one row updated in place, where a row
@@ -225,6 +228,17 @@ def _table(name: str, columns: Sequence[tuple[str, str]], unique: str) -> str:
     )
 
 
+# Written by the ward page server (WardStore), created with the others so every recording has it.
+ALARMS_TABLE = """CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY,
+    received_utc TEXT NOT NULL,
+    received_unix REAL NOT NULL,
+    bed TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    what TEXT NOT NULL CHECK (what IN ('raised', 'acknowledged', 'resounded', 'cleared')),
+    message TEXT NOT NULL
+)"""
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER NOT NULL,
@@ -272,6 +286,7 @@ SCHEMA = [
     max_silence_s REAL NOT NULL,
     PRIMARY KEY (host, pid)
 )""",
+    ALARMS_TABLE,
     # What is queried: one stream over a span of wall-clock time; the UNIQUE keys index (stream, seq).
     "CREATE INDEX IF NOT EXISTS estimates_stream_received ON estimates (stream, received_unix)",
     "CREATE INDEX IF NOT EXISTS status_stream_received ON status (stream, received_unix)",
@@ -443,6 +458,56 @@ class RecordStore:
                 ),
             )
             return cur.rowcount == 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class WardStore:
+    """The ward page server's use of a recording (``web.db``): it appends the alarm log and reads
+    each bed's trend back, so that a restarted page server still shows the last hours.
+
+    path: a recording the recorder made (``edge-agent record --db PATH``, running beside the
+    agent); both write to it, which WAL mode allows (each waits up to 5 s for the other's commit).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RecordError(
+                f"web.db: {self.path} is not there; start `edge-agent record --db {self.path}` first, "
+                "or leave web.db unset (trends then live in the page server's memory only)"
+            )
+        # Opened by the caller of start(), used by the page server's event loop thread only after.
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0, check_same_thread=False)
+        try:
+            if not _check_version(self.conn, self.path):
+                raise RecordError(f"web.db: {self.path} is empty, not a recording; give the recorder's --db")
+            self.conn.execute(ALARMS_TABLE)  # for a recording made before the table existed
+        except (RecordError, sqlite3.DatabaseError) as e:
+            self.conn.close()
+            raise RecordError(str(e) if isinstance(e, RecordError) else f"web.db: {self.path}: {e}") from None
+
+    def add_alarm(self, unix_s: float, bed: str, kind: str, priority: str, what: str, message: str) -> None:
+        """One alarm transition, at ``unix_s`` (wall clock, s)."""
+        self.conn.execute(
+            "INSERT INTO alarms (received_utc, received_unix, bed, kind, priority, what, message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (utc_iso(unix_s), unix_s, bed, kind, priority, what, message),
+        )
+
+    def trends(self, since_unix: float) -> dict[str, list[tuple[float, float, float, float, float]]]:
+        """Each bed's recorded estimates since ``since_unix``: (received_unix, running mean, running
+        ci90 lo, hi, beat mean), oldest first. EF in %."""
+        out: dict[str, list[tuple[float, float, float, float, float]]] = {}
+        rows = self.conn.execute(
+            "SELECT stream, received_unix, running_mean, running_ci90_lo, running_ci90_hi, beat_mean "
+            "FROM estimates WHERE received_unix >= ? ORDER BY stream, received_unix",
+            (since_unix,),
+        )
+        for stream, *point in rows:
+            out.setdefault(stream, []).append(tuple(point))
+        return out
 
     def close(self) -> None:
         self.conn.close()

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.clients.alarms import AlarmBoard, AlarmConfig
+from edge_agent.clients.record import WardStore
 from edge_agent.clients.subscriber import T_RECEIVED, Subscriber, subscriber_keys
 from edge_agent.protocol.transport import TransportConfig
 
@@ -55,7 +56,9 @@ COOKIE = "edge_agent_ward"
 class WebConfig:
     """The ward page server (YAML section ``web``). port: where it listens (null: the agent starts
     none; 0: any free port); host: 127.0.0.1, this machine only. history_s: trend kept per bed, s.
-    token, tls_cert, tls_key: required together for any address beyond loopback."""
+    token, tls_cert, tls_key: required together for any address beyond loopback. db: the
+    recorder's SQLite (``edge-agent record --db``), when one runs: the alarm log is written into
+    it and the trends are read back from it at start (null: memory only)."""
 
     port: int | None = None
     host: str = "127.0.0.1"
@@ -63,6 +66,7 @@ class WebConfig:
     token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    db: str | None = None
 
     def __post_init__(self) -> None:
         if self.history_s <= 0 or not 0 <= (self.port or 0) <= 65535:
@@ -129,9 +133,15 @@ class WardServer:
         self._error: BaseException | None = None
         self.url = ""
         self.dropped_clients = 0
+        self.store: WardStore | None = None
+        self._logged = 0  # alarm events written to the store
 
     # ----- lifecycle -----------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
+        if self.cfg.db is not None:  # a RecordError names the file and the fix
+            self.store = WardStore(self.cfg.db)
+            for name, points in self.store.trends(time.time() - self.cfg.history_s).items():
+                self.beds.setdefault(name, _Bed()).trend.extend(points)
         server_key, client_key = self.curve_keys
         self.sub = Subscriber(self.endpoints, curve_server_key=server_key, curve_client_key=client_key)
         self._running.set()
@@ -159,6 +169,9 @@ class WardServer:
         if self.sub is not None:
             self.sub.close()
             self.sub = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     # ----- on the event loop ---------------------------------------------------------------------
     def _on_message(self, msg: dict[str, Any]) -> None:
@@ -185,12 +198,25 @@ class WardServer:
         """Active alarms (most urgent first), the publishers' heartbeat age, and the server's clock."""
         now = time.monotonic()
         active = self.board.update(now)
+        self._log_to_store(now)
         age = self.board.state.heartbeat_age(now)
         return {
             "alarms": [asdict(a) | {"age_s": now - a.since} for a in active],
             "heartbeat_age_s": age,
             "wall": time.time(),
         }
+
+    def _log_to_store(self, now: float) -> None:
+        """Write the alarm events since the last call into the recording, when there is one."""
+        new = self.board.n_events - self._logged
+        if self.store is None or new <= 0:
+            return
+        wall = time.time() - now
+        for event in list(self.board.log)[max(0, len(self.board.log) - new) :]:
+            self.store.add_alarm(
+                wall + event.t, event.bed, event.kind, event.priority, event.what, event.message
+            )
+        self._logged = self.board.n_events
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a page needs to draw itself from scratch."""
@@ -212,7 +238,10 @@ class WardServer:
 
     async def _push_alarms(self) -> None:
         while True:
-            self._broadcast("alarms", self._alarms())
+            try:
+                self._broadcast("alarms", self._alarms())
+            except Exception:  # e.g. the recording's disk is full: say so, keep the page live
+                log.exception("web: pushing the alarms failed")
             await asyncio.sleep(PUSH_PERIOD_S)
 
     # ----- HTTP ----------------------------------------------------------------------------------

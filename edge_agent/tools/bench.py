@@ -550,19 +550,7 @@ def report_markdown(result: dict[str, Any]) -> str:
             f"{run['windows_dropped']} | "
             f"{_pair(a)} | {_pair(run.get('latency_steady_ms', {}))} | {_pair(b)} | {stage} |"
         )
-    ward = result.get("ward")
-    if ward:
-        lat = ward["latency_ms"]
-        lines += [
-            "",
-            f"## Ward page: {ward['beds']} beds at {ward['hr_bpm']:g} bpm for {ward['seconds']:g} s "
-            "(estimate published → event at the page)",
-            "",
-            "| estimates | delivered | p50 ms | p99 ms | max ms | server CPU, % of one core |",
-            "|---:|---:|---:|---:|---:|---:|",
-            f"| {ward['estimates']} | {ward['delivered']} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
-            f"{lat['max']:.1f} | {100 * ward['cpu_share']:.1f} |",
-        ]
+    lines += _ward_section(result.get("ward"))
     lines += ["", "## Targets (2-core CPU, default backend)", "", "| target | measured | met |"]
     lines.append("|---|---|---|")
     for t in result.get("targets", []):
@@ -573,6 +561,23 @@ def report_markdown(result: dict[str, Any]) -> str:
     tele = result.get("telemetry") or {}
     lines += ["", "## Telemetry", "", "```", json.dumps(tele, indent=1)[:3000], "```"]
     return "\n".join(lines) + "\n"
+
+
+def _ward_section(ward: dict[str, Any] | None) -> list[str]:
+    """The ward page server's load run as a report section (none when it did not run)."""
+    if not ward:
+        return []
+    lat = ward["latency_ms"]
+    return [
+        "",
+        f"## Ward page: {ward['beds']} beds at {ward['hr_bpm']:g} bpm for {ward['seconds']:g} s "
+        "(estimate published → event at the page)",
+        "",
+        "| estimates | delivered | p50 ms | p99 ms | max ms | server CPU, % of one core |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {ward['estimates']} | {ward['delivered']} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
+        f"{lat['max']:.1f} | {100 * ward['cpu_share']:.1f} |",
+    ]
 
 
 def _pair(p: dict[str, Any]) -> str:

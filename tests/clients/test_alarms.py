@@ -5,40 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
+from fixtures import estimate_message
 
 from edge_agent.clients.alarms import AGENT, AlarmBoard, AlarmConfig
-from edge_agent.model import posterior
 from edge_agent.protocol import wire
-
-
-def _estimate(seq: int, ef: float, p_lt_40: float | None = None, reliable: bool = True) -> dict[str, Any]:
-    """bed1's estimate whose running posterior has mean ``ef`` and, when given, P(EF<40) ``p_lt_40``
-    (a share of the 40 samples at 38 %, the rest placed to keep the mean)."""
-    if p_lt_40 is None:
-        samples = ef + np.linspace(-1.0, 1.0, 40)
-    else:
-        low = round(40 * p_lt_40)
-        samples = np.r_[np.full(low, 38.0), np.full(40 - low, (40 * ef - 38.0 * low) / (40 - low))]
-    summary = posterior.summarize(samples).to_dict()
-    body = {
-        "seq": seq,
-        "frame_seq": [seq * 50, seq * 50 + 49],
-        "t": [float(seq), seq + 0.98],
-        "t_ready": seq + 1.1,
-        "t_published": seq + 1.2,
-        "hr_bpm": 60.0,
-        "backend": "onnxruntime",
-        "latency_ms": 30.0,
-        "stages": {"infer": 20.0},
-        "reliable": reliable,
-        "ood_score": 0.4 if reliable else 3.0,
-        "beat_ood_score": 0.4,
-        "beat": summary,
-        "running": {**summary, "n_beats": min(seq + 1, 5)},
-    }
-    return wire.decode_published([bytes(p) for p in wire.encode_estimate("bed1", body)])
 
 
 def _status(signal: str) -> dict[str, Any]:
@@ -58,7 +29,7 @@ def _fed(board: AlarmBoard, efs: list[float], t0: float = 0.0) -> float:
     for seq, ef in enumerate(efs):
         t = t0 + seq
         board.apply(_heartbeat(), t)
-        board.apply(_estimate(seq, ef), t)
+        board.apply(estimate_message(seq, ef), t)
     return t
 
 
@@ -70,11 +41,11 @@ def test_reduced_ef_is_raised_only_when_sustained_and_cleared_when_it_ends() -> 
     board = AlarmBoard(AlarmConfig(reduced_beats=3))
     t = _fed(board, [32.0, 31.0])
     assert ("bed1", "reduced_ef") not in _kinds(board, t)  # two estimates: not yet sustained
-    board.apply(_estimate(2, 30.0), t + 1)
+    board.apply(estimate_message(2, 30.0), t + 1)
     (alarm,) = [a for a in board.update(t + 1) if a.kind == "reduced_ef"]
     assert alarm.priority == "high" and "reduced EF 30 %" in alarm.message and alarm.since == t + 1
     # 40 % itself is reduced (≤ 40), but a P(EF<40) below the level breaks the run.
-    board.apply(_estimate(3, 40.0, 0.2), t + 2)
+    board.apply(estimate_message(3, 40.0, 0.2), t + 2)
     assert ("bed1", "reduced_ef") not in _kinds(board, t + 2)
     assert [(e.kind, e.what) for e in board.log if e.kind == "reduced_ef"] == [
         ("reduced_ef", "raised"),
@@ -82,7 +53,7 @@ def test_reduced_ef_is_raised_only_when_sustained_and_cleared_when_it_ends() -> 
     ]
     # An unreliable estimate (input unlike the training data) raises its own alarm and no reduced run.
     for seq in range(4, 8):
-        board.apply(_estimate(seq, 25.0, reliable=False), t + seq)
+        board.apply(estimate_message(seq, 25.0, reliable=False), t + seq)
     assert _kinds(board, t + 7) >= {("bed1", "unreliable")}
     assert ("bed1", "reduced_ef") not in _kinds(board, t + 7)
 
@@ -96,7 +67,7 @@ def test_acknowledge_silences_for_the_configured_time_then_resounds() -> None:
     assert alarm.acknowledged_until == t + 10.0
     for k in range(2, 12):  # the condition holds (estimates keep coming) past the silence
         board.apply(_heartbeat(), t + k)
-        board.apply(_estimate(k, 30.0), t + k)
+        board.apply(estimate_message(k, 30.0), t + k)
     (alarm,) = [a for a in board.update(t + 11) if a.kind == "reduced_ef"]
     assert alarm.acknowledged_until is None
     assert [e.what for e in board.log if e.kind == "reduced_ef"] == ["raised", "acknowledged", "resounded"]
@@ -105,9 +76,9 @@ def test_acknowledge_silences_for_the_configured_time_then_resounds() -> None:
 def test_a_fall_below_the_beds_own_baseline() -> None:
     board = AlarmBoard(AlarmConfig(baseline_beats=5, fall_points=10.0))
     t = _fed(board, [62.0] * 5)
-    board.apply(_estimate(5, 53.0), t + 1)
+    board.apply(estimate_message(5, 53.0), t + 1)
     assert ("bed1", "ef_fall") not in _kinds(board, t + 1)  # 9 points: under the threshold
-    board.apply(_estimate(6, 51.0), t + 2)
+    board.apply(estimate_message(6, 51.0), t + 2)
     (alarm,) = [a for a in board.update(t + 2) if a.kind == "ef_fall"]
     assert alarm.priority == "medium" and alarm.message == "EF fell 11 points below its baseline 62 %"
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import shutil
+import sqlite3
 import threading
 import time
 import urllib.error
@@ -19,10 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
+from fixtures import estimate_message
 
 from edge_agent.clients.alarms import AlarmConfig
+from edge_agent.clients.record import RecordError, RecordStore, estimate_row
 from edge_agent.clients.ward import WardServer, WebConfig
 from edge_agent.live.agent import Agent, load_agent_config
+from edge_agent.protocol import wire
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NUMBER = re.compile(r"^\d{1,2}$")
@@ -85,6 +90,44 @@ def test_the_api_answers_with_a_token_only(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(ack, timeout=5)
         assert missing.value.code == 404
+
+
+def test_the_alarm_log_goes_into_the_recording_and_the_trends_come_back_from_it(tmp_path: Path) -> None:
+    """web.db: the recorder's database. A restarted page server shows the recorded trend at once,
+    and every alarm transition is a row of its alarms table."""
+    db = tmp_path / "ward.sqlite"
+    store = RecordStore(db)
+    store.open_session(["ipc://agent"], [""])
+    t0 = time.time() - 30.0
+    for seq, ef in enumerate((61.0, 60.0, 58.0)):
+        store.add_estimate(estimate_row(estimate_message(seq, ef), t0 + seq))
+    store.close()
+    with pytest.raises(RecordError, match="start `edge-agent record --db"):
+        WardServer(WebConfig(port=0, db=str(tmp_path / "none.sqlite")), "ipc://x").start()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    endpoint = f"ipc://{tmp_path}/publish"
+    pub.bind(endpoint)
+    server = WardServer(WebConfig(port=0, db=str(db)), endpoint, AlarmConfig(publisher_timeout_s=0.5))
+    try:
+        with _serving(server):
+            with urllib.request.urlopen(server.url + "api/snapshot", timeout=5) as r:
+                trend = json.load(r)["beds"]["bed1"]["trend"]
+            assert [round(p[1]) for p in trend] == [61, 60, 58] and trend[0][0] == pytest.approx(t0)
+            # A publisher that says one heartbeat and falls silent: "publisher gone", logged.
+            deadline = time.monotonic() + 10.0
+            while not server.board.state.publishers and time.monotonic() < deadline:
+                pub.send_multipart(wire.encode_heartbeat({"host": "h", "pid": 1, "uptime_s": 1.0, "t": 1.0}))
+                time.sleep(0.1)
+            while ("", "publisher_gone") not in server.board.active and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.1)  # raised and written in the same push
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT bed, kind, priority, what FROM alarms").fetchall()
+    assert ("", "publisher_gone", "high", "raised") in rows
 
 
 @pytest.mark.slow
