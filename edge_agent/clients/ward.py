@@ -302,6 +302,8 @@ class WardServer:
         if not self._authorised(request):
             raise web.HTTPUnauthorized(text="open the page as /?token=… (web.token)")
         response = await handler(request)
+        if response.prepared:  # the event stream: its headers went out with its first byte
+            return response
         response.headers["Cache-Control"] = "no-store"
         if self.cfg.token and request.query.get("token"):
             response.set_cookie(COOKIE, self.cfg.token, httponly=True, secure=True, samesite="Strict")
