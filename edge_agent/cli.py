@@ -12,7 +12,6 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, NoReturn
@@ -729,9 +728,17 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 @verb("bench", "latency benchmark: scenarios, backends side by side, live agent, telemetry", _bench_arguments)
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_agent.tools.bench import QUICK, bench_config, plot_report, report_markdown, run_bench
+    from edge_agent.tools.bench import (
+        QUICK,
+        QUICK_OVERRIDES,
+        bench_config,
+        plot_report,
+        report_markdown,
+        run_bench,
+    )
 
-    cfg, agent_overrides = _config(args.config, args.set, partial(bench_config, quick=args.quick))
+    sets = [*(QUICK_OVERRIDES if args.quick else ()), *args.set]
+    cfg, agent_overrides = _config(args.config, sets, bench_config)
     result = run_bench(cfg, agent_overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

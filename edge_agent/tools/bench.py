@@ -319,11 +319,11 @@ class BenchConfig:
 
 
 QUICK = {"min_seconds": 0.5, "min_samples": 5, "stream_seconds": 10.0, "ward_seconds": 5.0}
+# --quick as overrides that come before the command line's own: an explicit --set still wins.
+QUICK_OVERRIDES = tuple(f"bench.{key}={value}" for key, value in QUICK.items())
 
 
-def bench_config(
-    data: dict[str, Any], source: str, quick: bool = False
-) -> tuple[BenchConfig, tuple[str, ...]]:
+def bench_config(data: dict[str, Any], source: str) -> tuple[BenchConfig, tuple[str, ...]]:
     """A bench YAML (sections ``bench``, ``worker``, ``telemetry``) → (BenchConfig, agent overrides
     for the live runs, e.g. ``worker.backend=tensorrt``). Unknown sections and keys are errors."""
     from edge_agent.config import ConfigError, from_mapping
@@ -335,8 +335,6 @@ def bench_config(
             f"{source}: unknown section(s) {unknown}; valid sections are bench, worker, telemetry"
         )
     bench = dict(data.get("bench") or {})
-    if quick:
-        bench.update(QUICK)
     telemetry = from_mapping(TelemetryConfig, data.get("telemetry"), f"{source}:telemetry")
     cfg = from_mapping(BenchConfig, bench, f"{source}:bench")
     cfg = dataclasses.replace(cfg, tegrastats_interval_ms=telemetry.tegrastats_interval_ms)

@@ -192,14 +192,15 @@ def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) 
 
 
 def test_bench_profiles_parse_and_unknown_keys_are_errors(tmp_path: Path) -> None:
-    from edge_agent.config import ConfigError, load_yaml
-    from edge_agent.tools.bench import bench_config
+    from edge_agent.config import ConfigError, load_yaml, parse_with_overrides
+    from edge_agent.tools.bench import QUICK_OVERRIDES, bench_config
 
     cfg, overrides = bench_config(load_yaml(ROOT / "configs" / "bench_jetson.yaml"), "bench_jetson.yaml")
     assert cfg.streams == (1, 4) and cfg.fps == 30.0 and cfg.tegrastats_interval_ms == 200
     assert 'worker.backend="tensorrt"' in overrides and 'worker.device="cuda"' in overrides
-    quick, _ = bench_config({}, "defaults", quick=True)
-    assert quick.min_seconds == 0.5 and quick.stream_seconds == 10.0
+    # --quick is overrides put before the command line's: an explicit --set of the same key wins.
+    quick, _ = parse_with_overrides(bench_config, {}, [*QUICK_OVERRIDES, "bench.ward_seconds=30"], "defaults")
+    assert quick.min_seconds == 0.5 and quick.stream_seconds == 10.0 and quick.ward_seconds == 30.0
     for bad, match in (
         ({"bench": {"stream_secs": 3}}, r"bench: unknown key\(s\) \['stream_secs'\]"),
         ({"worker": {"dla": 0}}, r"worker: unknown key\(s\) \['dla'\]"),
