@@ -69,9 +69,10 @@ from tqdm import tqdm
 from edge_agent.core.artefacts import file_sha256, write_sidecar
 from edge_agent.core.clip import CLIP_FRAMES, CLIP_SIZE
 from edge_agent.core.metrics import crps, picp
+from edge_agent.core.shipped import resolve
 from edge_agent.live.beats import NoBeatsError, source_windows
 from edge_agent.live.capture import CaptureConfig
-from edge_agent.live.cycles import CycleConfig
+from edge_agent.live.cycles import SIGNAL_WEIGHTS, CycleConfig
 from edge_agent.live.worker import WorkerConfig, starting_noises
 from edge_agent.model.posterior import recalibrate
 from edge_agent.sim.clips import generate
@@ -246,6 +247,10 @@ def calibration_request(
             "preprocess": "edge_agent.live.preprocess.Preprocessor"
             f"(region='auto', warmup_frames={warmup_frames})",
             "cycles": dataclasses.asdict(cycles),
+            # The signal net decides where beats are cut: a retrained net makes the set stale.
+            "signal_net_sha256": file_sha256(
+                SIGNAL_WEIGHTS if cycles.weights is None else resolve(cycles.weights)
+            ),
             "clip": {"frames": CLIP_FRAMES, "size": CLIP_SIZE},
         },
     }

@@ -158,3 +158,19 @@ def test_tensorrt_cache_says_it_needs_a_tensorrt_machine(drawn, tmp_path) -> Non
     _out, w, manifest, _rec = drawn
     with pytest.raises(CalibrationError, match=r"TensorRT 10\.x and an NVIDIA GPU.*edge-agent calibrate"):
         tensorrt_calibration_cache(MODEL, w, manifest["windows"]["sha256"], tmp_path)
+
+
+def test_a_retrained_signal_net_makes_the_calibration_set_stale(tmp_path: Path) -> None:
+    """The signal net decides where beats are cut, so its hash is part of the request: the shipped
+    set was drawn with the shipped net (its manifest says so), and another net asks for a new set."""
+    from edge_agent.live.cycles import SIGNAL_WEIGHTS, CycleConfig
+
+    shipped = calibrate.calibration_request(12, [], CycleConfig(), 30, 2)
+    assert shipped["beat_rule"]["signal_net_sha256"] == file_sha256(SIGNAL_WEIGHTS)
+    manifest = json.loads((Path(__file__).resolve().parents[2] / "calibration" / "manifest.json").read_text())
+    assert manifest["beat_rule"]["signal_net_sha256"] == file_sha256(SIGNAL_WEIGHTS)
+    with np.load(SIGNAL_WEIGHTS) as z:
+        retrained = {k: z[k] + (0.01 if k == "b0" else 0.0) for k in z.files}
+    np.savez(tmp_path / "net.npz", **retrained)
+    other = calibrate.calibration_request(12, [], CycleConfig(weights=str(tmp_path / "net.npz")), 30, 2)
+    assert other["beat_rule"]["signal_net_sha256"] != shipped["beat_rule"]["signal_net_sha256"]
