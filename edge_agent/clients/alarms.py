@@ -188,6 +188,12 @@ class AlarmBoard:
         self._event(now, silenced, "acknowledged")
         return True
 
+    def events_since(self, n_events: int) -> list[AlarmEvent]:
+        """The events after the first ``n_events`` (a reader's earlier ``self.n_events``), oldest
+        first; those already dropped from the bounded log are not returned."""
+        new = self.n_events - n_events
+        return list(self.log)[max(0, len(self.log) - new) :] if new > 0 else []
+
     def _event(self, now: float, alarm: Alarm, what: str) -> None:
         self.log.append(AlarmEvent(now, alarm.bed, alarm.kind, alarm.priority, what, alarm.message))
         self.n_events += 1

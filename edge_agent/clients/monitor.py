@@ -439,5 +439,5 @@ def _log_lines(
             on_tick()
         before = board.n_events
         board.update(time.monotonic())
-        for event in list(board.log)[max(0, len(board.log) - (board.n_events - before)) :]:
+        for event in board.events_since(before):
             say(alarm_line(event, state))

@@ -208,11 +208,10 @@ class WardServer:
 
     def _log_to_store(self, now: float) -> None:
         """Write the alarm events since the last call into the recording, when there is one."""
-        new = self.board.n_events - self._logged
-        if self.store is None or new <= 0:
+        if self.store is None:
             return
         wall = time.time() - now
-        for event in list(self.board.log)[max(0, len(self.board.log) - new) :]:
+        for event in self.board.events_since(self._logged):
             self.store.add_alarm(
                 wall + event.t, event.bed, event.kind, event.priority, event.what, event.message
             )
