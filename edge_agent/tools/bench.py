@@ -143,7 +143,9 @@ def speed_table(result: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- scenarios (MLPerf-style)
 
 
-def posterior_variants(model: str | Path, threads: int = 1) -> dict[str, Callable[..., np.ndarray]]:
+def posterior_variants(
+    model: str | Path, threads: int = 1, gpu: str = "cuda:0"
+) -> dict[str, Callable[..., np.ndarray]]:
     """Every way this machine can compute a window's posterior, as ``fn(frames, demo, mask, noise)
     -> (B, K) EF %``: each installed backend that loads (fp32 and, for ONNX Runtime, the INT8 model
     when it exists), plus the naive paper-style torch loop (re-encodes at every step)."""
@@ -152,8 +154,8 @@ def posterior_variants(model: str | Path, threads: int = 1) -> dict[str, Callabl
     pt = Path(model).with_suffix(".pt")
     out: dict[str, Callable[..., np.ndarray]] = {}
     for name in available_backends():
-        # Each backend on the device it runs on: the GPU backends on the first GPU, the others on the CPU.
-        device = "cuda:0" if name in ("tensorrt", "cuda") else "cpu"
+        # Each backend on the device it runs on: the GPU backends on ``gpu``, the others on the CPU.
+        device = gpu if name in ("tensorrt", "cuda") else "cpu"
         try:
             out[name] = _samples_of(load_backend(name, pt, device=device, threads=threads))
         except BackendError as e:  # e.g. tensorrt installed on a machine without a GPU
@@ -295,6 +297,9 @@ class BenchConfig:
         cores for four 50 fps streams) does not compete with the agent under test; 0 renders live.
     ward_beds, ward_seconds: the ward page server under that many beds for that long
         (:func:`~edge_agent.tools.ward_load.ward_load`); 0 beds: not run.
+    device_batches: batch sizes (beds served by one call) of the ``device`` section, every backend
+        and precision on its own device (:mod:`edge_agent.tools.device_latency`); empty: not run.
+    gpu: the CUDA device the GPU backends run on ("cuda:N").
     """
 
     model: str = "engines/mcsdr_default.pt"
@@ -311,14 +316,24 @@ class BenchConfig:
     tegrastats_interval_ms: int = 200  # from the YAML's telemetry section
     ward_beds: int = 16
     ward_seconds: float = 30.0
+    device_batches: tuple[int, ...] = (1, 4, 64)
+    gpu: str = "cuda:0"
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.gating) - set(GATINGS))
         if bad or not self.gating:
             raise ValueError(f"bench.gating: {list(self.gating)} — use a list of {list(GATINGS)}")
+        if any(b < 1 for b in self.device_batches):
+            raise ValueError(f"bench.device_batches: {list(self.device_batches)} — use batch sizes ≥ 1")
 
 
-QUICK = {"min_seconds": 0.5, "min_samples": 5, "stream_seconds": 10.0, "ward_seconds": 5.0}
+QUICK = {
+    "min_seconds": 0.5,
+    "min_samples": 5,
+    "stream_seconds": 10.0,
+    "ward_seconds": 5.0,
+    "device_batches": [1, 4],
+}
 # --quick as overrides that come before the command line's own: an explicit --set still wins.
 QUICK_OVERRIDES = tuple(f"bench.{key}={value}" for key, value in QUICK.items())
 
@@ -382,6 +397,7 @@ def live(
 def run_bench(cfg: BenchConfig, agent_overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every scenario, every variant this machine has, in one run; ratios to the naive loop."""
     from edge_agent.live.worker import starting_noises
+    from edge_agent.tools.device_latency import device_latency
     from edge_agent.tools.telemetry import TegrastatsSampler, environment
 
     cfg = dataclasses.replace(cfg, model=str(resolve(cfg.model)))  # from here, else the shipped model
@@ -391,7 +407,7 @@ def run_bench(cfg: BenchConfig, agent_overrides: tuple[str, ...] = ()) -> dict[s
     )
     result: dict[str, Any] = {"config": dataclasses.asdict(cfg), "environment": environment()}
     with TegrastatsSampler(interval_ms=cfg.tegrastats_interval_ms) as telemetry:
-        variants = posterior_variants(cfg.model, cfg.threads)
+        variants = posterior_variants(cfg.model, cfg.threads, cfg.gpu)
         result["single_stream"] = {
             name: single_stream(fn, windows, noise, cfg.min_seconds, cfg.min_samples)
             for name, fn in tqdm(variants.items(), desc="single-stream", unit="variant")
@@ -402,6 +418,17 @@ def run_bench(cfg: BenchConfig, agent_overrides: tuple[str, ...] = ()) -> dict[s
             if name != "naive"
         }
         del variants  # free the models before the live runs start their own processes
+        if cfg.device_batches:
+            result["device"] = device_latency(
+                cfg.model,
+                windows,
+                noise,
+                cfg.device_batches,
+                cfg.min_seconds,
+                cfg.min_samples,
+                cfg.threads,
+                cfg.gpu,
+            )
         result["capture"] = capture_cost(cfg.min_seconds, cfg.min_samples)
         runs = [(n, g) for g in cfg.gating for n in cfg.streams]
         result["live"] = [live(n, g, cfg, agent_overrides) for n, g in tqdm(runs, desc="live", unit="run")]
@@ -518,6 +545,15 @@ def report_markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Offline (batches of windows)", "", "| variant | batch | windows/s |", "|---|---:|---:|"]
     for name, o in result["offline"].items():
         lines.append(f"| {name} | {o['batch']} | {o['windows_per_s']:.1f} |")
+    if "device" in result:
+        from edge_agent.tools.device_latency import device_table
+
+        lines += [
+            "",
+            "## Each backend on its device, by batch (beds per call)",
+            "",
+            device_table(result["device"]),
+        ]
     lines += [
         "",
         "## Capture stage per frame (preprocessing + ring write; before every latency below)",

@@ -159,7 +159,14 @@ def test_tensorrt_backend_module_does_not_import_torch() -> None:
 def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) -> None:
     from edge_agent.tools.bench import BenchConfig, plot_report, report_markdown, run_bench
 
-    cfg = BenchConfig(min_seconds=0.0, min_samples=3, streams=(1,), stream_seconds=8.0, gating=("ecg",))
+    cfg = BenchConfig(
+        min_seconds=0.0,
+        min_samples=3,
+        streams=(1,),
+        stream_seconds=8.0,
+        gating=("ecg",),
+        device_batches=(1, 2),
+    )
     result = run_bench(cfg)
     assert {"onnxruntime", "torch", "naive"} <= set(result["single_stream"])
     assert all(s["n"] >= 3 and len(s["samples_ms"]) == s["n"] for s in result["single_stream"].values())
@@ -179,7 +186,15 @@ def test_bench_quick_run_writes_every_scenario_report_and_plots(tmp_path: Path) 
     # The capture stage: a 112×112 frame passes untouched, a 480×640 colour frame is cropped and resized.
     cap = result["capture"]
     assert cap["112x112 gray"]["n"] >= 3 and cap["480x640 RGB"]["p50"] > cap["112x112 gray"]["p50"]
+    # Every backend and precision on its own device: the CPU ones run, the rest say why not.
+    device = result["device"]
+    assert device["onnxruntime-fp32"]["batches"][2]["windows_per_s"] > 0
+    assert "compute_ms" not in device["onnxruntime-int8"]["batches"][1]  # no device split on the CPU
+    assert all(
+        "skipped" in device[k] or device[k]["device"] == "cuda:0" for k in ("cuda-fp16", "tensorrt-fp16")
+    )
     text = report_markdown(result)
+    assert "| onnxruntime-fp32 | cpu | 2 |" in text
     assert "## Single stream" in text and "| naive |" in text and "## Live" in text and "## Targets" in text
     assert "| 480x640 RGB |" in text
     # The ring's CRC, measured apart and judged against the capture stage.
@@ -210,6 +225,15 @@ def test_bench_profiles_parse_and_unknown_keys_are_errors(tmp_path: Path) -> Non
     ):
         with pytest.raises(ConfigError, match=match):
             bench_config(bad, "x.yaml")
+
+
+def test_trtexec_line_names_the_plan_and_every_input_shape() -> None:
+    from edge_agent.tools.device_latency import trtexec_command
+
+    line = trtexec_command("/cache/mcsdr.plan", 4, 40)
+    assert line.startswith("trtexec --loadEngine=/cache/mcsdr.plan ")
+    assert "--shapes=video:4x32x112x112,demo:4x4,demo_mask:4x4,noise:4x40 " in line
+    assert "--useCudaGraph" in line
 
 
 def test_precision_selects_the_int8_model_or_is_refused() -> None:

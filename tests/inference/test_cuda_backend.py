@@ -3,11 +3,13 @@
 The first tests run anywhere (what it refuses and why). The ``gpu`` tests need torch built with
 CUDA and a CUDA device, and are skipped elsewhere with the reason: CUDA-graph capture and replay
 with new data, the capture state machine, capture failure, device memory back to its baseline, and
-fp16/bf16 against fp32 on the calibration windows.
+fp16/bf16 against fp32 on the calibration windows, the profiled split of device time, and the
+bench's device section on the GPU.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +136,37 @@ def test_half_precision_moves_the_posterior_mean_by_at_most_half_a_point(precisi
     finally:
         half.close()
         full.close()
+
+
+@gpu
+@needs_gpu
+def test_profiled_calls_split_their_device_time() -> None:
+    frames, demo, mask, noise = _windows(4)
+    backend = CudaBackend.load(MODEL, device="cuda:0", precision="fp16")
+    try:
+        backend.posterior(frames, demo, mask, noise)
+        assert backend.last_stages is None  # off by default: a worker pays nothing for it
+        backend.profile = True
+        for _ in range(3):  # eager, captured and replayed, replayed
+            t0 = time.perf_counter()
+            backend.posterior(frames, demo, mask, noise)
+            wall_ms = 1e3 * (time.perf_counter() - t0)
+            stages = backend.last_stages
+            assert stages is not None and min(stages) >= 0 and stages.compute_ms > 0
+            assert sum(stages) <= wall_ms  # device time inside the call's wall time
+        assert backend.graph_active
+    finally:
+        backend.close()
+
+
+@gpu
+@needs_gpu
+def test_the_bench_device_section_times_every_cuda_precision_with_its_split() -> None:
+    from edge_agent.tools.device_latency import device_latency, device_table
+
+    frames, demo, mask, noise = _windows(4)
+    result = device_latency(MODEL, (frames, demo, mask), noise[0], (1, 4), 0.0, 8)
+    for key in ("cuda-fp32", "cuda-fp16"):
+        for run in result[key]["batches"].values():
+            assert run["compute_ms"]["p50"] > 0 and run["wall_ms"]["p50"] >= run["compute_ms"]["p50"]
+    assert "| cuda-fp16 | cuda:0 | 4 |" in device_table(result)

@@ -381,6 +381,23 @@ def test_cuda_graph_replay_equals_plain_enqueue(tmp_path):
 
 
 @gpu
+def test_profiled_calls_split_their_device_time_over_chunks(tmp_path):
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    backend = TensorRTBackend.load(tmp_path / "tiny", device="cuda:0", precision="fp32", max_batch=4)
+    try:
+        _posterior(backend, _inputs(2))
+        assert backend.last_stages is None  # off by default
+        backend.profile = True
+        _posterior(backend, _inputs(2))
+        one = backend.last_stages
+        assert one is not None and min(one) >= 0 and one.compute_ms > 0
+        _posterior(backend, _inputs(10))  # three chunks of 4: their times summed
+        assert backend.last_stages.h2d_ms > one.h2d_ms
+    finally:
+        backend.close()
+
+
+@gpu
 def test_a_corrupt_timing_cache_is_replaced_and_the_plan_kept(tmp_path):
     onnx = _tiny_onnx(tmp_path / "tiny.onnx")
     key = engine_build.engine_key("fp32", 4)

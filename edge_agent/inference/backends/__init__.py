@@ -45,6 +45,17 @@ class RawPosterior(NamedTuple):
     ood_score: np.ndarray  # (B,) float64 out-of-distribution score (≤ 1 familiar); NaN: none fitted
 
 
+class StageTimes(NamedTuple):
+    """Device time of one ``posterior()`` call on the backend's CUDA stream, ms (CUDA events): the
+    inputs host → device, the model (engine or module), the outputs device → host; summed over the
+    chunks of a batch run in parts. What ``trtexec`` reports as H2D Latency, GPU Compute Time and
+    D2H Latency."""
+
+    h2d_ms: float
+    compute_ms: float
+    d2h_ms: float
+
+
 def no_ood_score(b: int) -> np.ndarray:
     """The score of B windows from an artefact exported before the score existed: unknown (NaN)."""
     return np.full(b, np.nan)
@@ -55,6 +66,10 @@ class Backend(ABC):
 
     name: str
     sidecar: dict[str, Any]
+    # GPU backends: with ``profile`` set, each call records CUDA events and leaves its stage times in
+    # ``last_stages`` (the bench's device split); off by default, so workers pay nothing for it.
+    profile: bool = False
+    last_stages: StageTimes | None = None
 
     @abstractmethod
     def posterior(

@@ -18,13 +18,14 @@ a Jetson): several hundred MB instead of TensorRT's several GB.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_agent.inference.backends import Backend, BackendError, RawPosterior, cuda_device_index
+from edge_agent.inference.backends import Backend, BackendError, RawPosterior, StageTimes, cuda_device_index
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class CudaBackend(Backend):
         self._graph: Any = None
         self._static_in: tuple[Any, ...] = ()
         self._static_out: tuple[Any, ...] = ()
+        # Stage marks for ``profile``: before the inputs' copy, after it, after the model, after the
+        # outputs' copy; recorded on the current stream, where the copies and the replay run.
+        self._marks = tuple(torch.cuda.Event(enable_timing=True) for _ in range(4))
 
     @classmethod
     def load(
@@ -119,27 +123,46 @@ class CudaBackend(Backend):
             raise BackendError("cuda: posterior() after close()")
         torch = self._torch
         torch.cuda.set_device(self.device)  # per host thread: the worker's may not be the loading one
+        b = np.asarray(frames).shape[0]
+        if b == 0:
+            return RawPosterior(np.empty((0, noise.shape[1])), np.empty(0))
+        self._mark(0)
         inputs = tuple(
             torch.from_numpy(np.array(a, dtype=t)).to(self.device, non_blocking=False)
             for a, t in ((frames, np.uint8), (demo, np.float32), (mask, bool), (noise, np.float32))
         )
+        self._mark(1)
+        samples, ood = self._run(inputs)
+        samples, ood = samples.double(), ood.double()
+        self._mark(2)
+        out = RawPosterior(samples.cpu().numpy(), ood.cpu().numpy())
+        if self.profile:
+            self._mark(3)
+            self._marks[3].synchronize()
+            self.last_stages = StageTimes(*(a.elapsed_time(z) for a, z in itertools.pairwise(self._marks)))
+        return out
+
+    def _mark(self, i: int) -> None:
+        """Record stage mark i on the current stream when profiling."""
+        if self.profile:
+            self._marks[i].record()
+
+    def _run(self, inputs: tuple[Any, ...]) -> tuple[Any, Any]:
+        """Device inputs → (samples, ood) on the device: eager, or a captured CUDA graph replayed
+        (the graph's static outputs, valid until the next replay)."""
         b = inputs[0].shape[0]
-        if b == 0:
-            return RawPosterior(np.empty((0, noise.shape[1])), np.empty(0))
         if b != self._batch:
             self._drop_graph()
             self._batch, self._calls_at_batch = b, 0
         self._calls_at_batch += 1
         if self._graph is None and self._use_graph and self._calls_at_batch >= 2:
             self._capture(inputs)
-        if self._graph is not None:
-            for static, new in zip(self._static_in, inputs, strict=True):
-                static.copy_(new)
-            self._graph.replay()
-            samples, ood = self._static_out
-        else:
-            samples, ood = self._forward(*inputs)
-        return RawPosterior(samples.double().cpu().numpy(), ood.double().cpu().numpy())
+        if self._graph is None:
+            return self._forward(*inputs)
+        for static, new in zip(self._static_in, inputs, strict=True):
+            static.copy_(new)
+        self._graph.replay()
+        return self._static_out
 
     def _capture(self, inputs: tuple[Any, ...]) -> None:
         """Warm up on a side stream, then capture one forward over static copies of ``inputs``; on

@@ -21,6 +21,7 @@ Not thread-safe: one worker thread per backend.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -29,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from edge_agent.inference import engine_build
-from edge_agent.inference.backends import Backend, BackendError, RawPosterior, cuda_device_index, no_ood_score
+from edge_agent.inference.backends import (
+    Backend,
+    BackendError,
+    RawPosterior,
+    StageTimes,
+    cuda_device_index,
+    no_ood_score,
+)
 from edge_agent.inference.engine_build import CudaError, EngineBuildError, cuda_call
 
 log = logging.getLogger(__name__)
@@ -112,6 +120,9 @@ class TensorRTBackend(Backend):
         self._device: dict[str, int] = {}
         self._host: dict[str, _Pinned] = {}
         self._stream: Any = None
+        self._marks: list[
+            Any
+        ] = []  # CUDA events for ``profile``: before H2D, after it, after the engine, after D2H
         self._context = engine.create_execution_context()
         if self._context is None:
             raise BackendError(f"worker.model: TensorRT could not create an execution context for {plan}")
@@ -148,6 +159,7 @@ class TensorRTBackend(Backend):
             cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
             "cudaStreamCreateWithFlags",
         )
+        self._marks = [cuda_call(cudart, cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(4)]
         for n in names:
             count = int(np.prod(self.max_shapes[n]))
             self._device[n] = cuda_call(
@@ -238,19 +250,25 @@ class TensorRTBackend(Backend):
             pad = -b % self.max_batch
             arrays = {n: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for n, a in arrays.items()}
         step = min(b, self.max_batch)
-        chunks = [self._run({n: a[i : i + step] for n, a in arrays.items()}) for i in range(0, b, step)]
+        staged: list[StageTimes] = []
+        chunks = [
+            self._run({n: a[i : i + step] for n, a in arrays.items()}, staged) for i in range(0, b, step)
+        ]
+        if self.profile:
+            self.last_stages = StageTimes(*np.sum(staged, axis=0).tolist())
         samples = np.concatenate([c[OUTPUT] for c in chunks])[:b].astype(np.float64)
         if OOD not in self.outputs:
             return RawPosterior(samples, no_ood_score(b))
         return RawPosterior(samples, np.concatenate([c[OOD] for c in chunks])[:b].astype(np.float64))
 
-    def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, arrays: dict[str, np.ndarray], staged: list[StageTimes]) -> dict[str, np.ndarray]:
         """One engine execution on at most max_batch windows; returns each output, (b, K) samples and
-        (b,) scores, in the output dtype."""
+        (b,) scores, in the output dtype; when profiling, appends its stage times to ``staged``."""
         cudart, stream = self._cudart, self._stream
         # The current device is per host thread: the worker's may not be the one that loaded.
         cuda_call(cudart, cudart.cudaSetDevice(self._index), f"cudaSetDevice({self._index})")
         b = arrays["video"].shape[0]
+        self._mark(0)
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         for name, array in arrays.items():
             host = self._host[name]
@@ -259,6 +277,7 @@ class TensorRTBackend(Backend):
             cuda_call(
                 cudart, cudart.cudaMemcpyAsync(self._device[name], host.ptr, nbytes, h2d, stream), "H2D"
             )
+        self._mark(1)
         if b != self._batch:
             self._drop_graph()
             for name in INPUTS:
@@ -271,17 +290,35 @@ class TensorRTBackend(Backend):
             cuda_call(cudart, cudart.cudaGraphLaunch(self._graph_exec, stream), "cudaGraphLaunch")
         elif not self._context.execute_async_v3(int(stream)):
             raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.plan.name}; see its log")
+        self._mark(2)
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         shapes = {OUTPUT: (b, self.k), OOD: (b,)}
         for name in self.outputs:
             out, count = self._host[name], int(np.prod(shapes[name]))
             nbytes = count * self.dtypes[name].itemsize
             cuda_call(cudart, cudart.cudaMemcpyAsync(out.ptr, self._device[name], nbytes, d2h, stream), "D2H")
+        self._mark(3)
         cuda_call(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        if self.profile:
+            staged.append(
+                StageTimes(
+                    *(
+                        cuda_call(cudart, cudart.cudaEventElapsedTime(a, z), "cudaEventElapsedTime")
+                        for a, z in itertools.pairwise(self._marks)
+                    )
+                )
+            )
         return {
             name: self._host[name].array[: int(np.prod(shapes[name]))].reshape(shapes[name]).copy()
             for name in self.outputs
         }
+
+    def _mark(self, i: int) -> None:
+        """Record stage mark i on the stream when profiling."""
+        if self.profile:
+            cuda_call(
+                self._cudart, self._cudart.cudaEventRecord(self._marks[i], self._stream), "cudaEventRecord"
+            )
 
     def _capture(self) -> None:
         """Capture one enqueue into a CUDA graph; on failure log why and stop trying."""
@@ -338,6 +375,9 @@ class TensorRTBackend(Backend):
             attempt(cudart.cudaFree(ptr), "cudaFree")
         for pinned in self._host.values():
             attempt(cudart.cudaFreeHost(pinned.ptr), "cudaFreeHost")
+        for mark in self._marks:
+            attempt(cudart.cudaEventDestroy(mark), "cudaEventDestroy")
+        self._marks = []
         self._device.clear()
         self._host.clear()
         if self._stream is not None:
