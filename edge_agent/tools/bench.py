@@ -29,32 +29,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge_agent.core.metrics import distribution
 from edge_agent.core.shipped import resolve
 from edge_agent.inference.export import random_inputs
+from edge_agent.tools.timing import stats_ms, timings
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("encoder", "default", "torch", "naive")
 GATINGS = ("ecg", "image")
-
-
-def timings(fn: Callable[[], Any], min_seconds: float, min_samples: int, warmup: int = 3) -> np.ndarray:
-    """Seconds per call of ``fn`` after ``warmup`` calls, for at least min_seconds and min_samples."""
-    for _ in range(warmup):
-        fn()
-    out: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_seconds or len(out) < min_samples:
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return np.asarray(out)
-
-
-def stats_ms(seconds: np.ndarray) -> dict[str, float | int | None]:
-    """Timings in s → min, mean, p50, p90, p99, max in ms and the sample count."""
-    return distribution(1000.0 * np.asarray(seconds))
 
 
 def posterior_speed(

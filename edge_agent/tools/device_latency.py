@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.core.metrics import distribution
+from edge_agent.tools.timing import stats_ms, timings
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ def _time_batch(
     """Wall time (and, where the backend profiles, the device split) of ``posterior()`` on ``batch``
     windows tiled from ``windows``; at least ``max(5, min_samples // batch)`` calls after 3 warm-ups
     (so a 64-window batch on the CPU does not take minutes)."""
-    from edge_agent.tools.bench import stats_ms, timings
-
     frames, demo, mask = (np.resize(a, (batch, *a.shape[1:])) for a in windows)
     noises = np.repeat(noise[None], batch, axis=0)
     staged: list[tuple[float, float, float]] = []

@@ -20,7 +20,8 @@ from edge_agent.inference.backends import BackendError, load_backend
 from edge_agent.inference.export import ExportError, ExportRequest, export
 from edge_agent.live.worker import starting_noises
 from edge_agent.sim.clips import synthetic_example
-from edge_agent.tools.bench import posterior_speed, speed_table, stats_ms, timings
+from edge_agent.tools.bench import posterior_speed, speed_table
+from edge_agent.tools.timing import stats_ms, timings
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "engines" / "mcsdr_default.pt"
