@@ -20,7 +20,9 @@ preference). Log lines peers can provoke are rate-limited with counts
 at most MAX_PEERS identities (those unseen the longest, holding no window, are forgotten first, so
 a flood of new identities cannot exhaust memory; a worker forgotten is learned again at its next
 READY, which idle workers repeat), and
-at most MAX_EXPIRED timed-out windows whose late result would still be un-counted.
+at most MAX_EXPIRED timed-out windows whose late result would still be un-counted, and at most
+MAX_STREAMS stream names: windows and status reports naming a new stream past it are refused and
+counted invalid (the agent's own windowers name only the configured streams).
 
 Results come back as posterior samples; the hub keeps each stream's running posterior (it is the
 one place every beat of a stream meets, whichever worker computed it) and publishes the beat's
@@ -56,6 +58,7 @@ peer_log = RateLimitedLog(log)
 BENCH_MAX_S = 300.0  # longest back-off of a worker whose windows keep timing out
 MAX_PEERS = 256  # worker identities remembered (a real deployment has a handful)
 MAX_EXPIRED = 1024  # timed-out windows remembered (their late results are un-counted)
+MAX_STREAMS = 256  # stream names served (a ward has tens of beds)
 
 
 @dataclass(frozen=True)
@@ -205,17 +208,30 @@ class Hub:
             self._publish(heartbeat.encode())
         return True
 
-    def _stream(self, name: str) -> _Stream:
-        if name not in self.streams:
-            self.streams[name] = _Stream(RunningPosterior(self.cfg.running_beats, self.cfg.max_gap_s))
-        return self.streams[name]
+    def _stream(self, name: str) -> _Stream | None:
+        """The record of stream ``name``, new if need be; None (refused, counted invalid) for a new
+        name past MAX_STREAMS."""
+        st = self.streams.get(name)
+        if st is None and len(self.streams) >= MAX_STREAMS:
+            self.invalid += 1
+            peer_log.error(
+                "stream-limit",
+                "hub: a message for new stream %r dropped: %d streams are served already (MAX_STREAMS); "
+                "a windower on the windows endpoint names streams the agent was not configured with",
+                name,
+                MAX_STREAMS,
+            )
+        elif st is None:
+            st = self.streams[name] = _Stream(RunningPosterior(self.cfg.running_beats, self.cfg.max_gap_s))
+        return st
 
     def _on_window_socket(self, parts: list[zmq.Frame]) -> None:
         try:
             if parts[0].bytes.startswith(wire.STATUS_PREFIX.encode()):
                 report = wire.Status.decode(parts)
                 st = self._stream(report.stream)
-                st.report, st.t_report = report, time.monotonic()
+                if st is not None:
+                    st.report, st.t_report = report, time.monotonic()
                 return
             window = wire.decode_window(parts)
         except wire.WireError as e:
@@ -223,6 +239,8 @@ class Hub:
             peer_log.error("windower-invalid", "hub: invalid message from a windower dropped: %s", e)
             return
         st = self._stream(window.stream)
+        if st is None:
+            return
         if st.last_seq is not None and window.seq <= st.last_seq:
             # The stream's windower restarted (its capture died): numbering and view epochs begin
             # again, and the running estimate must not pool beats from before the interruption.

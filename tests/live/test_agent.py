@@ -270,6 +270,24 @@ def _pump(hub: Hub, seconds: float) -> None:
         hub.process(0.01)
 
 
+def test_stream_names_past_the_limit_are_refused_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module, "MAX_STREAMS", 4)
+    hub, _endpoints, ctx, push = _started_hub(tmp_path, HubConfig(queue_per_stream=8))
+    try:
+        for i in range(10):  # a windower naming ten streams: four are served, six refused
+            push.send_multipart(wire.encode_window(_window(f"bed{i}", 0)))
+        _pump(hub, 0.3)
+        assert sorted(hub.streams) == ["bed0", "bed1", "bed2", "bed3"] and hub.invalid == 6
+        push.send_multipart(wire.encode_window(_window("bed0", 1)))  # a served stream goes on
+        _pump(hub, 0.2)
+        assert [w.seq for _t, w, _p in hub.streams["bed0"].queue] == [0, 1] and hub.invalid == 6
+    finally:
+        hub.stop()
+        ctx.destroy(linger=0)
+
+
 def test_a_flood_of_worker_identities_is_bounded_and_keeps_the_worker_that_answers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
