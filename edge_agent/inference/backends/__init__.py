@@ -49,7 +49,8 @@ class StageTimes(NamedTuple):
     """Device time of one ``posterior()`` call on the backend's CUDA stream, ms (CUDA events): the
     inputs host → device, the model (engine or module), the outputs device → host; summed over the
     chunks of a batch run in parts. What ``trtexec`` reports as H2D Latency, GPU Compute Time and
-    D2H Latency."""
+    D2H Latency. Host-side staging and conversions fall outside all three; compute includes any
+    wait for the host's enqueue (with a replayed CUDA graph, one launch)."""
 
     h2d_ms: float
     compute_ms: float

@@ -126,11 +126,12 @@ class CudaBackend(Backend):
         b = np.asarray(frames).shape[0]
         if b == 0:
             return RawPosterior(np.empty((0, noise.shape[1])), np.empty(0))
-        self._mark(0)
-        inputs = tuple(
-            torch.from_numpy(np.array(a, dtype=t)).to(self.device, non_blocking=False)
+        host = [
+            torch.from_numpy(np.array(a, dtype=t))
             for a, t in ((frames, np.uint8), (demo, np.float32), (mask, bool), (noise, np.float32))
-        )
+        ]
+        self._mark(0)  # after the host-side conversions: the span to mark 1 is the copies alone
+        inputs = tuple(t.to(self.device, non_blocking=False) for t in host)
         self._mark(1)
         samples, ood = self._run(inputs)
         samples, ood = samples.double(), ood.double()

@@ -268,14 +268,16 @@ class TensorRTBackend(Backend):
         # The current device is per host thread: the worker's may not be the one that loaded.
         cuda_call(cudart, cudart.cudaSetDevice(self._index), f"cudaSetDevice({self._index})")
         b = arrays["video"].shape[0]
-        self._mark(0)
+        for name, array in arrays.items():
+            self._host[name].array[: array.size].reshape(array.shape)[...] = array  # casts the bool mask
+        self._mark(0)  # after the host staging: the span to mark 1 is the copies alone
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         for name, array in arrays.items():
-            host = self._host[name]
-            host.array[: array.size].reshape(array.shape)[...] = array  # casts, e.g. the bool mask
             nbytes = array.size * self.dtypes[name].itemsize
             cuda_call(
-                cudart, cudart.cudaMemcpyAsync(self._device[name], host.ptr, nbytes, h2d, stream), "H2D"
+                cudart,
+                cudart.cudaMemcpyAsync(self._device[name], self._host[name].ptr, nbytes, h2d, stream),
+                "H2D",
             )
         self._mark(1)
         if b != self._batch:
