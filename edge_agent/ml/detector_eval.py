@@ -6,7 +6,10 @@ video of an EchoNet-format dataset is played through the agent's own windowing p
 function) at the FileList's frame rate; every window is scored on its own (per beat, truth = its
 clip's EF) and the windows of each clip are pooled as the hub's running estimate pools them
 (:class:`edge_agent.model.posterior.RunningPosterior`, the last 5 beats, fixed windows only while no
-beat is found): the clip's estimate is the pooled posterior. EF in %.
+beat is found): the clip's estimate is the pooled posterior. Next to it, the same clips' traced
+beats (the dataset's ED frame, as an offline evaluation cuts them) give the offline estimate, so the
+report says what the live path costs or gains: MAE live − offline, overall and per EF band (the
+project lead's live-replay criterion is live ≤ offline + 1 point). EF in %.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from edge_agent.model.posterior import RunningPosterior
 from edge_agent.sim.clips import ClipArrays
 
 POOLED_BEATS = 5  # as the hub's running posterior (hub.running_beats)
+# EF bands (2021 universal definition of heart failure): (name, lower bound, upper bound) in %.
+EF_BANDS = (
+    ("reduced (< 40)", 0.0, 40.0),
+    ("mildly reduced (40-50)", 40.0, 50.0),
+    ("normal (>= 50)", 50.0, 101.0),
+)
 
 
 @dataclass
@@ -116,16 +125,56 @@ def pooled_metrics(pools: list[np.ndarray], truth: np.ndarray) -> dict[str, Any]
     return out
 
 
+def band_errors(means: np.ndarray, truth: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per EF band of the truth (:data:`EF_BANDS`): clips, MAE and bias (mean − truth) of point
+    estimates ``means`` (N,) against ``truth`` (N,) EF %; None where a band has no clip."""
+    out = {}
+    for name, lo, hi in EF_BANDS:
+        m = (truth >= lo) & (truth < hi)
+        err = means[m] - truth[m]
+        out[name] = {
+            "n": int(m.sum()),
+            "mae": float(np.abs(err).mean()) if m.any() else None,
+            "bias": float(err.mean()) if m.any() else None,
+        }
+    return out
+
+
+def live_vs_offline(live: np.ndarray, offline: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """The live path against the offline cut on the same clips: point estimates live (N,) (pooled
+    posterior means) and offline (N,) (the traced beat's posterior mean), truth (N,) EF %. MAE of
+    each, their difference (live − offline: > 0 is what the live path costs), and both per EF band."""
+    mae_live, mae_off = float(np.abs(live - truth).mean()), float(np.abs(offline - truth).mean())
+    return {
+        "mae_live": mae_live,
+        "mae_offline": mae_off,
+        "mae_live_minus_offline": mae_live - mae_off,
+        "by_band": {"live": band_errors(live, truth), "offline": band_errors(offline, truth)},
+    }
+
+
 def clip_summary(
-    windows: DetectorWindows, samples: np.ndarray, truth_by_clip: np.ndarray, n_clips: int, ood: np.ndarray
+    windows: DetectorWindows,
+    samples: np.ndarray,
+    truth_by_clip: np.ndarray,
+    n_clips: int,
+    ood: np.ndarray,
+    offline: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The per-clip part of metrics.json: pooled metrics, reliability (ml.ood.reliability_summary of
-    the pooled posteriors), windows per clip, rules, clips without."""
+    the pooled posteriors), windows per clip, rules, clips without; with ``offline`` (n_clips, K),
+    the published posteriors of the clips' traced beats, :func:`live_vs_offline` on the clips with
+    a window."""
     pools = pooled_posteriors(samples, windows.clip, windows.how, ood)
     order = sorted(pools)
     counts = np.bincount(windows.clip, minlength=n_clips)
     pooled = [pools[c][0] for c in order]
+    compared = {}
+    if offline is not None:
+        live = np.array([p.mean() for p in pooled])
+        compared["live_vs_offline"] = live_vs_offline(live, offline[order].mean(axis=1), truth_by_clip[order])
     return {
+        **compared,
         **pooled_metrics(pooled, truth_by_clip[order]),
         "reliability": reliability_summary(
             pooled, truth_by_clip[order], np.array([pools[c][1] for c in order])

@@ -152,6 +152,7 @@ def _load_clips(req: EvalRequest, sidecar: dict) -> tuple[ClipArrays, dict[str, 
 
         ds = open_dataset(req.data, req.format, req.split)
         windows = detector_windows(ds)
+        traced = ClipArrays.from_dataset(ds, "reading traced beats")  # the offline cut, for comparison
         if len(windows.arr) == 0:
             raise ValueError(
                 f"{req.data}: the live detector cut no window from any video of split {req.split!r}; "
@@ -167,6 +168,7 @@ def _load_clips(req: EvalRequest, sidecar: dict) -> tuple[ClipArrays, dict[str, 
             "n_clips": len(ds),
             "windows": windows,
             "clip_efs": np.asarray(ds.efs, np.float64),
+            "traced": traced,
         }
     if req.data is not None:
         from edge_agent.ml.datasets import open_dataset
@@ -394,7 +396,29 @@ def _per_clip_lines(c: dict[str, Any]) -> list[str]:
         "Windows by beat rule: "
         + ", ".join(f"{k} {v}" for k, v in c["windows_by_rule"].items())
         + f"; clips without any window: {len(c['clips_without_window'])}.",
+        *_live_vs_offline_lines(c.get("live_vs_offline")),
     ]
+
+
+def _live_vs_offline_lines(v: dict[str, Any] | None) -> list[str]:
+    """The live path against the offline cut of the same clips (the traced beat), per EF band."""
+    if v is None:
+        return []
+    lines = [
+        "",
+        "### Live path vs offline cut, the same clips",
+        "",
+        f"Pooled live estimate MAE {v['mae_live']:.2f} vs the traced beat's {v['mae_offline']:.2f}: "
+        f"**live − offline {v['mae_live_minus_offline']:+.2f}** points (the live-replay aim: ≤ +1).",
+        "",
+        "| EF band | clips | MAE live | MAE offline | bias live | bias offline |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    live, off = v["by_band"]["live"], v["by_band"]["offline"]
+    for band, b in live.items():
+        cells = (_fmt(x, 2) for x in (b["mae"], off[band]["mae"], b["bias"], off[band]["bias"]))
+        lines.append(f"| {band} | {b['n']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_report(result: dict[str, Any]) -> str:
@@ -464,6 +488,7 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
     t0 = time.perf_counter()
     arr, data_desc = _load_clips(req, sidecar)
     windows, clip_efs = data_desc.pop("windows", None), data_desc.pop("clip_efs", None)
+    traced = data_desc.pop("traced", None)
     t1 = time.perf_counter()
     pred = sample_arrays(model, arr, k=req.k, seed=req.seed, desc="sampling posterior")
     t2 = time.perf_counter()
@@ -492,8 +517,16 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
     arrays["ood_score"] = pred["ood_score"]
     scores["reliability"] = reliability_summary(published, truth, pred["ood_score"])
     if windows is not None:  # each window scored above; here the clip's estimate: its pooled posterior
+        offline = sample_arrays(model, traced, k=req.k, seed=req.seed, desc="sampling traced beats")[
+            "samples"
+        ]
         scores["per_clip"] = clip_summary(
-            windows, published, clip_efs, data_desc["n_clips"], pred["ood_score"]
+            windows,
+            published,
+            clip_efs,
+            data_desc["n_clips"],
+            pred["ood_score"],
+            recalibrate(offline, float(scale)) if scale is not None else offline,
         )
     raw = scores["raw"]
     result: dict[str, Any] = {key: raw.get(key) for key in FLAT_KEYS}  # std_by_quality None without grades

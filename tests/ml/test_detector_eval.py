@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.ml.detector_eval import pooled_metrics, pooled_posteriors
+from edge_agent.ml.detector_eval import live_vs_offline, pooled_metrics, pooled_posteriors
 from edge_agent.ml.evaluate import EvalRequest, run_evaluation
 from edge_agent.ml.simulate import write_dataset
 
@@ -43,6 +43,19 @@ def test_pooled_metrics_on_known_pools() -> None:
     assert shifted["mae"] == pytest.approx(out["mae"] + 10, abs=1.0) and shifted["picp90"] == 0.0
 
 
+def test_live_vs_offline_by_band_on_known_estimates() -> None:
+    truth = np.array([30.0, 45.0, 60.0, 70.0])
+    offline = truth + np.array([1.0, -1.0, 1.0, -1.0])
+    live = truth + np.array([3.0, -1.0, 0.0, 2.0])
+    v = live_vs_offline(live, offline, truth)
+    assert v["mae_offline"] == 1.0 and v["mae_live"] == 1.5 and v["mae_live_minus_offline"] == 0.5
+    bands = v["by_band"]["live"]
+    assert bands["reduced (< 40)"] == {"n": 1, "mae": 3.0, "bias": 3.0}
+    assert bands["normal (>= 50)"] == {"n": 2, "mae": 1.0, "bias": 1.0}
+    assert v["by_band"]["offline"]["mildly reduced (40-50)"] == {"n": 1, "mae": 1.0, "bias": -1.0}
+    assert live_vs_offline(live[2:], offline[2:], truth[2:])["by_band"]["live"]["reduced (< 40)"]["mae"] is None
+
+
 def test_detector_needs_an_echonet_folder() -> None:
     with pytest.raises(ValueError, match="--data with --format echonet or pediatric"):
         EvalRequest(model="m", beats="detector")
@@ -69,4 +82,9 @@ def test_shipped_model_on_detector_windows_of_simulated_echonet_videos(tmp_path:
     assert set(per_clip["windows_by_rule"]) <= {"ed_ed", "r_wave", "fixed"}
     assert per_clip["mae"] < 8.0  # the live path on simulator videos: beats found, EF close
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["per_clip"]["n"] == per_clip["n"]
-    assert "## Per clip: the live detector's windows" in (tmp_path / "out" / "report.md").read_text()
+    # The same clips' traced beats, offline: the live path's cost is measured, not assumed.
+    v = per_clip["live_vs_offline"]
+    assert v["mae_live"] == pytest.approx(per_clip["mae"]) and v["mae_offline"] < 8.0
+    assert sum(b["n"] for b in v["by_band"]["live"].values()) == per_clip["n"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Per clip: the live detector's windows" in report and "### Live path vs offline cut" in report
