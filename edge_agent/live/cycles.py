@@ -49,10 +49,11 @@ def signal_layers(width: int = 16) -> tuple[tuple[int, int, int, int], ...]:
 
 SIGNAL_LAYERS = signal_layers()
 # The LV-area template of early confirmation spans this long before and after ED (s): late diastole
-# with the atrial kick, and the start of ejection. Its end lies past early_s + EARLY_GRACE frames, so
-# every candidate ED is matched against the signal up to now. It is learnt at hysteresis-confirmed
-# EDs, once the signal has reached its end.
-TEMPLATE_BEFORE_S = 0.3
+# with the atrial kick, and the start of ejection. Its end lies past early_s + EARLY_GRACE frames and
+# its start early_s + the match window before the latest candidate, so every candidate ED is matched
+# against the same recent samples. It is learnt at hysteresis-confirmed EDs, once the signal has
+# reached its end.
+TEMPLATE_BEFORE_S = 0.45
 TEMPLATE_AFTER_S = 0.2
 TEMPLATE_MEMORY = 0.5  # weight of the template so far when a beat updates it
 # The best-matching ED may first lie a fraction of a frame short of early_s (its position is
@@ -414,12 +415,17 @@ class CycleDetector:
         return self._on_ed(float(crossing - self.cfg.ed_lead_s * np.sqrt(beat_s) * self.fps))
 
     def _early(self, i: int) -> list[tuple[float, float]]:
-        """Early confirmation at raw sample i: the closing ED e is where the signal from
-        TEMPLATE_BEFORE_S before e up to now best matches the template (Pearson r, e in 0.25-frame
-        steps from early_s + EARLY_GRACE before now, or the earliest plausible ED, to early_s past
-        now, so an ED still to come competes); it is confirmed when that best e lies at least early_s
-        in the past (the fall into ejection is under way) and r ≥ early_min_corr. The beats it lets
-        out (:meth:`_on_ed`)."""
+        """Early confirmation at raw sample i: the closing ED e is where the template, placed at e,
+        best matches the last samples of the signal (Pearson r over the same window of recent samples
+        for every candidate: TEMPLATE_BEFORE_S − early_s long, ending now; e in 0.25-frame steps from
+        early_s + EARLY_GRACE before now, or the earliest plausible ED, to early_s past now, so an ED
+        still to come competes); it is confirmed when that best e lies at least early_s in the past
+        (the fall into ejection is under way) and r ≥ early_min_corr. The beats it lets out
+        (:meth:`_on_ed`).
+
+        One window for all candidates: a window that began at each candidate's template start held
+        fewer samples of ejection the later the candidate, which drew the match late where the
+        ejection's fall is small and noisy (low-EF hearts: +1–2 frames at 50 fps)."""
         period = self._period()
         if self._tpl is None or period is None or self._img_ed is None:
             return []
@@ -428,15 +434,13 @@ class CycleDetector:
             self._img_ed + (1 - self.cfg.period_tolerance) * period,
             float(i - min(self._early_k + EARLY_GRACE, self._tpl_off[-1])),
         )
-        if hi < lo:
+        k = np.arange(i + self._tpl_off[0] + self._early_k + 1, i + 1)  # the template covers k − e
+        if hi < lo or k[0] < 0 or i - k[0] >= self._cap:  # too soon, or before the reset / the ring
             return []
-        # Candidates run past now: "the ED is still to come" competes with every ED already seen.
+        x = self._raw[k % self._cap]
         best_r, best_e = -np.inf, float(i)
         for e in np.arange(i + self._early_k, lo - 1e-9, -0.25):
-            k = np.arange(int(np.ceil(e + self._tpl_off[0])), i + 1)
-            if k[0] < 0 or i - k[0] >= self._cap:  # before the reset, or out of the ring
-                break
-            r = pearson(self._raw[k % self._cap], np.interp(k - e, self._tpl_off, self._tpl))
+            r = pearson(x, np.interp(k - e, self._tpl_off, self._tpl))
             if r > best_r:
                 best_r, best_e = r, float(e)
         if best_e > hi or best_r < self.cfg.early_min_corr:
