@@ -264,7 +264,8 @@ def offline(
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """The benchmark (YAML section ``bench``; ``configs/bench_jetson.yaml`` is the Jetson profile).
+    """The benchmark (YAML section ``bench``; ``configs/bench_jetson.yaml`` is the Jetson profile,
+    ``configs/bench_gpu.yaml`` the workstation-GPU one).
 
     model: checkpoint whose exported graphs are benchmarked. min_seconds, min_samples: per
     variant and scenario, after warm-up. streams: stream counts for the live scenarios (the real

@@ -214,6 +214,8 @@ def test_bench_profiles_parse_and_unknown_keys_are_errors(tmp_path: Path) -> Non
     cfg, overrides = bench_config(load_yaml(ROOT / "configs" / "bench_jetson.yaml"), "bench_jetson.yaml")
     assert cfg.streams == (1, 4) and cfg.fps == 30.0 and cfg.tegrastats_interval_ms == 200
     assert 'worker.backend="tensorrt"' in overrides and 'worker.device="cuda"' in overrides
+    gpu, overrides = bench_config(load_yaml(ROOT / "configs" / "bench_gpu.yaml"), "bench_gpu.yaml")
+    assert gpu.device_batches == (1, 4, 64) and gpu.gpu == "cuda:0" and 'worker.backend="cuda"' in overrides
     # --quick is overrides put before the command line's: an explicit --set of the same key wins.
     quick, _ = parse_with_overrides(bench_config, {}, [*QUICK_OVERRIDES, "bench.ward_seconds=30"], "defaults")
     assert quick.min_seconds == 0.5 and quick.stream_seconds == 10.0 and quick.ward_seconds == 30.0
