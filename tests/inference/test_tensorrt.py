@@ -29,6 +29,8 @@ from edge_agent.inference.engine_build import (
 
 K = 40
 REAL_ONNX = Path(__file__).resolve().parents[2] / "engines" / "mcsdr_default.onnx"
+REAL_QDQ = REAL_ONNX.with_name("mcsdr_default.qdq.onnx")
+WINDOWS = Path(__file__).resolve().parents[2] / "calibration" / "windows.npz"
 
 
 def _gpu_reason() -> str | None:
@@ -426,6 +428,51 @@ def test_batches_over_max_batch_keep_one_shape_and_the_graph(tmp_path):
 
 
 @gpu
+def test_a_truncated_plan_is_rebuilt_on_load(tmp_path):
+    onnx = _tiny_onnx(tmp_path / "tiny.onnx")
+    plan = engine_build.build_engine(onnx, precision="fp32", max_batch=4)
+    size = plan.stat().st_size
+    plan.write_bytes(plan.read_bytes()[: size // 2])  # cut short: a full disk, an interrupted copy
+    backend = TensorRTBackend.load(tmp_path / "tiny", device="cuda:0", precision="fp32", max_batch=4)
+    try:
+        inputs = _inputs(2)
+        np.testing.assert_allclose(_posterior(backend, inputs), _onnxruntime(onnx, inputs), rtol=1e-3)
+        assert backend.plan == plan and plan.stat().st_size > size // 2  # rebuilt in place
+    finally:
+        backend.close()
+
+
+@gpu
+def test_the_int8_calibration_cache_round_trips_on_tensorrt_10(tmp_path):
+    if _trt_major() >= 11:
+        pytest.skip("TensorRT >= 11 has no INT8 calibrators: INT8 comes from the Q/DQ graph alone")
+    onnx = _tiny_onnx(tmp_path / "tiny.onnx")
+    cache = tmp_path / "calib.cache"
+    batches = [
+        {**_inputs(4, seed=s), "demo_mask": _inputs(4, seed=s)["demo_mask"].astype(np.float32)}
+        for s in range(4)
+    ]
+    plan = engine_build.build_engine(
+        onnx, precision="int8", max_batch=4, calibration_cache=cache, calibration_data=batches
+    )
+    written = cache.read_bytes()
+    assert written  # the calibrator wrote its scales
+    # Rebuilt from the cache alone (no batches): the calibrator reads it and writes it back unchanged.
+    again = engine_build.build_engine(
+        onnx, precision="int8", max_batch=4, calibration_cache=cache, force=True
+    )
+    assert again == plan and cache.read_bytes() == written
+    backend = TensorRTBackend.load(
+        tmp_path / "tiny", device="cuda:0", precision="int8", max_batch=4, calibration_cache=str(cache)
+    )
+    try:
+        inputs = _inputs(3, seed=9)
+        np.testing.assert_allclose(_posterior(backend, inputs), _onnxruntime(onnx, inputs), atol=1.0)
+    finally:
+        backend.close()
+
+
+@gpu
 def test_load_and_close_twenty_times_returns_the_device_memory(tmp_path):
     from cuda.bindings import runtime as cudart
 
@@ -455,5 +502,26 @@ def test_real_model_matches_onnxruntime(precision, tolerance):
         want = _onnxruntime(REAL_ONNX, inputs)
         # Posterior means (EF points); fp16 runs 10 unrolled DDIM steps in half precision.
         np.testing.assert_allclose(got.mean(axis=1), want.mean(axis=1), atol=tolerance)
+    finally:
+        backend.close()
+
+
+@gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_QDQ.is_file(), reason=f"{REAL_QDQ} has not been made (edge-agent calibrate)")
+def test_real_qdq_int8_engine_stays_within_two_points_of_fp32():
+    """INT8 from the Q/DQ graph (TensorRT 10 and 11 alike): the posterior means of the calibration
+    windows move by less than 2 EF points on average, as the same graph does on ONNX Runtime."""
+    k = int(json.loads(REAL_ONNX.with_name(REAL_ONNX.name + ".json").read_text())["k"])
+    with np.load(WINDOWS) as z:
+        inputs = {"video": z["video"][:8], "demo": z["demo"][:8], "demo_mask": z["demo_mask"][:8] > 0.5}
+    inputs["noise"] = np.random.default_rng(0).standard_normal((8, k)).astype(np.float32)
+    backend = TensorRTBackend.load(REAL_ONNX.with_suffix(""), device="cuda:0", precision="int8")
+    try:
+        assert backend.plan.name.startswith("mcsdr_default.qdq")  # the Q/DQ graph, not a calibrator
+        shift = np.abs(
+            _posterior(backend, inputs).mean(axis=1) - _onnxruntime(REAL_ONNX, inputs).mean(axis=1)
+        )
+        assert shift.mean() < 2.0, shift
     finally:
         backend.close()
