@@ -231,7 +231,10 @@ class Hub:
                 report = wire.Status.decode(parts)
                 st = self._stream(report.stream)
                 if st is not None:
+                    changed = st.report is None or st.report.signal != report.signal
                     st.report, st.t_report = report, time.monotonic()
+                    if changed:  # a signal change goes out at once, not at the next status period
+                        self._publish_status(report.stream, st.t_report)
                 return
             window = wire.decode_window(parts)
         except wire.WireError as e:

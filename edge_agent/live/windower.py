@@ -57,7 +57,7 @@ class WindowConfig:
 
     view_change_corr: float = 0.9
     status_period_s: float = 0.5
-    lost_after_s: float = 1.0  # with the status periods, a stopped feed is shown lost within 2 s
+    lost_after_s: float = 1.0  # reported at once, so a stopped feed is shown lost within 2 s
     attach_timeout_s: float = 60.0
 
 
@@ -250,12 +250,15 @@ class Windower:
         return (len(self._recent) - 1) / (self._recent[-1] - self._recent[0])
 
     def _report(self, now: float, force: bool = False) -> None:
-        if not force and now < self._next_status:
+        lost = now - self._last_frame_t > self.cfg.lost_after_s
+        # A feed that just stopped is reported at once, not at the next period: "signal lost" must
+        # reach the bedside within 2 s of the last frame (lost_after_s + delivery).
+        newly_lost = lost and self._signal not in ("lost", "no_sector")
+        if not (force or newly_lost) and now < self._next_status:
             return
         self._next_status = now + self.cfg.status_period_s
         cutoff = now - 1.0
         self._recent = [t for t in self._recent if t >= cutoff]
-        lost = now - self._last_frame_t > self.cfg.lost_after_s
         if lost:  # no frames: the capture may say why (its ring's state)
             signal = "no_sector" if self.ring is not None and self.ring.state == STATE_NO_SECTOR else "lost"
         else:
