@@ -434,9 +434,10 @@ class CycleDetector:
             self._img_ed + (1 - self.cfg.period_tolerance) * period,
             float(i - min(self._early_k + EARLY_GRACE, self._tpl_off[-1])),
         )
-        k = np.arange(i + self._tpl_off[0] + self._early_k + 1, i + 1)  # the template covers k − e
-        if hi < lo or k[0] < 0 or i - k[0] >= self._cap:  # too soon, or before the reset / the ring
+        first = i + int(self._tpl_off[0]) + self._early_k + 1  # the template covers k − e from here
+        if hi < lo or first < 0 or i - first >= self._cap:  # too soon, or before the reset / the ring
             return []
+        k = np.arange(first, i + 1)
         x = self._raw[k % self._cap]
         best_r, best_e = -np.inf, float(i)
         for e in np.arange(i + self._early_k, lo - 1e-9, -0.25):
