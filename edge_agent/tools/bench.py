@@ -11,7 +11,9 @@ timed for at least ``min_seconds`` and ``min_samples`` calls:
 
 Absolute times only mean something on the machine that produced them; the ratios, measured in the
 same run, are the figures to compare (``default / encoder`` ≤ 1.5 and ``naive / default`` ≥ 8 are
-the targets on a 2-core CPU).
+the targets on a 2-core CPU). Next to them, the arithmetic each ONNX graph did (:func:`graph_macs`,
+multiply-accumulates of its convolutions and matrix products as ONNX Runtime ran them) and the rate
+it ran at: at equal rates ``default / encoder`` cannot fall below the ratio of their MACs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from edge_agent.tools.timing import stats_ms, timings
 log = logging.getLogger(__name__)
 
 VARIANTS = ("encoder", "default", "torch", "naive")
+GRAPHS = {"encoder": ".encoder.onnx", "default": ".onnx"}  # the ONNX graphs among them, by file suffix
 GATINGS = ("ecg", "image")
 
 
@@ -67,7 +70,7 @@ def posterior_speed(
     def session(suffix: str) -> ort.InferenceSession:
         return ort.InferenceSession(str(pt.with_suffix(suffix)), options, providers=["CPUExecutionProvider"])
 
-    fused, encoder = session(".onnx"), session(".encoder.onnx")
+    fused, encoder = session(GRAPHS["default"]), session(GRAPHS["encoder"])
     enc_feeds = {n: feeds[n] for n in ("video", "demo", "demo_mask")}
     naive_loop = _naive_loop(net)
     mask_np = feeds["demo_mask"] > 0.5
@@ -84,7 +87,10 @@ def posterior_speed(
     }
     results = {name: stats_ms(timings(fn, min_seconds, min_samples)) for name, fn in calls.items()}
     p50 = {name: r["p50"] for name, r in results.items()}
+    macs = {name: graph_macs(pt.with_suffix(suffix), feeds) for name, suffix in GRAPHS.items()}
     return {
+        "macs": macs,
+        "gflops": {name: 2e-6 * m / p50[name] for name, m in macs.items()},
         "k": k,
         "threads": threads,
         "min_seconds": min_seconds,
@@ -93,6 +99,45 @@ def posterior_speed(
         "default_over_encoder": p50["default"] / p50["encoder"],
         "naive_over_default": p50["naive"] / p50["default"],
     }
+
+
+MAC_OPS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm")  # float graphs
+
+
+def graph_macs(session_path: str | Path, feeds: dict[str, np.ndarray]) -> int:
+    """Multiply-accumulates one run of an ONNX graph does in its convolutions and matrix products,
+    counted from the shapes ONNX Runtime's profiler reports for each node it ran: a matrix product's
+    output elements × its inner dimension, a convolution's output elements × its weight's fan-in.
+    The session fuses but does not change layouts (the NCHWc layout pads channels to its block and
+    would count the padding). Elementwise ops, normalisations and softmax are not counted (they move
+    memory more than they compute)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "macs")
+        session = ort.InferenceSession(str(session_path), options, providers=["CPUExecutionProvider"])
+        session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total = 0
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        if args.get("op_name") not in MAC_OPS:
+            continue
+        shapes = [next(iter(d.values())) for d in args["input_type_shape"]]
+        out = int(np.prod(next(iter(args["output_type_shape"][0].values()))))
+        conv = "Conv" in args["op_name"]
+        # Conv: weight (C_out, C_in/groups, *kernel); a matrix product: A's last dim (Gemm's transA
+        # is not used by our graphs' exporter: torch emits (M, K) @ (K, N) or transB).
+        total += out * int(np.prod(shapes[1][1:]) if conv else shapes[0][-1])
+    return total
 
 
 def speed_table(result: dict[str, Any]) -> str:
@@ -113,6 +158,13 @@ def speed_table(result: dict[str, Any]) -> str:
         f"{result['threads']} thread(s)"
     )
     enc = result["variants"]["encoder"]["p50"]
+    macs, rate = result["macs"], result["gflops"]
+    rows.append("")
+    rows.append(
+        f"Arithmetic: encoder {macs['encoder'] / 1e6:.0f} MMAC at {rate['encoder']:.0f} GFLOP/s, fused "
+        f"posterior {macs['default'] / 1e6:.0f} MMAC at {rate['default']:.0f} GFLOP/s: its arithmetic is "
+        f"{macs['default'] / macs['encoder']:.2f} × the encoder's (its time ratio were both run at one rate)."
+    )
     rows.append("")
     rows.append(
         f"Inside a worker's `infer` stage (one fused graph): encoder {enc:.1f} ms, sampler (10 DDIM "

@@ -20,7 +20,7 @@ from edge_agent.inference.backends import BackendError, load_backend
 from edge_agent.inference.export import ExportError, ExportRequest, export
 from edge_agent.live.worker import starting_noises
 from edge_agent.sim.clips import synthetic_example
-from edge_agent.tools.bench import posterior_speed, speed_table
+from edge_agent.tools.bench import graph_macs, posterior_speed, speed_table
 from edge_agent.tools.timing import stats_ms, timings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +139,50 @@ def test_bench_statistics_and_a_quick_side_by_side_run() -> None:
     assert set(result["variants"]) == {"encoder", "default", "torch", "naive"}
     # Real measurements, so only what holds on any machine: ten encoder passes cost more than one.
     assert result["naive_over_default"] > 1.0 and result["default_over_encoder"] > 1.0
-    assert "| naive |" in speed_table(result)
+    # The sampler adds arithmetic to the encoder's, and both graphs ran at a positive rate.
+    assert result["macs"]["default"] > result["macs"]["encoder"] > 0
+    assert all(r > 0 for r in result["gflops"].values())
+    table = speed_table(result)
+    assert "| naive |" in table and "MMAC" in table
+
+
+def test_graph_macs_counts_convolutions_and_matrix_products_as_run(tmp_path: Path) -> None:
+    """A graph with a known count: Conv 3×(2·3·3) per output pixel over 5×5, a batched MatMul
+    (4×8)·(8×16) and a transB Gemm (4×8)·(16×8)ᵀ, plus a Relu that computes nothing counted."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MatMul", ["a", "m"], ["p"]),
+        helper.make_node("Gemm", ["g", "gw"], ["q"], transB=1),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "macs",
+        [
+            helper.make_tensor_value_info("x", f32, [1, 2, 5, 5]),
+            helper.make_tensor_value_info("a", f32, [1, 4, 8]),
+            helper.make_tensor_value_info("g", f32, [4, 8]),
+        ],
+        [helper.make_tensor_value_info(n, f32, None) for n in ("r", "p", "q")],
+        [init("w", 3, 2, 3, 3), init("m", 8, 16), init("gw", 16, 8)],
+    )
+    path = tmp_path / "macs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    feeds = {
+        "x": rng.standard_normal((1, 2, 5, 5)).astype(np.float32),
+        "a": rng.standard_normal((1, 4, 8)).astype(np.float32),
+        "g": rng.standard_normal((4, 8)).astype(np.float32),
+    }
+    assert graph_macs(path, feeds) == 3 * 25 * 18 + 4 * 16 * 8 + 4 * 16 * 8
+    assert not list(tmp_path.glob("*.json")) and not list(Path.cwd().glob("macs*.json"))
 
 
 def test_tensorrt_backend_module_does_not_import_torch() -> None:
