@@ -22,8 +22,12 @@ unreliable         low       the running estimate rests on inputs unlike the tra
 
 An alarm is raised when its condition starts, cleared when it ends; ``acknowledge`` silences a
 raised alarm for ``silence_s`` (it stays shown, marked acknowledged) and a silence that runs out
-while the condition holds sounds it again. Every transition is kept in ``log`` as an
-:class:`AlarmEvent` (and handed to a recorder by whoever owns the board). EF in %, times in s.
+while the condition holds sounds it again. A bed the agent no longer publishes (restarted without
+it) would alarm "stale" for ever: ``remove`` lets an operator take it off the board once it has
+sent nothing for ``remove_after_s``, never sooner (a bed still published would come straight back,
+its alarms hidden in between); its alarms are logged as cleared with the reason. Every transition is
+kept in ``log`` as an :class:`AlarmEvent` (and handed to a recorder by whoever owns the board). EF
+in %, times in s.
 
 Clinical bands (the 2021 universal definition of heart failure): reduced ≤ 40 %, mildly reduced
 41–49 %, preserved ≥ 50 %.
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edge_agent.clients.state import MonitorState, StreamView
@@ -57,6 +61,7 @@ BAD_SIGNALS = {
     "stale": "signal stale: no recent window",
 }
 AGENT = ""  # the bed id of alarms about the agent itself
+REMOVED = "bed removed by the operator"  # how a removal's cleared alarms begin their message
 
 
 def ef_category(ef: float) -> str:
@@ -78,6 +83,7 @@ class AlarmConfig:
     stale_after_s: float = 5.0
     publisher_timeout_s: float = 3.0
     silence_s: float = 120.0
+    remove_after_s: float = 30.0  # a bed silent this long may be removed by an operator
 
     def __post_init__(self) -> None:
         if not 0 <= self.reduced_p <= 1:
@@ -86,6 +92,11 @@ class AlarmConfig:
             raise ValueError("reduced_beats and baseline_beats must be >= 1")
         if min(self.fall_points, self.stale_after_s, self.publisher_timeout_s, self.silence_s) <= 0:
             raise ValueError("fall_points, stale_after_s, publisher_timeout_s and silence_s must be > 0")
+        if self.remove_after_s < self.stale_after_s:
+            raise ValueError(
+                f"remove_after_s ({self.remove_after_s}) must be >= stale_after_s ({self.stale_after_s}): "
+                "a bed is removable only once its silence has raised its stale alarm"
+            )
 
 
 @dataclass(frozen=True)
@@ -187,6 +198,28 @@ class AlarmBoard:
         self.active[(bed, kind)] = silenced
         self._event(now, silenced, "acknowledged")
         return True
+
+    def remove(self, bed: str, now: float) -> str | None:
+        """Take a bed that sends nothing any more off the board: its state, history and alarms (each
+        logged as cleared, the message saying by whom). None when done; else why not (unknown bed,
+        or one heard from within ``remove_after_s``)."""
+        view = self.state.streams.get(bed)
+        if view is None:
+            return f"no bed {bed!r}"
+        silent = now - view.last_heard
+        if silent < self.cfg.remove_after_s:
+            return (
+                f"bed {bed!r} sent a message {silent:.1f} s ago: a bed can be removed once it has been "
+                f"silent for {self.cfg.remove_after_s:.0f} s (alarms.remove_after_s)"
+            )
+        self.update(now)  # what holds now is raised first, so the log shows what the removal cleared
+        for key in [k for k in self.active if k[0] == bed]:
+            alarm = self.active.pop(key)
+            why = f"{REMOVED} after {silent:.0f} s without messages ({alarm.message})"
+            self._event(now, replace(alarm, message=why), "cleared")
+        del self.state.streams[bed]
+        self.history.pop(bed, None)
+        return None
 
     def events_since(self, n_events: int) -> list[AlarmEvent]:
         """The events after the first ``n_events`` (a reader's earlier ``self.n_events``), oldest

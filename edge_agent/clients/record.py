@@ -496,6 +496,16 @@ class WardStore:
             (utc_iso(unix_s), unix_s, bed, kind, priority, what, message),
         )
 
+    def removals(self, prefix: str, since_unix: float) -> dict[str, float]:
+        """Each bed's latest removal since ``since_unix`` (wall clock, s): the latest alarm row it
+        cleared whose message begins with ``prefix`` (the board's wording for an operator's removal)."""
+        rows = self.conn.execute(
+            "SELECT bed, MAX(received_unix) FROM alarms WHERE what = 'cleared' AND received_unix >= ? "
+            "AND substr(message, 1, ?) = ? GROUP BY bed",
+            (since_unix, len(prefix), prefix),
+        )
+        return dict(rows.fetchall())
+
     def trends(self, since_unix: float) -> dict[str, list[tuple[float, float, float, float, float]]]:
         """Each bed's recorded estimates since ``since_unix``: (received_unix, running mean, running
         ci90 lo, hi, beat mean), oldest first. EF in %."""

@@ -35,6 +35,11 @@ class StreamView:
     hr_bpm: float | None = None
     trend: deque[float] = field(default_factory=lambda: deque(maxlen=TREND_BEATS))
 
+    @property
+    def last_heard(self) -> float:
+        """Receive time of the stream's latest message of any kind (its first, before an estimate)."""
+        return max(self.first_seen, self.estimate_at or 0.0, self.status_at or 0.0)
+
     def stale_limit_s(self, stale_after_s: float) -> float:
         """Seconds without an estimate before the stream is stale: stale_after_s, or STALE_BEATS
         beat periods at the current heart rate when that is longer (slow hearts beat rarely)."""
@@ -65,7 +70,7 @@ class MonitorState:
             return
         if kind not in ("estimate", "status"):
             raise ValueError(f"kind: expected estimate, status or heartbeat, got {kind!r}")
-        view = self.streams.setdefault(msg["stream"], StreamView(msg["stream"], first_seen=now))
+        view = self.known(msg["stream"], now)
         if msg["hr_bpm"] is not None:
             view.hr_bpm = msg["hr_bpm"]
         if kind == "status":
@@ -73,6 +78,11 @@ class MonitorState:
             return
         view.estimate, view.estimate_at = msg, now
         view.trend.append(msg["beat"]["mean"])
+
+    def known(self, stream: str, now: float) -> StreamView:
+        """The stream's view, made (first seen at ``now``) when it has none: a stream known from
+        elsewhere (a recording) counts as heard at ``now`` and goes stale if nothing follows."""
+        return self.streams.setdefault(stream, StreamView(stream, first_seen=now))
 
     def heartbeat_age(self, now: float) -> float | None:
         """Seconds since the oldest publisher's latest heartbeat (None before any heartbeat)."""

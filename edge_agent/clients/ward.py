@@ -15,6 +15,9 @@ HTTP (every response ``Cache-Control: no-store``):
     GET  /events           server-sent events: ``estimate``, ``status``, ``alarms`` (twice a
                            second: the active alarms, the publishers' heartbeat age)
     POST /api/ack          {"bed": …, "kind": …}: acknowledge (silence) an alarm
+    POST /api/remove       {"bed": …}: take a bed the agent no longer publishes off the page, once
+                           it has been silent for ``alarms.remove_after_s`` (409 before: see
+                           :meth:`~edge_agent.clients.alarms.AlarmBoard.remove`); event ``removed``
 
 Exposure follows the agent's rule for its own endpoints: loopback by default; any other address
 needs a token (``web.token``: the page is opened once as ``/?token=…``, which sets a cookie) and
@@ -39,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.clients.alarms import AlarmBoard, AlarmConfig
+from edge_agent.clients.alarms import REMOVED, AlarmBoard, AlarmConfig
 from edge_agent.clients.record import WardStore
 from edge_agent.clients.subscriber import T_RECEIVED, Subscriber, subscriber_keys
 from edge_agent.protocol.transport import TransportConfig
@@ -140,8 +143,14 @@ class WardServer:
     def start(self, timeout: float = 10.0) -> None:
         if self.cfg.db is not None:  # a RecordError names the file and the fix
             self.store = WardStore(self.cfg.db)
-            for name, points in self.store.trends(time.time() - self.cfg.history_s).items():
-                self.beds.setdefault(name, _Bed()).trend.extend(points)
+            since = time.time() - self.cfg.history_s
+            removed = self.store.removals(REMOVED, since)
+            for name, points in self.store.trends(since).items():
+                kept = [p for p in points if p[0] > removed.get(name, float("-inf"))]  # not what was removed
+                if kept:
+                    self.beds.setdefault(name, _Bed()).trend.extend(kept)
+                    # On the board too: stale if it is not heard from, removable once silent.
+                    self.board.state.known(name, time.monotonic())
         server_key, client_key = self.curve_keys
         self.sub = Subscriber(self.endpoints, curve_server_key=server_key, curve_client_key=client_key)
         self._running.set()
@@ -267,6 +276,7 @@ class WardServer:
         app.router.add_get("/api/snapshot", self._snapshot)
         app.router.add_get("/events", self._events)
         app.router.add_post("/api/ack", self._ack)
+        app.router.add_post("/api/remove", self._remove)
         app.router.add_static("/static/", ASSETS, show_index=False)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -330,6 +340,23 @@ class WardServer:
             raise web.HTTPNotFound(text=f"no active {kind} alarm for bed {bed!r}")
         self._broadcast("alarms", self._alarms())
         return web.json_response({"acknowledged": [bed, kind]})
+
+    async def _remove(self, request: Any) -> Any:
+        from aiohttp import web
+
+        try:
+            bed = str((await request.json())["bed"])
+        except (ValueError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text='send {"bed": …}') from None
+        refused = self.board.remove(bed, time.monotonic())
+        if refused is not None:
+            known = bed in self.board.state.streams
+            raise (web.HTTPConflict if known else web.HTTPNotFound)(text=refused)
+        self.beds.pop(bed, None)
+        log.warning("web: bed %s removed by an operator (no message for alarms.remove_after_s)", bed)
+        self._broadcast("removed", {"bed": bed})
+        self._broadcast("alarms", self._alarms())
+        return web.json_response({"removed": bed})
 
     async def _events(self, request: Any) -> Any:
         from aiohttp import web

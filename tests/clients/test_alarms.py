@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fixtures import estimate_message
 
-from edge_agent.clients.alarms import AGENT, AlarmBoard, AlarmConfig
+from edge_agent.clients.alarms import AGENT, REMOVED, AlarmBoard, AlarmConfig
 from edge_agent.protocol import wire
 
 
@@ -102,12 +102,39 @@ def test_signal_publisher_and_stale_alarms() -> None:
     assert alarms[1].message == "no estimate for 8.0 s"
 
 
+def test_a_bed_no_longer_published_can_be_removed_once_silent_and_not_before() -> None:
+    board = AlarmBoard(AlarmConfig(stale_after_s=5.0, remove_after_s=20.0))
+    t = _fed(board, [30.0] * 4)  # a reduced-EF bed: its alarm is on
+    assert ("bed1", "reduced_ef") in _kinds(board, t)
+    assert board.remove("bed2", t) == "no bed 'bed2'"
+    # Still published (a status 1 s ago): refused, nothing hidden.
+    board.apply(_status("lost"), t + 10)
+    refused = board.remove("bed1", t + 11)
+    assert refused is not None and "silent for 20 s" in refused and "1.0 s ago" in refused
+    assert {k for k in _kinds(board, t + 11) if k[0] == "bed1"} == {
+        ("bed1", "reduced_ef"),
+        ("bed1", "signal"),
+    }
+    # Silent for 20 s: removed; every alarm it had is logged as cleared, saying why.
+    n = board.n_events
+    assert board.remove("bed1", t + 30) is None
+    cleared = board.events_since(n)
+    assert {(e.kind, e.what) for e in cleared} == {("reduced_ef", "cleared"), ("signal", "cleared")}
+    assert all(e.message.startswith(f"{REMOVED} after 20 s without messages (") for e in cleared)
+    assert "bed1" not in board.state.streams and "bed1" not in board.history
+    assert not any(bed == "bed1" for bed, _ in board.conditions(t + 31))
+    # Published again later: a new bed, with a fresh baseline and reduced-EF run.
+    board.apply(estimate_message(9, 30.0), t + 40)
+    assert board.history["bed1"].reduced_run == 1
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"reduced_p": 1.5}, "reduced_p"),
         ({"reduced_beats": 0}, "reduced_beats"),
         ({"silence_s": 0.0}, "silence_s"),
+        ({"remove_after_s": 4.0}, "remove_after_s"),
     ],
 )
 def test_alarm_config_refuses_impossible_thresholds(fields: dict[str, Any], message: str) -> None:

@@ -18,12 +18,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 from fixtures import estimate_message
 
-from edge_agent.clients.alarms import AlarmConfig
+from edge_agent.clients.alarms import REMOVED, AlarmConfig
 from edge_agent.clients.record import RecordError, RecordStore, estimate_row
 from edge_agent.clients.ward import WardServer, WebConfig
 from edge_agent.live.agent import Agent, load_agent_config
@@ -31,6 +32,7 @@ from edge_agent.protocol import wire
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NUMBER = re.compile(r"^\d{1,2}$")
+WIRE_KEYS = ("kind", "stream", "v")  # added by decoding: not part of an estimate's body
 BROWSER_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -130,9 +132,85 @@ def test_the_alarm_log_goes_into_the_recording_and_the_trends_come_back_from_it(
     assert ("", "publisher_gone", "high", "raised") in rows
 
 
+def _post(url: str, body: dict[str, Any]) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_bed_no_longer_published_is_removed_once_silent_and_stays_removed(tmp_path: Path) -> None:
+    """POST /api/remove: refused while the bed is heard from, done once it is silent; its alarms are
+    logged as cleared in the recording, and a restarted page server does not bring it back (the
+    bed still published does come back, and goes stale when it stays silent)."""
+    db = tmp_path / "ward.sqlite"
+    store = RecordStore(db)
+    store.open_session(["ipc://agent"], [""])
+    store.close()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    endpoint = f"ipc://{tmp_path}/publish"
+    pub.bind(endpoint)
+    alarms = AlarmConfig(stale_after_s=1.0, remove_after_s=1.5)
+    server = WardServer(WebConfig(port=0, db=str(db)), endpoint, alarms)
+    recorder = RecordStore(db)
+    recorder.open_session([endpoint], [""])
+
+    def publish(stream: str, seq: int) -> None:
+        msg = estimate_message(seq, 55.0, stream=stream)
+        pub.send_multipart(wire.encode_estimate(stream, {k: v for k, v in msg.items() if k not in WIRE_KEYS}))
+        recorder.add_estimate(estimate_row(msg, time.time()))
+
+    try:
+        with _serving(server):
+            deadline = time.monotonic() + 10.0
+            while len(server.beds) < 2 and time.monotonic() < deadline:
+                publish("bed1", 0)
+                publish("bed2", 0)
+                time.sleep(0.1)
+            assert set(server.beds) == {"bed1", "bed2"}
+            code, text = _post(server.url + "api/remove", {"bed": "bed1"})
+            assert code == 409 and "alarms.remove_after_s" in text
+            assert _post(server.url + "api/remove", {"bed": "bed9"})[0] == 404
+            assert _post(server.url + "api/remove", {"nothing": 1})[0] == 400
+            # bed2 keeps publishing, bed1 falls silent: removable after 1.5 s, stale after 3 beats
+            # (3 s at the estimates' 60 bpm, longer than stale_after_s).
+            t_quiet = time.monotonic()
+            for seq in range(1, 1000):
+                if ("bed1", "stale") in server.board.active or time.monotonic() - t_quiet > 10.0:
+                    break
+                publish("bed2", seq)
+                time.sleep(0.1)
+            assert ("bed1", "stale") in server.board.active
+            assert _post(server.url + "api/remove", {"bed": "bed1"}) == (200, '{"removed": "bed1"}')
+            assert _post(server.url + "api/remove", {"bed": "bed2"})[0] == 409
+            with urllib.request.urlopen(server.url + "api/snapshot", timeout=5) as r:
+                snap = json.load(r)
+            assert set(snap["beds"]) == {"bed2"} and not any(a["bed"] == "bed1" for a in snap["alarms"])
+        # Restarted on the same recording: bed2's trend comes back, bed1's does not.
+        restarted = WardServer(WebConfig(port=0, db=str(db)), endpoint, alarms)
+        with _serving(restarted):
+            assert set(restarted.beds) == {"bed2"}
+    finally:
+        recorder.close()
+        pub.close(linger=0)
+        ctx.term()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT bed, kind, what, message FROM alarms WHERE bed = 'bed1'").fetchall()
+    assert [(bed, kind, what) for bed, kind, what, _ in rows] == [
+        ("bed1", "stale", "raised"),
+        ("bed1", "stale", "cleared"),
+    ]
+    assert rows[1][3].startswith(f"{REMOVED} after ")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_the_ward_page_in_a_browser_two_beds_alarm_ack_signal_lost_publisher_gone(tmp_path: Path) -> None:
+def test_the_ward_page_in_a_browser_two_beds_alarm_ack_signal_lost_publisher_gone_remove(
+    tmp_path: Path,
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     cfg = load_agent_config(
@@ -140,7 +218,7 @@ def test_the_ward_page_in_a_browser_two_beds_alarm_ack_signal_lost_publisher_gon
         ["supervisor.log_level=WARNING", f"transport.publish=ipc://{tmp_path}/publish"],
         sources=["synthetic://?ef=62&seed=1", "synthetic://?ef=30&seed=3"],
     )
-    alarms = AlarmConfig(reduced_beats=3)
+    alarms = AlarmConfig(reduced_beats=3, remove_after_s=5.0)
     agent = Agent(cfg)
     agent.start()
     server = WardServer(WebConfig(port=0), agent.endpoints["publish"], alarms)
@@ -187,6 +265,15 @@ def test_the_ward_page_in_a_browser_two_beds_alarm_ack_signal_lost_publisher_gon
             agent.stop()
             expect(page.locator("#publisher")).to_contain_text("PUBLISHER GONE", timeout=10_000)
             page.screenshot(path=str(tmp_path / "ward_publisher_gone.png"), full_page=True)
+            # Silent for alarms.remove_after_s: each tile offers its removal; bed 1 is removed
+            # (after the confirmation), bed 2 stays.
+            remove = bed1.get_by_role("button", name="Remove bed")
+            expect(remove).to_be_visible(timeout=15_000)
+            page.once("dialog", lambda dialog: dialog.accept())
+            remove.click()
+            expect(bed1).to_have_count(0, timeout=5_000)
+            expect(bed2.locator(".ef")).to_have_text(NUMBER)
+            assert page.locator('#alarm-strip li[data-bed="bed1"]').count() == 0
             assert errors == []
             browser.close()
     finally:

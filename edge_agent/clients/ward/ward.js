@@ -7,6 +7,7 @@ let alarms = [];
 let heartbeatAge = null;
 let clockOffset = 0; // server wall − this browser's wall, s
 let detailBed = null;
+let removeAfterS = null; // alarms.remove_after_s: a bed silent this long may be removed
 const TREND_WINDOW_S = 30 * 60; // shown on the tile's chart; the server keeps web.history_s
 
 function band(ef) {
@@ -62,10 +63,13 @@ function bedView(name) {
   tile.dataset.bed = name;
   tile.querySelector(".bed").textContent = name;
   tile.addEventListener("click", (e) => { if (e.target.tagName !== "BUTTON") openDetail(name); });
+  tile.querySelector(".remove").addEventListener("click", () => removeBed(name));
   const main = document.getElementById("beds");
   const after = [...main.children].find((t) => t.dataset.bed > name);
   main.insertBefore(tile, after || null);
-  const view = { tile, chart: chartFor(tile.querySelector(".trend")), estimate: null, status: null, trend: [] };
+  const view = {
+    tile, chart: chartFor(tile.querySelector(".trend")), estimate: null, status: null, trend: [], seen: serverNow(),
+  };
   beds.set(name, view);
   return view;
 }
@@ -113,6 +117,9 @@ function drawAges() {
   const now = serverNow();
   const gone = alarms.some((a) => a.kind === "publisher_gone");
   for (const view of beds.values()) {
+    // A bed the agent stopped publishing alarms "stale" for ever: offer its removal once it is silent.
+    const heard = Math.max(view.estimate?.wall ?? 0, view.status?.wall ?? 0, view.seen);
+    view.tile.querySelector(".remove").hidden = removeAfterS == null || now - heard < removeAfterS;
     const age = view.tile.querySelector(".age");
     if (!view.estimate) { age.textContent = "waiting for the first estimate"; continue; }
     const s = Math.max(0, now - view.estimate.wall);
@@ -167,6 +174,23 @@ async function acknowledge(bed, kind) {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ bed, kind }),
   });
   if (!r.ok) console.warn("acknowledge:", await r.text());
+}
+
+async function removeBed(name) {
+  if (!window.confirm(`Remove bed ${name}? It has sent nothing for ${removeAfterS} s or more; its alarms are cleared and logged.`)) return;
+  const r = await fetch("api/remove", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ bed: name }),
+  });
+  if (!r.ok) window.alert(`Bed ${name} was not removed: ${await r.text()}`);
+}
+
+function onRemoved({ bed }) {
+  const view = beds.get(bed);
+  if (!view) return;
+  view.chart.destroy();
+  view.tile.remove();
+  beds.delete(bed);
+  if (detailBed === bed) { detailBed = null; document.getElementById("detail").hidden = true; }
 }
 
 function openDetail(name) {
@@ -243,6 +267,7 @@ function onAlarms(data) {
 
 async function start() {
   const snap = await (await fetch("api/snapshot")).json();
+  removeAfterS = snap.alarm_config.remove_after_s;
   onAlarms(snap);
   for (const [name, bed] of Object.entries(snap.beds)) {
     const view = bedView(name);
@@ -258,6 +283,7 @@ async function start() {
   events.addEventListener("estimate", (e) => onEstimate(JSON.parse(e.data)));
   events.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
   events.addEventListener("alarms", (e) => onAlarms(JSON.parse(e.data)));
+  events.addEventListener("removed", (e) => onRemoved(JSON.parse(e.data)));
   events.onerror = () => { document.getElementById("publisher").textContent = "page server unreachable: retrying…"; };
   setInterval(drawAges, 500);
   document.getElementById("detail-close").addEventListener("click", () => {
