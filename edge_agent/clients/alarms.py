@@ -201,8 +201,9 @@ class AlarmBoard:
 
     def remove(self, bed: str, now: float) -> str | None:
         """Take a bed that sends nothing any more off the board: its state, history and alarms (each
-        logged as cleared, the message saying by whom). None when done; else why not (unknown bed,
-        or one heard from within ``remove_after_s``)."""
+        logged as cleared, the message saying by whom: the log's record of the removal). None when
+        done; else why not (unknown bed, one heard from within ``remove_after_s``, or one without an
+        alarm yet)."""
         view = self.state.streams.get(bed)
         if view is None:
             return f"no bed {bed!r}"
@@ -213,7 +214,10 @@ class AlarmBoard:
                 f"silent for {self.cfg.remove_after_s:.0f} s (alarms.remove_after_s)"
             )
         self.update(now)  # what holds now is raised first, so the log shows what the removal cleared
-        for key in [k for k in self.active if k[0] == bed]:
+        mine = [k for k in self.active if k[0] == bed]
+        if not mine:  # a slow heart's stale limit (3 beats) can outlast remove_after_s
+            return f"bed {bed!r} is silent but not yet stale: nothing to remove it for yet"
+        for key in mine:
             alarm = self.active.pop(key)
             why = f"{REMOVED} after {silent:.0f} s without messages ({alarm.message})"
             self._event(now, replace(alarm, message=why), "cleared")

@@ -126,6 +126,10 @@ def test_a_bed_no_longer_published_can_be_removed_once_silent_and_not_before() -
     # Published again later: a new bed, with a fresh baseline and reduced-EF run.
     board.apply(estimate_message(9, 30.0), t + 40)
     assert board.history["bed1"].reduced_run == 1
+    # A slow heart (3 beats at 6 bpm: 30 s) silent for 25 s is not yet stale: not removed.
+    slow = AlarmBoard(AlarmConfig(stale_after_s=5.0, remove_after_s=20.0))
+    slow.apply(estimate_message(0, 60.0) | {"hr_bpm": 6.0}, 0.0)
+    assert "not yet stale" in (slow.remove("bed1", 25.0) or "")
 
 
 @pytest.mark.parametrize(
