@@ -377,6 +377,49 @@ def cmd_cycles_check(args: argparse.Namespace) -> int:
     return 0 if all(r.checks["hr_agrees"] for r in results) else 1
 
 
+def _cycles_table_arguments(p: argparse.ArgumentParser) -> None:
+    from edge_agent.sim.phantom import QUALITIES
+
+    p.add_argument("--seed", type=int, default=0, help="the patients' seed (take a fresh one to test)")
+    p.add_argument("--patients", type=COUNT, default=20, help="simulated patients per cell")
+    p.add_argument("--seconds", type=SECONDS, default=25.0, help="each patient's stream length")
+    p.add_argument("--generation", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="simulators")
+    p.add_argument("--fps", type=FPS, nargs="+", default=[50.0, 30.0], help="frame rates")
+    p.add_argument("--quality", nargs="+", choices=QUALITIES, default=list(QUALITIES), help="image qualities")
+    p.add_argument("--workers", type=COUNT, default=2, help="processes (one cell each at a time)")
+    p.add_argument("--out", default="runs/cycles-table", help="folder for cycles_table.md and .json")
+    _agent_options(p)  # the detector is the agent's section cycles
+
+
+@verb(
+    "cycles-table",
+    "the cycle detector's accuracy on simulated patients: every generation × fps × image quality "
+    "(exit 1 when a cell is below 95 %%)",
+    _cycles_table_arguments,
+)
+def cmd_cycles_table(args: argparse.Namespace) -> int:
+    from edge_agent.ml.cycles_eval import TABLE_TARGET, detector_table, table_markdown
+
+    cells = detector_table(
+        args.seed,
+        args.patients,
+        args.seconds,
+        tuple(args.generation),
+        tuple(args.fps),
+        tuple(args.quality),
+        args.workers,
+        _agent_config(args).cycles,
+    )
+    text = table_markdown(cells)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cycles_table.md").write_text(f"# Cycle detector, seed {args.seed}\n\n{text}\n")
+    (out / "cycles_table.json").write_text(json.dumps(cells, indent=1))
+    print(text)
+    print(f"\nwritten to {out}/ (cycles_table.md, cycles_table.json)")
+    return 0 if all(c["accuracy"] >= TABLE_TARGET for c in cells) else 1
+
+
 def _agent_config(args: argparse.Namespace):
     from edge_agent.live.agent import load_agent_config
 

@@ -9,6 +9,8 @@ Kept apart from :mod:`edge_agent.live.cycles` so the live windowing process neve
   :class:`~edge_agent.live.cycles.LVAreaNet`.
 * :func:`detector_accuracy`: streams simulated patients frame by frame through
   :class:`~edge_agent.live.cycles.CycleDetector` and scores the beats against the simulator's EDs.
+* :func:`detector_table`: that score for every generation × frame rate × image quality (``edge-agent
+  cycles-table``), with each cell's worst patients named so they can be replayed.
 """
 
 from __future__ import annotations
@@ -364,7 +366,7 @@ def detector_accuracy(
     """
     cfg = CycleConfig() if cfg is None else cfg
     n_true = n_ok = n_extra = n_frames_total = 0
-    errors, hr_err, per_case, busy, delays, first = [], [], [], 0.0, [], []
+    errors, hr_err, per_case, case_accuracy, busy, delays, first = [], [], [], [], 0.0, [], []
     for k in range(n_cases):
         rng = np.random.default_rng(np.random.SeedSequence([seed, QUALITIES.index(quality), int(fps), k]))
         case = dataclasses.replace(draw_case(rng, quality=quality, fps=fps, generation=generation), hrv=hrv)
@@ -381,7 +383,9 @@ def detector_accuracy(
         ed_exact = (np.array([b.t_ed for b in phantom.beats]) - t0) * fps
         score = score_beats([w for _, w in emitted], ed_exact, n, fps, tol_frames, warmup_s)
         n_true, n_ok, n_extra = n_true + score["true"], n_ok + score["correct"], n_extra + score["extra"]
-        per_case.append(f"{score['correct']}/{score['true']}+{score['extra']} @{case.hr_bpm:.0f}bpm")
+        ok, true, extra = score["correct"], score["true"], score["extra"]
+        case_accuracy.append(ok / max(1, true + extra))
+        per_case.append(f"#{k} EF {case.ef:.0f} %: {ok}/{true}+{extra} @{case.hr_bpm:.0f}bpm")
         errors += score["errors"]
         hr_err += score["hr_errors"]
     errors_a, hr_a = np.array(errors), np.array(hr_err)
@@ -405,5 +409,55 @@ def detector_accuracy(
         "confirm_delay_ms_p95": float(np.percentile(delays, 95)) if delays else float("nan"),
         "confirm_delay_ms_p99": float(np.percentile(delays, 99)) if delays else float("nan"),
         "first_beat_s_median": float(np.median(first)) if first else float("nan"),
-        "per_case": per_case,  # correct/true+extra at the case's mean heart rate
+        "per_case": per_case,  # "#k EF e %: correct/true+extra @hr": patient k, its EF and mean heart rate
+        "case_accuracy": case_accuracy,  # correct / (true + extra) of each patient, as per_case
     }
+
+
+TABLE_TARGET = 0.95  # issue 13: every cell at least this share of beats within 2 frames
+
+
+def _cell(args: tuple[int, float, str, int, float, int, CycleConfig]) -> dict:
+    generation, fps, quality, n_cases, seconds, seed, cfg = args
+    return detector_accuracy(n_cases, seconds, quality, fps=fps, seed=seed, cfg=cfg, generation=generation)
+
+
+def detector_table(
+    seed: int,
+    n_cases: int = 20,
+    seconds: float = 25.0,
+    generations: tuple[int, ...] = (1, 2),
+    fps: tuple[float, ...] = (50.0, 30.0),
+    qualities: tuple[str, ...] = QUALITIES,
+    workers: int = 2,
+    cfg: CycleConfig | None = None,
+) -> list[dict]:
+    """:func:`detector_accuracy` (HRV 10 %) for every generation × fps × quality, the cells spread
+    over ``workers`` processes; one result per cell, in that order."""
+    cfg = CycleConfig() if cfg is None else cfg
+    cells = [(g, f, q, n_cases, seconds, seed, cfg) for g in generations for f in fps for q in qualities]
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(cells))) as pool:
+            return list(tqdm(pool.imap(_cell, cells), total=len(cells), desc="detector table", unit="cell"))
+    return [_cell(c) for c in tqdm(cells, desc="detector table", unit="cell")]
+
+
+def table_markdown(cells: list[dict], worst: int = 2) -> str:
+    """One row per cell of :func:`detector_table`: accuracy against TABLE_TARGET, misses, extras,
+    boundary bias, confirmation delay, and its ``worst`` patients (``#k`` replays as patient k)."""
+    rows = [
+        "| generation | fps | quality | beats within 2 frames | beats | missed | extra | bias (frames) | "
+        "confirmation p95 (ms) | worst patients |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in cells:
+        ok = "" if r["accuracy"] >= TABLE_TARGET else " **below**"
+        order = sorted(range(len(r["per_case"])), key=lambda i: r["case_accuracy"][i])[:worst]
+        rows.append(
+            f"| {r['generation']} | {r['fps']:g} | {r['quality']} | {100 * r['accuracy']:.1f} %{ok} | "
+            f"{r['true_beats']} | {r['missed']} | {r['extra']} | {r['bias_frames']:+.2f} | "
+            f"{r['confirm_delay_ms_p95']:.0f} | {'; '.join(r['per_case'][i] for i in order)} |"
+        )
+    passed = sum(r["accuracy"] >= TABLE_TARGET for r in cells)
+    rows += ["", f"{passed} of {len(cells)} cells at ≥ {100 * TABLE_TARGET:.0f} % of beats within 2 frames."]
+    return "\n".join(rows)

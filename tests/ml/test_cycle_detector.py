@@ -286,3 +286,25 @@ def test_real_dicom_cine_gives_plausible_heart_rate():
     beats = [w for w in out if w.how == "ed_ed"]
     assert beats and all(40 < w.hr_bpm < 150 for w in beats)
     assert abs(beats[0].hr_bpm - 60 * fps / period) < 10  # agrees with the whole-clip periodicity
+
+
+def test_cycles_table_cli_scores_every_cell_names_its_worst_patients_and_fails_a_bad_detector(
+    tmp_path, capsys
+) -> None:
+    """`edge-agent cycles-table` in two processes: one row per cell, its patients named so they can
+    be replayed; a detector that can find no beat (an impossible SNR floor) fails every cell: exit 1."""
+    from edge_agent.cli import main
+
+    cell = ["--patients", "1", "--seconds", "8", "--generation", "2", "--fps", "30"]
+    cell += ["--quality", "good", "poor"]
+    good = main(["cycles-table", *cell, "--seed", "5", "--out", str(tmp_path / "ok")])
+    cells = json.loads((tmp_path / "ok" / "cycles_table.json").read_text())
+    assert [(c["generation"], c["fps"], c["quality"]) for c in cells] == [(2, 30, "good"), (2, 30, "poor")]
+    assert all(c["true_beats"] >= 3 and c["per_case"][0].startswith("#0 EF ") for c in cells)
+    assert good == (0 if all(c["accuracy"] >= 0.95 for c in cells) else 1)
+    table = (tmp_path / "ok" / "cycles_table.md").read_text()
+    assert table.count("\n| 2 | 30 | ") == 2 and "of 2 cells at ≥ 95 %" in table
+    blind = main(["cycles-table", *cell, "--out", str(tmp_path / "blind"), "--set", "cycles.min_snr=1000"])
+    assert blind == 1
+    out = capsys.readouterr().out
+    assert out.count("0.0 % **below**") == 2 and "0 of 2 cells" in out
