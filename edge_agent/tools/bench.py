@@ -13,7 +13,7 @@ Absolute times only mean something on the machine that produced them; the ratios
 same run, are the figures to compare (``default / encoder`` ≤ 1.5 and ``naive / default`` ≥ 8 are
 the targets on a 2-core CPU). Next to them, the arithmetic each ONNX graph did (:func:`graph_macs`,
 multiply-accumulates of its convolutions and matrix products as ONNX Runtime ran them) and the rate
-it ran at: at equal rates ``default / encoder`` cannot fall below the ratio of their MACs.
+it ran at: where both run at one rate, ``default / encoder`` is the ratio of their MACs.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def speed_table(result: dict[str, Any]) -> str:
     rows.append(
         f"Arithmetic: encoder {macs['encoder'] / 1e6:.0f} MMAC at {rate['encoder']:.0f} GFLOP/s, fused "
         f"posterior {macs['default'] / 1e6:.0f} MMAC at {rate['default']:.0f} GFLOP/s: its arithmetic is "
-        f"{macs['default'] / macs['encoder']:.2f} × the encoder's (its time ratio were both run at one rate)."
+        f"{macs['default'] / macs['encoder']:.2f} × the encoder's (their time ratio at one rate)."
     )
     rows.append("")
     rows.append(

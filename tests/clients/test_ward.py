@@ -269,6 +269,7 @@ def test_the_ward_page_in_a_browser_two_beds_alarm_ack_signal_lost_publisher_gon
             # (after the confirmation), bed 2 stays.
             remove = bed1.get_by_role("button", name="Remove bed")
             expect(remove).to_be_visible(timeout=15_000)
+            page.screenshot(path=str(tmp_path / "ward_remove.png"), full_page=True)
             page.once("dialog", lambda dialog: dialog.accept())
             remove.click()
             expect(bed1).to_have_count(0, timeout=5_000)
