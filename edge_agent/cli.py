@@ -100,6 +100,7 @@ def _number(kind: type, lo: float, what: str, strict: bool = False) -> Callable[
 SECONDS = _number(float, 0.0, "a number of seconds > 0", strict=True)
 SECONDS_OR_0 = _number(float, 0.0, "a number of seconds >= 0")
 COUNT = _number(int, 1, "an integer >= 1")
+INDEX = _number(int, 0, "an integer >= 0")
 
 
 def endpoint_arg(text: str) -> str:
@@ -387,6 +388,13 @@ def _cycles_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=FPS, nargs="+", default=[50.0, 30.0], help="frame rates")
     p.add_argument("--quality", nargs="+", choices=QUALITIES, default=list(QUALITIES), help="image qualities")
     p.add_argument("--workers", type=COUNT, default=2, help="processes (one cell each at a time)")
+    p.add_argument(
+        "--only",
+        type=INDEX,
+        nargs="+",
+        metavar="K",
+        help="replay only patients #K of each cell (as the table names them)",
+    )
     p.add_argument("--out", default="runs/cycles-table", help="folder for cycles_table.md and .json")
     _agent_options(p)  # the detector is the agent's section cycles
 
@@ -400,6 +408,13 @@ def _cycles_table_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_cycles_table(args: argparse.Namespace) -> int:
     from edge_agent.ml.cycles_eval import TABLE_TARGET, detector_table, table_markdown
 
+    if args.only and max(args.only) >= args.patients:
+        print(
+            f"edge-agent cycles-table: --only {max(args.only)}: each cell has patients "
+            f"#0–#{args.patients - 1}; raise --patients",
+            file=sys.stderr,
+        )
+        return 2
     cells = detector_table(
         args.seed,
         args.patients,
@@ -409,6 +424,7 @@ def cmd_cycles_table(args: argparse.Namespace) -> int:
         tuple(args.quality),
         args.workers,
         _agent_config(args).cycles,
+        None if args.only is None else tuple(args.only),
     )
     text = table_markdown(cells)
     out = Path(args.out)

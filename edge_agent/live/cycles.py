@@ -27,6 +27,10 @@ from edge_agent.core.shipped import resolve, shipped
 # matter. Each beat's maximum of the smoothed signal is found by a hysteresis peak detector: confirmed
 # once the signal has fallen by ``hysteresis`` × its recent peak-to-peak amplitude (early ejection, a
 # fraction of a beat later). ED is timed from the sharp start of that fall, not the flat maximum.
+# Where the area's swing is small next to its noise (dilated low-EF hearts, whose swing is close to
+# what the mitral leaflets and the atrium add to the net's error), the signal is the coverage maps'
+# first principal component over the recent seconds instead: the cells that move together with the
+# cycle, without the rest's noise (CycleConfig.principal_*).
 
 SIGNAL_WEIGHTS = shipped("engines/cycle_signal.npz")
 SIGNAL_INPUT = 56  # the signal net's input: frames area-resized to 56×56, values / 255, ...
@@ -60,6 +64,10 @@ TEMPLATE_MEMORY = 0.5  # weight of the template so far when a beat updates it
 # fractional) and settle a frame later: it stays a candidate this many frames beyond early_s.
 EARLY_GRACE = 2
 EARLY_SAME_ED = 0.3  # a hysteresis ED this close (× period) to an early one is that ED again
+PRINCIPAL_LEAVE = 1.25  # the principal signal gives way at an area SNR of this × principal_below_snr
+# Least peak-to-peak of a principal projection (coverage units; a beating LV's is ≈ 1–2): below it the
+# maps do not move.
+PRINCIPAL_MIN_SWING = 0.05
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,15 @@ class CycleConfig:
     early_confirm: bool = True
     early_s: float = 0.1
     early_min_corr: float = 0.9
+    # The principal signal: every principal_every_s, while the area's swing SNR (peak-to-peak of the
+    # smoothed signal / σ of the rest, over amplitude_s) is below principal_below_snr, the first
+    # principal component of the last amplitude_s of coverage maps replaces the area when its own SNR
+    # reaches principal_min_snr (sign: rising with the area); the whole signal history is re-projected
+    # so it stays one signal. 0 for principal_below_snr: the area always. Measured on the simulator's
+    # weakest patients (README "Cycle detector"); strong signals (SNR ≥ 10) never switch.
+    principal_below_snr: float = 10.0
+    principal_min_snr: float = 8.0
+    principal_every_s: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0 < self.hr_min_bpm < self.hr_max_bpm:
@@ -100,6 +117,11 @@ class CycleConfig:
             raise ValueError("need fallback_s > 0 and fallback_after_s >= fallback_s")
         if not 0 < self.hysteresis < 1:
             raise ValueError(f"hysteresis must be in (0, 1), got {self.hysteresis}")
+        if self.principal_below_snr < 0 or self.principal_min_snr <= 0 or self.principal_every_s <= 0:
+            raise ValueError(
+                "need principal_below_snr >= 0, principal_min_snr > 0 and principal_every_s > 0, got "
+                f"{self.principal_below_snr}, {self.principal_min_snr}, {self.principal_every_s}"
+            )
         if not (0 < self.early_s <= TEMPLATE_AFTER_S and -1 < self.early_min_corr <= 1):
             raise ValueError(
                 f"need 0 < early_s <= {TEMPLATE_AFTER_S} and -1 < early_min_corr <= 1, "
@@ -140,6 +162,7 @@ class DetectorCounters:
         0  # EDs giving an implausible beat (HR bounds, refractory, off the locked period)
     )
     early_corrected: int = 0  # early EDs the hysteresis found premature (their beat was cut short)
+    principal_switches: int = 0  # changes of the signal between the area and its principal component
     resets: int = 0  # history dropped: sequence gap, time going backwards, frame shape change, reset()
 
 
@@ -198,12 +221,32 @@ class LVAreaNet:
         return 1.0 / (1.0 + np.exp(-np.clip(x[:, :, 0], -60.0, 60.0)))
 
 
-def lv_area_signal(frame: np.ndarray, net: LVAreaNet) -> float:
-    """LV cavity area of one (H, W) uint8 frame, in cells of the 28×28 grid (16 px² each at 112×112).
+def swing_snr(x: np.ndarray, kernel: np.ndarray) -> float:
+    """Peak-to-peak of x (N,) smoothed by ``kernel`` (odd length, sums to 1) over σ of the residual,
+    on the samples the kernel covers whole; 0 where there are too few or no residual."""
+    h = len(kernel) // 2
+    if len(x) <= 2 * h + 1:
+        return 0.0
+    sm = np.convolve(x, kernel, mode="valid")
+    noise = float(np.sqrt(np.mean((x[h:-h] - sm) ** 2)))
+    return float(np.ptp(sm)) / noise if noise > 0 else 0.0
 
-    Larger = fuller LV; absolute, but only its changes over time are used.
-    """
-    return float(net.coverage(frame).sum())
+
+def principal_projection(maps: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, float]:
+    """The first principal component of coverage maps (N, 784) over time: its unit weights (784,),
+    signed so that the projection rises with the area (the maps' sum), and the projection's swing
+    SNR (:func:`swing_snr`; 0 when the maps do not move)."""
+    centred = maps - maps.mean(axis=0)
+    # Through the (N, N) Gram matrix: N ≤ 2.5 s of frames ≪ 784 cells, ≈ 1 ms where an SVD takes ≈ 9.
+    u = np.linalg.eigh(centred @ centred.T)[1][:, -1]
+    v = centred.T @ u
+    v /= np.linalg.norm(v) + 1e-12
+    p = centred @ v
+    if np.ptp(p) < PRINCIPAL_MIN_SWING:  # no motion (a frozen feed): the "component" is rounding noise
+        return v.astype(np.float32), 0.0
+    if pearson(p, maps.sum(axis=1)) < 0:
+        v, p = -v, -p
+    return v.astype(np.float32), swing_snr(p, kernel)
 
 
 class CycleDetector:
@@ -231,8 +274,10 @@ class CycleDetector:
     (``how="fixed"``) until beats are found again.
     Gaps: a frame whose sequence number is not the previous one + 1, whose time does not advance,
     or whose shape differs drops all history (counted in ``counters.resets``), then starts afresh.
+    Signal: the LV area, or where its swing is weak the coverage maps' first principal component
+    (``principal_*``; :attr:`signal_source`, ``counters.principal_switches``).
     Memory: the last ``2 × 60 / hr_min_bpm + 1.5`` s of frames (4.9 s at 35 bpm; 3.1 MB at 50 fps
-    for 112×112) and a few seconds of the scalar signal.
+    for 112×112), their 28×28 coverage maps (0.8 MB) and a few seconds of the scalar signal.
     """
 
     def __init__(self, cfg: CycleConfig, fps: float, hr_prior_bpm: float | None = None):
@@ -261,6 +306,7 @@ class CycleDetector:
         self._r_memory_s = 60.0 / cfg.hr_min_bpm * 1.5
         self._tpl_off = np.arange(-round(TEMPLATE_BEFORE_S * fps), round(TEMPLATE_AFTER_S * fps) + 1)
         self._early_k = max(1, round(cfg.early_s * fps))
+        self._every = max(1, round(cfg.principal_every_s * fps))
         self.reset()
         self.counters.resets = 0
 
@@ -269,6 +315,9 @@ class CycleDetector:
         """Drop all history (after a frame-sequence gap or a view change); counters are kept."""
         self.counters.resets += 1
         self._frames: np.ndarray | None = None  # (cap, H, W) ring, allocated on the first frame
+        self._maps = np.zeros((self._cap, SIGNAL_GRID * SIGNAL_GRID), np.float32)  # coverage, same slots
+        self._weights: np.ndarray | None = None  # the principal signal's cell weights; None: the area
+        self._area = float("nan")  # LV area of the last frame
         self._seq = np.zeros(self._cap, np.int64)
         self._times = np.zeros(self._cap, np.float64)
         self._n = 0  # frames pushed since reset; frame i (from 0) sits in slot i % cap
@@ -300,9 +349,15 @@ class CycleDetector:
         return self._hr
 
     @property
-    def signal(self) -> float:
-        """The LV area of the last pushed frame (:func:`lv_area_signal`; NaN before any)."""
-        return float(self._raw[(self._n - 1) % self._cap]) if self._n else float("nan")
+    def area(self) -> float:
+        """The LV area of the last pushed frame, in cells of the 28×28 grid (16 px² each at 112×112;
+        NaN before any): larger = fuller LV."""
+        return self._area
+
+    @property
+    def signal_source(self) -> str:
+        """What the detector's signal is now: ``"area"`` or ``"principal"`` (see CycleConfig)."""
+        return "area" if self._weights is None else "principal"
 
     def push(self, frame_seq: int, t: float, pixels: np.ndarray, r_wave: bool = False) -> list[BeatWindow]:
         """Feed one frame ((H, W) uint8, normally 112×112; capture time t in s).
@@ -328,8 +383,12 @@ class CycleDetector:
         slot = i % self._cap
         self._frames[slot] = pixels
         self._seq[slot], self._times[slot] = frame_seq, t
-        self._raw[slot] = lv_area_signal(pixels, self._net)
+        cov = self._net.coverage(pixels).ravel()
+        self._maps[slot], self._area = cov, float(cov.sum())
+        self._raw[slot] = self._area if self._weights is None else float(cov @ self._weights)
         self._n += 1
+        if self.cfg.principal_below_snr > 0 and self._n % self._every == 0 and self._n >= self._n_stats // 2:
+            self._choose_signal(i)
         if self._to_learn is not None and self._to_learn + self._tpl_off[-1] <= i:
             self._learn(self._to_learn)
         out: list[BeatWindow] = []
@@ -359,6 +418,50 @@ class CycleDetector:
         return out
 
     # ----- internals ---------------------------------------------------------------------------
+    def _choose_signal(self, i: int) -> None:
+        """Area or principal component (CycleConfig.principal_*), from the last amplitude_s of maps up
+        to frame i; a new choice or basis re-projects the history (:meth:`_reproject`)."""
+        cfg, n = self.cfg, min(self._n, self._n_stats)
+        maps = self._maps[np.arange(i - n + 1, i + 1) % self._cap]
+        snr_area = swing_snr(maps.sum(axis=1), self._kernel)
+        # Once on the component, the area must do clearly better to take over again: no flapping.
+        below = cfg.principal_below_snr * (PRINCIPAL_LEAVE if self._weights is not None else 1.0)
+        weights = None
+        if snr_area < below:
+            v, snr = principal_projection(maps, self._kernel)
+            weights = v if snr >= cfg.principal_min_snr else None
+        if weights is None and self._weights is None:
+            return
+        if (weights is None) != (self._weights is None):
+            # The template and an early ED were of the other signal's shape: relearn from the next beat.
+            self.counters.principal_switches += 1
+            self._tpl, self._early_ed, self._to_learn = None, None, None
+        self._weights = weights
+        self._reproject(i)
+
+    def _reproject(self, i: int) -> None:
+        """Recompute the signal of every frame in the ring up to frame i with the current weights, and
+        what was derived from it: the smoothed samples, the amplitude statistics and the peak
+        detector's extremum (so the history stays one signal)."""
+        d, first = self._delay, max(0, self._n - self._cap)
+        slots = np.arange(first, i + 1) % self._cap
+        maps = self._maps[slots]
+        self._raw[slots] = maps.sum(axis=1) if self._weights is None else maps @ self._weights
+        ms = np.arange(max(d, first + d), i - d)  # the smoothed samples so far (push smooths i − d next)
+        if not len(ms):
+            return
+        raw = self._raw[np.arange(ms[0] - d, ms[-1] + d + 1) % self._cap]
+        sm = np.convolve(raw, self._kernel, mode="valid")
+        self._sm[ms % self._cap] = sm
+        last = slice(-self._n_stats, None)  # the statistics' ring holds the last n_stats samples
+        self._smooth[(ms[last] - d) % self._n_stats] = sm[last]
+        self._resid[(ms[last] - d) % self._n_stats] = raw[d:-d][last] - sm[last]
+        if np.isfinite(self._ext_val):
+            since = np.arange(max(self._ext_idx, int(ms[0])), int(ms[-1]) + 1)
+            vals = self._sm[since % self._cap]
+            j = int(np.argmax(vals) if self._rising else np.argmin(vals))
+            self._ext_val, self._ext_idx = float(vals[j]), int(since[j])
+
     def _on_smoothed(self, m: int) -> list[tuple[float, float]]:
         """Smooth sample m and advance the hysteresis peak detector; the beats confirmed EDs close."""
         idx = np.arange(m - self._delay, m + self._delay + 1) % self._cap
@@ -392,7 +495,7 @@ class CycleDetector:
         thr = self.cfg.hysteresis * p2p
         if not self._rising:
             if s < self._ext_val:
-                self._ext_val = s
+                self._ext_val, self._ext_idx = s, m
             elif s > self._ext_val + thr:
                 self._rising, self._ext_val, self._ext_idx = True, s, m
             return []
@@ -409,7 +512,7 @@ class CycleDetector:
             j -= 1
         y0, y1 = self._sm[j % self._cap], self._sm[(j + 1) % self._cap]
         crossing = j + float(y0 - level) / float(y0 - y1) if y0 > y1 else float(j)
-        self._rising, self._ext_val = False, s
+        self._rising, self._ext_val, self._ext_idx = False, s, m
         # Ejection lasts ∝ √(beat length) (Weissler; the phantom likewise): so does the lead.
         beat_s = float(np.median(self._intervals)) / self.fps if self._intervals else 1.0
         return self._on_ed(float(crossing - self.cfg.ed_lead_s * np.sqrt(beat_s) * self.fps))

@@ -13,7 +13,8 @@ the video itself says, without annotations:
 * the window's first frame against the LV-area maximum (the LV is fullest at ED): the median offset
   of the signal's maximum within ±20 % of a beat around each start, in frames;
 * the share of fixed (fallback) windows, the beat-to-beat period variability (coefficient of variation),
-  and when the first beat came.
+  when the first beat came, and the share of frames the detector timed on the coverage maps' principal
+  component because the LV area's swing was weak (:class:`~edge_agent.live.cycles.CycleConfig`).
 
 Frame indices count from the file's first frame; times are frame index / fps (s); heart rates bpm.
 """
@@ -119,7 +120,7 @@ def check_file(uri: str, fps: float | None = None, cycles: CycleConfig | None = 
     source.open()
     try:
         detector = CycleDetector(cycles, source.fps, source.hr_bpm)
-        beats, signal, small = [], [], []
+        beats, signal, small, principal = [], [], [], 0
         for f in tqdm(
             played_frames(source, CaptureConfig().warmup_frames), desc=uri, unit="frame", leave=False
         ):
@@ -127,7 +128,8 @@ def check_file(uri: str, fps: float | None = None, cycles: CycleConfig | None = 
             for w in detector.push(f.index, f.t, f.pixels, f.r_wave):
                 first = w.frame_seq[0]
                 beats.append(Beat(first + w.start, first + w.end, w.how, f.index))
-            signal.append(detector.signal)  # the detector's own LV area of this frame
+            signal.append(detector.area)  # the detector's own LV area of this frame
+            principal += detector.signal_source == "principal"
         rate = source.fps
     finally:
         source.close()
@@ -135,6 +137,8 @@ def check_file(uri: str, fps: float | None = None, cycles: CycleConfig | None = 
         raise SourceError(f"{uri}: {len(small)} frames played; a cine check needs a moving echo loop")
     small_arr, signal_arr = np.stack(small), np.array(signal)
     checks = beat_checks(beats, signal_arr, small_arr, rate)
+    # Frames timed on the coverage maps' principal component: the area's swing was weak (CycleConfig).
+    checks["principal_share"] = round(principal / len(small), 3)
     return FileCheck(uri, rate, checks, beats, signal_arr, period_autocorrelation(small_arr, rate))
 
 
@@ -151,6 +155,7 @@ COLUMNS = (
     ("start_similarity", "start sim."),
     ("period_similarity", "1-period sim."),
     ("lv_max_offset_frames", "LV max offset (frames)"),
+    ("principal_share", "principal share"),
     ("hr_agrees", f"HR within {HR_AGREEMENT:.0%}"),
 )
 

@@ -21,6 +21,7 @@ import inspect
 import json
 import multiprocessing
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -349,9 +350,10 @@ def detector_accuracy(
     tol_frames: float = 2.0,
     warmup_s: float = 3.0,
     generation: int = 1,
+    patients: Sequence[int] | None = None,
 ) -> dict:
     """Stream ``n_cases`` simulated patients of ``generation`` (``seconds`` each) through the
-    detector and score it.
+    detector and score it; ``patients``: only these of them (patient ``#k`` of a table, replayed).
 
     Truth: the simulator's EDs (beat ``t_ed``) as nearest frames, the labelling rule of
     :func:`edge_agent.sim.phantom.label_clip`. Every true beat starting after ``warmup_s`` whose closing
@@ -367,7 +369,7 @@ def detector_accuracy(
     cfg = CycleConfig() if cfg is None else cfg
     n_true = n_ok = n_extra = n_frames_total = 0
     errors, hr_err, per_case, case_accuracy, busy, delays, first = [], [], [], [], 0.0, [], []
-    for k in range(n_cases):
+    for k in range(n_cases) if patients is None else patients:
         rng = np.random.default_rng(np.random.SeedSequence([seed, QUALITIES.index(quality), int(fps), k]))
         case = dataclasses.replace(draw_case(rng, quality=quality, fps=fps, generation=generation), hrv=hrv)
         phantom = make_phantom(case, rng, duration_s=seconds + 10.0)
@@ -394,7 +396,7 @@ def detector_accuracy(
         "generation": generation,
         "fps": fps,
         "hrv": hrv,
-        "cases": n_cases,
+        "cases": n_cases if patients is None else len(patients),
         "seconds": seconds,
         "true_beats": n_true,
         "correct": n_ok,
@@ -417,9 +419,11 @@ def detector_accuracy(
 TABLE_TARGET = 0.95  # issue 13: every cell at least this share of beats within 2 frames
 
 
-def _cell(args: tuple[int, float, str, int, float, int, CycleConfig]) -> dict:
-    generation, fps, quality, n_cases, seconds, seed, cfg = args
-    return detector_accuracy(n_cases, seconds, quality, fps=fps, seed=seed, cfg=cfg, generation=generation)
+def _cell(args: tuple[int, float, str, int, float, int, CycleConfig, tuple[int, ...] | None]) -> dict:
+    generation, fps, quality, n_cases, seconds, seed, cfg, patients = args
+    return detector_accuracy(
+        n_cases, seconds, quality, fps=fps, seed=seed, cfg=cfg, generation=generation, patients=patients
+    )
 
 
 def detector_table(
@@ -431,11 +435,17 @@ def detector_table(
     qualities: tuple[str, ...] = QUALITIES,
     workers: int = 2,
     cfg: CycleConfig | None = None,
+    patients: tuple[int, ...] | None = None,
 ) -> list[dict]:
     """:func:`detector_accuracy` (HRV 10 %) for every generation × fps × quality, the cells spread
-    over ``workers`` processes; one result per cell, in that order."""
+    over ``workers`` processes; one result per cell, in that order. ``patients``: only these of each
+    cell's ``n_cases`` (a table's ``#k``, replayed)."""
     cfg = CycleConfig() if cfg is None else cfg
-    cells = [(g, f, q, n_cases, seconds, seed, cfg) for g in generations for f in fps for q in qualities]
+    if patients is not None and not all(0 <= k < n_cases for k in patients):
+        raise ValueError(f"patients {patients}: a cell's patients are #0–#{n_cases - 1}")
+    cells = [
+        (g, f, q, n_cases, seconds, seed, cfg, patients) for g in generations for f in fps for q in qualities
+    ]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(min(workers, len(cells))) as pool:
             return list(tqdm(pool.imap(_cell, cells), total=len(cells), desc="detector table", unit="cell"))

@@ -71,6 +71,7 @@ def test_the_real_dicom_cine_beats_agree_with_its_own_period() -> None:
     assert r.checks["hr_agrees"] and abs(r.checks["hr_ratio"] - 1) <= 0.05, r.checks
     assert r.checks["beats"] >= 2 and r.checks["first_beat_s"] < 3.0 and r.checks["period_cv"] < 0.1
     assert r.checks["start_similarity"] > r.checks["period_similarity"]  # starts alike: aligned
+    assert r.checks["principal_share"] == 0.0  # a strong swing: timed on the area throughout
 
 
 def test_cli_checks_a_simulated_video_at_its_true_frame_rate(tmp_path: Path) -> None:
