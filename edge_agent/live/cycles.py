@@ -325,8 +325,8 @@ class CycleDetector:
         self.counters.resets += 1
         self._frames: np.ndarray | None = None  # (cap, H, W) ring, allocated on the first frame
         self._maps = np.zeros((self._cap, SIGNAL_GRID * SIGNAL_GRID), np.float32)  # coverage, same slots
+        self._areas = np.zeros(self._cap)  # LV area (the maps' sum), same slots
         self._weights: np.ndarray | None = None  # the principal signal's cell weights; None: the area
-        self._area = float("nan")  # LV area of the last frame
         self._seq = np.zeros(self._cap, np.int64)
         self._times = np.zeros(self._cap, np.float64)
         self._n = 0  # frames pushed since reset; frame i (from 0) sits in slot i % cap
@@ -361,7 +361,7 @@ class CycleDetector:
     def area(self) -> float:
         """The LV area of the last pushed frame, in cells of the 28×28 grid (16 px² each at 112×112;
         NaN before any): larger = fuller LV."""
-        return self._area
+        return float(self._areas[(self._n - 1) % self._cap]) if self._n else float("nan")
 
     @property
     def signal_source(self) -> str:
@@ -393,8 +393,8 @@ class CycleDetector:
         self._frames[slot] = pixels
         self._seq[slot], self._times[slot] = frame_seq, t
         cov = self._net.coverage(pixels).ravel()
-        self._maps[slot], self._area = cov, float(cov.sum())
-        self._raw[slot] = self._area if self._weights is None else float(cov @ self._weights)
+        self._maps[slot], self._areas[slot] = cov, cov.sum()
+        self._raw[slot] = self._areas[slot] if self._weights is None else float(cov @ self._weights)
         self._n += 1
         if self.cfg.principal_below_snr > 0 and self._n % self._every == 0 and self._n >= self._n_stats // 2:
             self._choose_signal(i)
@@ -431,15 +431,15 @@ class CycleDetector:
         """Area or principal component (CycleConfig.principal_*), from the last amplitude_s of maps up
         to frame i; a new choice or basis re-projects the history (:meth:`_reproject`)."""
         cfg, n = self.cfg, min(self._n, self._n_stats)
-        maps = self._maps[np.arange(i - n + 1, i + 1) % self._cap]
-        snr_area = swing_snr(maps.sum(axis=1), self._kernel)
+        recent = np.arange(i - n + 1, i + 1) % self._cap
+        snr_area = swing_snr(self._areas[recent], self._kernel)
         # Hysteresis against flapping: the component must beat the area by principal_gain to take
         # over, and only needs to match it to stay, until the area's SNR is clearly high again.
         on = self._weights is not None
         below = cfg.principal_below_snr * (PRINCIPAL_LEAVE if on else 1.0)
         weights = None
         if snr_area < below:
-            v, snr = principal_projection(maps, self._kernel)
+            v, snr = principal_projection(self._maps[recent], self._kernel)  # maps only when needed
             need = max(cfg.principal_min_snr, snr_area * (1.0 if on else cfg.principal_gain))
             weights = v if snr >= need else None
         if weights is None and self._weights is None:
@@ -457,8 +457,7 @@ class CycleDetector:
         detector's extremum (so the history stays one signal)."""
         d, first = self._delay, max(0, self._n - self._cap)
         slots = np.arange(first, i + 1) % self._cap
-        maps = self._maps[slots]
-        self._raw[slots] = maps.sum(axis=1) if self._weights is None else maps @ self._weights
+        self._raw[slots] = self._areas[slots] if self._weights is None else self._maps[slots] @ self._weights
         ms = np.arange(max(d, first + d), i - d)  # the smoothed samples so far (push smooths i − d next)
         if not len(ms):
             return
