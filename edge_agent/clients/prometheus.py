@@ -29,6 +29,7 @@ Metrics (labels in braces; durations in seconds, the Prometheus base unit):
 | `edge_agent_status_count{stream,counter}`        | gauge     | the status's other counters (below)        |
 | `edge_agent_queue_windows{stream}`               | gauge     | status `queue`: windows waiting in the hub |
 | `edge_agent_signal{stream,edge_agent_signal}`    | stateset  | status `signal`: 1 for the current state   |
+| `edge_agent_beat_source{stream,edge_agent_beat_source}` | stateset | status `beat_source` (once present) |
 | `edge_agent_heartbeat_age_seconds{host}`         | gauge     | s since the latest heartbeat arrived       |
 | `edge_agent_publisher_uptime_seconds{host}`      | gauge     | heartbeat `uptime_s`                       |
 | `edge_agent_exporter_messages_total{kind}`       | counter   | messages this exporter received            |
@@ -37,9 +38,10 @@ Metrics (labels in braces; durations in seconds, the Prometheus base unit):
 
 The dropped/gap gauges mirror the publisher's own since-start counts, which restart with it, so
 they are gauges, not counters. ``edge_agent_status_count``'s ``counter`` label is one of
-``STATUS_COUNTERS``, the status's optional counters (``wire.FRAME_COUNTERS`` and
-``wire.HUB_COUNTERS``: frames_blank, frames_frozen, frames_saturated, windows_rejected,
-windows_failed, windows_missing), each when the status has it.
+``STATUS_COUNTERS``, the status's optional counters (``wire.FRAME_COUNTERS``,
+``wire.DETECTOR_COUNTERS`` and ``wire.HUB_COUNTERS``: frames_blank, frames_frozen, frames_saturated,
+windows_rejected, beats_detected, windows_fixed, eds_rejected, eds_corrected, signal_switches,
+detector_resets, windows_failed, windows_missing), each when the status has it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ BUCKETS_S = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0,
 
 
 # Optional status counters exported as edge_agent_status_count{counter=...}.
-STATUS_COUNTERS = (*wire.FRAME_COUNTERS, *wire.HUB_COUNTERS)
+STATUS_COUNTERS = (*wire.FRAME_COUNTERS, *wire.DETECTOR_COUNTERS, *wire.HUB_COUNTERS)
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,13 @@ class MetricsExporter:
         self.signal = Enum(
             "edge_agent_signal", "Signal state of the stream", s, states=list(wire.SIGNAL_STATES), registry=r
         )
+        self.beat_source = Enum(
+            "edge_agent_beat_source",
+            "How the stream's latest window was timed",
+            s,
+            states=list(wire.BEAT_SOURCES),
+            registry=r,
+        )
 
     def start(self) -> None:
         server_key, client_key = self.curve_keys
@@ -300,6 +309,8 @@ class MetricsExporter:
             self.signal.labels(stream).state(msg["signal"])
             if "queue" in msg:  # a hub older than the queue field does not send it
                 self.queue.labels(stream).set(msg["queue"])
+            if "beat_source" in msg:  # absent before the stream's first window
+                self.beat_source.labels(stream).state(msg["beat_source"])
             for name in STATUS_COUNTERS:
                 if name in msg:
                     self.counts.labels(stream, name).set(msg[name])

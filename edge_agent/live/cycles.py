@@ -316,6 +316,7 @@ class CycleDetector:
         self._tpl_off = np.arange(-round(TEMPLATE_BEFORE_S * fps), round(TEMPLATE_AFTER_S * fps) + 1)
         self._early_k = max(1, round(cfg.early_s * fps))
         self._every = max(1, round(cfg.principal_every_s * fps))
+        self._beat_source: str | None = None
         self.reset()
         self.counters.resets = 0
 
@@ -367,6 +368,12 @@ class CycleDetector:
     def signal_source(self) -> str:
         """What the detector's signal is now: ``"area"`` or ``"principal"`` (see CycleConfig)."""
         return "area" if self._weights is None else "principal"
+
+    @property
+    def beat_source(self) -> str | None:
+        """How the latest window was timed (kept across resets): ``"ecg"`` (R waves), ``"area"`` or
+        ``"principal"`` (:attr:`signal_source` when it was cut) or ``"fixed"``; None before any."""
+        return self._beat_source
 
     def push(self, frame_seq: int, t: float, pixels: np.ndarray, r_wave: bool = False) -> list[BeatWindow]:
         """Feed one frame ((H, W) uint8, normally 112×112; capture time t in s).
@@ -687,6 +694,7 @@ class CycleDetector:
 
     def _cut(self, first: int, last: int, start: float, end: float, hr: float | None, how: str) -> BeatWindow:
         slots = np.arange(first, last + 1) % self._cap
+        self._beat_source = {"r_wave": "ecg", "fixed": "fixed"}.get(how, self.signal_source)
         return BeatWindow(
             frames=self._frames[slots],
             start=start,

@@ -466,7 +466,8 @@ class Hub:
             signal = "stale"
         # The windower's counters, 0 before its first report (or when it has no frame checks); bad
         # input comes from its frame checks (live/frame_checks.py), failed posteriors from here.
-        counts = {k: getattr(report, k, None) or 0 for k in (*wire.BASE_COUNTERS, *wire.FRAME_COUNTERS)}
+        counted = (*wire.BASE_COUNTERS, *wire.FRAME_COUNTERS, *wire.DETECTOR_COUNTERS)
+        counts = {k: getattr(report, k, None) or 0 for k in counted}
         counts["windows_dropped"] += st.dropped
         status = wire.Status(
             stream=name,
@@ -477,6 +478,7 @@ class Hub:
             queue=len(st.queue),  # windows waiting here for a worker (metrics exporter's queue depth)
             windows_failed=st.failed,
             windows_missing=st.missing,
+            beat_source=None if report is None else report.beat_source,
             pub_seq=self._pub_seq(wire.status_topic(name)),
             **counts,
         )

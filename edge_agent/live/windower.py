@@ -61,6 +61,20 @@ class WindowConfig:
     attach_timeout_s: float = 60.0
 
 
+def detector_status(detector: CycleDetector) -> dict[str, int | str | None]:
+    """The cycle detector's part of a status report: ``beat_source`` and wire.DETECTOR_COUNTERS."""
+    c = detector.counters
+    counts = (
+        c.beats_emitted,
+        c.fallback_windows,
+        c.rejected_candidates,
+        c.early_corrected,
+        c.principal_switches,
+        c.resets,
+    )
+    return {"beat_source": detector.beat_source, **dict(zip(wire.DETECTOR_COUNTERS, counts, strict=True))}
+
+
 def beat_signature(frames: np.ndarray) -> np.ndarray:
     """A beat's mean image, 32×32, zero-mean unit-norm: its dot product with another beat's is
     their correlation (frames (F, H, W) uint8)."""
@@ -285,6 +299,7 @@ class Windower:
             frames_frozen=self.quality.frames["frozen"],
             frames_saturated=self.quality.frames["saturated"],
             windows_rejected=self.quality.windows_rejected + self.malformed,
+            **detector_status(self.detector),
         )
         # A full queue: this status is skipped, the next second's follows (and drops show there).
         with contextlib.suppress(zmq.Again):

@@ -135,6 +135,17 @@ Status body (topic ``status.<stream>.``):
 |                    |                  | out-of-range samples, or the hub refused the result          |
 | `windows_missing`  | int ≥ 0          | window numbers the hub never received (skipped `seq`): the   |
 |                    |                  | windower's own drops plus anything lost on the way; optional |
+| `beat_source`      | str              | how the latest window was timed: `"ecg"` (R waves), `"area"` |
+|                    |                  | (the LV-area image signal), `"principal"` (its principal     |
+|                    |                  | component, for weak swings) or `"fixed"` (no beat found:     |
+|                    |                  | fixed-length windows); optional, as the six below: absent    |
+|                    |                  | before the first window (``edge_agent/live/cycles.py``)      |
+| `beats_detected`   | int ≥ 0          | beat windows (ED→ED) the cycle detector cut since start      |
+| `windows_fixed`    | int ≥ 0          | fixed-length windows cut since start (no beat found)         |
+| `eds_rejected`     | int ≥ 0          | candidate EDs giving an implausible beat, not used           |
+| `eds_corrected`    | int ≥ 0          | early EDs found premature afterwards (their beat cut short)  |
+| `signal_switches`  | int ≥ 0          | changes between the area and its principal component         |
+| `detector_resets`  | int ≥ 0          | detector history dropped: loop seam, sequence gap, new view  |
 | `pub_seq`          | int ≥ 0          | optional; as in the estimate (the hub's status always has it) |
 
 Heartbeat body (topic ``heartbeat``): `v`, `kind` (`"heartbeat"`), `host` (str, 1–255 of
@@ -502,6 +513,16 @@ _ESTIMATE_OPTIONAL: dict[str, Check] = {"demo": _DEMO, "truth": _TRUTH, "pub_seq
 # hub adds HUB_COUNTERS. The status checks, Status, the hub and the exporters take them from here.
 BASE_COUNTERS = ("windows_dropped", "frames_dropped", "seq_gaps")
 FRAME_COUNTERS = ("frames_blank", "frames_frozen", "frames_saturated", "windows_rejected")
+# The windower's cycle detector adds these (and beat_source), which the hub passes on as well.
+DETECTOR_COUNTERS = (
+    "beats_detected",
+    "windows_fixed",
+    "eds_rejected",
+    "eds_corrected",
+    "signal_switches",
+    "detector_resets",
+)
+BEAT_SOURCES = ("ecg", "area", "principal", "fixed")
 HUB_COUNTERS = ("windows_failed", "windows_missing")
 _COUNT = _int(0)
 _STATUS_FIELDS: dict[str, Check] = {
@@ -517,6 +538,8 @@ _STATUS_OPTIONAL: dict[str, Check] = {
     "queue": _COUNT,
     # Bad input and the hub's losses; optional: a status without them is v1 too.
     **dict.fromkeys((*FRAME_COUNTERS, *HUB_COUNTERS), _COUNT),
+    "beat_source": _choice(BEAT_SOURCES),
+    **dict.fromkeys(DETECTOR_COUNTERS, _COUNT),
     "pub_seq": _PUB_SEQ,
 }
 _HEARTBEAT_FIELDS: dict[str, Check] = {
@@ -1126,7 +1149,8 @@ class Status(_Message):
     windower's report to the hub, which has neither ``queue``, the HUB_COUNTERS nor ``pub_seq``.
 
     t: s (monotonic clock); fps: frames/s; hr_bpm: beats/min or None; signal: one of
-    SIGNAL_STATES. The counters (BASE_COUNTERS, FRAME_COUNTERS, HUB_COUNTERS) count since start;
+    SIGNAL_STATES; beat_source: one of BEAT_SOURCES or None. The counters (BASE_COUNTERS,
+    FRAME_COUNTERS, DETECTOR_COUNTERS, HUB_COUNTERS) count since start;
     an optional field left None is left off the wire.
     """
 
@@ -1145,6 +1169,13 @@ class Status(_Message):
     windows_rejected: int | None = None
     windows_failed: int | None = None
     windows_missing: int | None = None
+    beat_source: str | None = None
+    beats_detected: int | None = None
+    windows_fixed: int | None = None
+    eds_rejected: int | None = None
+    eds_corrected: int | None = None
+    signal_switches: int | None = None
+    detector_resets: int | None = None
     pub_seq: int | None = None
     _KIND, _FIELDS, _OPTIONAL = "status", _STATUS_FIELDS, _STATUS_OPTIONAL
 

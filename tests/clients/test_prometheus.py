@@ -140,7 +140,7 @@ def test_scrape_shows_exactly_what_was_published() -> None:
         pub.send([b"status.bed1", b"\xc1"])  # invalid: counted
         pub.send(wire.encode_status("bed1", status_body(fps=20.0, windows_dropped=1)))
         last = status_body(fps=49.5, windows_dropped=3, frames_dropped=4, seq_gaps=1, queue=2, signal="stale")
-        last |= {"windows_missing": 5, "frames_frozen": 6}
+        last |= {"windows_missing": 5, "frames_frozen": 6, "beat_source": "fixed", "windows_fixed": 7}
         pub.send(wire.encode_status("bed1", last))
         pub.send(wire.encode_status("bed2", status_body(hr_bpm=None, signal="lost", fps=0.0)))
         pub.send(wire.encode_heartbeat({"host": "edge-01", "pid": 77, "uptime_s": 12.5, "t": 9.0}))
@@ -192,6 +192,11 @@ def test_scrape_shows_exactly_what_was_published() -> None:
     assert value(got, "edge_agent_signal", edge_agent_signal="stale", **bed1) == 1
     assert value(got, "edge_agent_signal", edge_agent_signal="ok", **bed1) == 0
     assert value(got, "edge_agent_signal", edge_agent_signal="lost", stream="bed2") == 1
+    assert value(got, "edge_agent_status_count", counter="windows_fixed", **bed1) == 7
+    assert value(got, "edge_agent_beat_source", edge_agent_beat_source="fixed", **bed1) == 1
+    assert value(got, "edge_agent_beat_source", edge_agent_beat_source="area", **bed1) == 0
+    no_window_yet = frozenset({("stream", "bed2"), ("edge_agent_beat_source", "area")})
+    assert ("edge_agent_beat_source", no_window_yet) not in got
 
     assert 0 <= value(got, "edge_agent_heartbeat_age_seconds", host="edge-01") < 10
     assert value(got, "edge_agent_publisher_uptime_seconds", host="edge-01") == 12.5

@@ -89,6 +89,8 @@ def test_simulated_stream_end_to_end_estimates_near_truth(tmp_path: Path) -> Non
     statuses = [m for m in msgs if m["kind"] == "status"]
     assert statuses and statuses[-1]["signal"] == "ok" and statuses[-1]["windows_dropped"] == 0
     assert 45 <= statuses[-1]["fps"] <= 55
+    # The hub passes on the windower's detector report: image-gated beats on the LV area.
+    assert statuses[-1]["beat_source"] == "area" and statuses[-1]["beats_detected"] >= 3
     assert any(m["kind"] == "heartbeat" for m in msgs)
     assert first is not None and first["kind"] == "estimate" and first["seq"] <= last["seq"]
 

@@ -106,7 +106,7 @@ def test_a_looped_file_starts_a_new_view_at_each_seam_and_no_window_spans_one(tm
     stage = Windower(
         "wloop", ring.name, CycleConfig(), WindowConfig(), TransportConfig(linger_ms=0), endpoint
     )
-    seams, windows = [], []
+    seams, windows, statuses = [], [], []
     try:
         stage.start()
         with open_source(str(path), loop=True) as src:
@@ -117,9 +117,14 @@ def test_a_looped_file_starts_a_new_view_at_each_seam_and_no_window_spans_one(tm
                 ring.write(frame.pixels, k, frame.t, frame_flags(frame))
                 if k % 10 == 9:
                     stage.process()
+        ring.close()  # the feed ends: the windower drains the ring and reports once more
+        while stage.process():
+            pass
         while pull.poll(200):
             parts = pull.recv_multipart()
-            if not parts[0].startswith(b"status."):
+            if parts[0].startswith(b"status."):
+                statuses.append(wire.decode_status(parts))
+            else:
                 windows.append(wire.decode_window(parts))
     finally:
         stage.stop()
@@ -132,3 +137,8 @@ def test_a_looped_file_starts_a_new_view_at_each_seam_and_no_window_spans_one(tm
         assert w.view == lap
     # Beats are found again after each seam.
     assert {lap for w, lap in zip(windows, passes, strict=True) if w.beat == "ed_ed"} == {0, 1, 2}
+    # The status says how the windows were timed: each seam reset the detector.
+    final = statuses[-1]
+    assert final["detector_resets"] == 2 and final["beat_source"] == windows[-1].beat.replace("ed_ed", "area")
+    assert final["beats_detected"] == sum(w.beat == "ed_ed" for w in windows)
+    assert final["windows_fixed"] == sum(w.beat == "fixed" for w in windows)

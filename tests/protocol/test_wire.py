@@ -556,7 +556,12 @@ def test_topic_and_body_kinds_must_agree() -> None:
 
 # ---------------------------------------------------------------- typed messages
 
-FULL_STATUS = status_body(queue=2, pub_seq=9, **dict.fromkeys((*wire.FRAME_COUNTERS, *wire.HUB_COUNTERS), 4))
+FULL_STATUS = status_body(
+    queue=2,
+    pub_seq=9,
+    beat_source="principal",
+    **dict.fromkeys((*wire.FRAME_COUNTERS, *wire.DETECTOR_COUNTERS, *wire.HUB_COUNTERS), 4),
+)
 
 
 def typed_examples() -> list[tuple[Any, list[Any]]]:
@@ -592,8 +597,8 @@ def test_typed_fields_are_the_wire_keys() -> None:
         assert [f.name for f in dataclasses.fields(cls)] == [k for k in message if k not in ("v", "kind")], (
             cls
         )
-    counters = (*wire.BASE_COUNTERS, *wire.FRAME_COUNTERS, *wire.HUB_COUNTERS)
-    assert len(set(counters)) == 9 and set(counters) <= {f.name for f in dataclasses.fields(wire.Status)}
+    counters = (*wire.BASE_COUNTERS, *wire.FRAME_COUNTERS, *wire.DETECTOR_COUNTERS, *wire.HUB_COUNTERS)
+    assert len(set(counters)) == 15 and set(counters) <= {f.name for f in dataclasses.fields(wire.Status)}
     with pytest.raises(WireError, match=r"^status: unknown key 'frames_lost'"):
         wire.encode_status("a", status_body(frames_lost=1))
 
@@ -771,7 +776,11 @@ STATUSES = st.fixed_dictionaries(
         "signal": st.sampled_from(wire.SIGNAL_STATES),
         **dict.fromkeys(wire.BASE_COUNTERS, COUNTS),
     },
-    optional=dict.fromkeys(("queue", *wire.FRAME_COUNTERS, *wire.HUB_COUNTERS, "pub_seq"), COUNTS),
+    optional={
+        **dict.fromkeys(("queue", *wire.FRAME_COUNTERS, *wire.DETECTOR_COUNTERS, *wire.HUB_COUNTERS), COUNTS),
+        "beat_source": st.sampled_from(wire.BEAT_SOURCES),
+        "pub_seq": COUNTS,
+    },
 )
 
 
