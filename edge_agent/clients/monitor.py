@@ -203,6 +203,14 @@ SIGNAL_BANNERS = {
     "saturated": "SIGNAL SATURATED",
     "no_sector": "NO ULTRASOUND SECTOR in the frames — check the source and its region",
 }
+# How the bed's windows are timed (status beat_source): what the heart rate and the beats rest on.
+TIMING = {
+    "ecg": "beats ECG-gated",
+    "area": "beats image-gated",
+    "principal": "beats image-gated (weak swing)",
+    "image": "beats image-gated (weak swing)",
+    "fixed": "no beats found: fixed windows",
+}
 _NUMBERS_OLD = ("signal", "stale", "publisher_gone")  # alarms that leave the shown numbers out of date
 
 
@@ -237,6 +245,9 @@ def _stream_panel(view: StreamView, alarms: list[Alarm], gone: bool) -> Panel:
         said = f"signal {st['signal']} · {st['fps']:.1f} fps"
         style = "red" if st["signal"] != "ok" else "dim"
         lines.append(Text(f"last known: {said}" if gone else said, style="dim" if gone else style))
+        if "beat_source" in st:  # absent before the bed's first window
+            fixed = st["beat_source"] == "fixed" and not gone
+            lines.append(Text(TIMING[st["beat_source"]], style="yellow" if fixed else "dim"))
         lines.append(
             Text(
                 f"dropped {_count(st['windows_dropped'], 'window')}, {_count(st['frames_dropped'], 'frame')}"

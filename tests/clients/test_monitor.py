@@ -213,6 +213,11 @@ def test_render_shows_ef_interval_hr_category_and_sparkline() -> None:
     assert spark in text and spark[0] == SPARK_BLOCKS[3] and spark[-1] == SPARK_BLOCKS[4]
     assert f"{min(view.trend):.0f}–{max(view.trend):.0f} %" in text
     assert "signal ok · 49.8 fps" in text and "dropped 2 windows, 7 frames" in text
+    assert "gated" not in text and "beats found" not in text  # no beat_source: nothing said
+    state.apply(decoded(status_parts(beat_source="fixed")), 105.6)
+    assert "│ no beats found: fixed windows " in screen(state, now=105.7)
+    state.apply(decoded(status_parts(beat_source="principal")), 105.8)
+    assert "│ beats image-gated (weak swing) " in screen(state, now=105.9)
     assert "simulator truth EF 55.0 %" in text
     assert "latency 180 ms · torch" in text
     assert "edge-01 (pid 4242) heartbeat 0.5 s ago" in text

@@ -233,6 +233,8 @@ def test_the_ward_page_in_a_browser_two_beds_alarm_ack_signal_lost_publisher_gon
             bed1, bed2 = page.locator("#bed-bed1"), page.locator("#bed-bed2")
             expect(bed1.locator(".ef")).to_have_text(NUMBER, timeout=60_000)
             expect(bed2.locator(".ef")).to_have_text(NUMBER, timeout=30_000)
+            # How the beats are timed: the simulated feeds carry no ECG, the image gates them.
+            expect(bed1.locator(".signal")).to_contain_text("· beats image-gated", timeout=10_000)
             first = bed1.locator(".age").inner_text()
             page.wait_for_timeout(2500)
             assert bed1.locator(".age").inner_text() != first

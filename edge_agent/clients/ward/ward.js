@@ -102,13 +102,27 @@ function drawEstimate(view) {
   rel.className = `reliability ${est.reliable ? "" : "low"}`;
 }
 
+// How a bed's windows are timed (status beat_source): what its heart rate and beats rest on.
+const TIMING = {
+  ecg: "beats ECG-gated",
+  area: "beats image-gated",
+  principal: "beats image-gated (weak swing)",
+  image: "beats image-gated (weak swing)",
+  fixed: "no beats found: fixed windows",
+};
+
+function statusLine(st, dropped) {
+  const timing = st.beat_source ? ` · ${TIMING[st.beat_source]}` : "";
+  return `signal ${st.signal} · ${st.fps.toFixed(1)} fps · ${dropped}${timing}`;
+}
+
 function drawStatus(view) {
   const st = view.status;
   if (!st) return;
   const el = view.tile.querySelector(".signal");
   // With the publisher gone the last status is history, not the signal now.
   const gone = alarms.some((a) => a.kind === "publisher_gone");
-  const said = `signal ${st.signal} · ${st.fps.toFixed(1)} fps · dropped ${st.windows_dropped} windows`;
+  const said = statusLine(st, `dropped ${st.windows_dropped} windows`);
   el.textContent = gone ? `last known: ${said}` : said;
   el.className = `signal ${st.signal === "ok" || gone ? "" : "bad"}`;
 }
@@ -225,7 +239,7 @@ function drawDetail() {
   }
   if (st) {
     const p = document.createElement("p");
-    p.textContent = `signal ${st.signal} · ${st.fps.toFixed(1)} fps · windows dropped ${st.windows_dropped} · frames dropped ${st.frames_dropped}`;
+    p.textContent = statusLine(st, `windows dropped ${st.windows_dropped} · frames dropped ${st.frames_dropped}`);
     body.append(p);
   }
   const table = document.createElement("table");
