@@ -108,14 +108,17 @@ class CycleConfig:
     # signal history is re-projected so it stays one signal. 0 for principal_below_snr: the area
     # always. Measured on the simulator's weakest patients (README "Cycle detector"); strong signals
     # (SNR ≥ 10) never switch, and a component no clearer than the area (gain 1.0: 5 fewer beats of
-    # 6,206 on seed 3030) does not either. principal_image: where the maps' component is not clear
-    # enough, try the image's (the 28×28 pixel means), under the same conditions; the pixels carry the
-    # walls' motion where the net sees no LV border move, but also the valve's, so the maps come first.
+    # 6,206 on seed 3030) does not either. principal_image_below_snr: while the area's SNR is below
+    # it and the maps' component is not clear enough, try the image's (the 28×28 pixel means) under
+    # the same conditions; 0: never. The pixels carry the walls' motion where the net sees no LV
+    # border move, but also the valve's and the atria's, which draw its maximum into diastole: where
+    # the area still has some swing (SNR 6–12) it timed low-EF hearts worse than the area or the maps
+    # (fresh seed 8642: 30 → 12 of 30 beats), so it is the last resort for an all but flat area.
     principal_below_snr: float = 10.0
     principal_min_snr: float = 8.0
     principal_gain: float = 1.5
     principal_every_s: float = 0.25
-    principal_image: bool = True
+    principal_image_below_snr: float = 6.0
 
     def __post_init__(self) -> None:
         if not 0 < self.hr_min_bpm < self.hr_max_bpm:
@@ -126,13 +129,15 @@ class CycleConfig:
             raise ValueError(f"hysteresis must be in (0, 1), got {self.hysteresis}")
         if (
             self.principal_below_snr < 0
+            or self.principal_image_below_snr < 0
             or self.principal_min_snr <= 0
             or self.principal_gain < 1
             or self.principal_every_s <= 0
         ):
             raise ValueError(
-                "need principal_below_snr >= 0, principal_min_snr > 0, principal_gain >= 1 and "
-                f"principal_every_s > 0, got {self.principal_below_snr}, {self.principal_min_snr}, "
+                "need principal_below_snr >= 0, principal_image_below_snr >= 0, principal_min_snr > 0,"
+                " principal_gain >= 1 and principal_every_s > 0, got "
+                f"{self.principal_below_snr}, {self.principal_image_below_snr}, {self.principal_min_snr}, "
                 f"{self.principal_gain}, {self.principal_every_s}"
             )
         if not (0 < self.early_s <= TEMPLATE_AFTER_S and -1 < self.early_min_corr <= 1):
@@ -468,7 +473,8 @@ class CycleDetector:
         source, weights = "area", None
         if snr_area < below:  # the components only when needed; the maps' first (see CycleConfig)
             need = max(cfg.principal_min_snr, snr_area * (1.0 if on else cfg.principal_gain))
-            for basis in ("principal", "image") if cfg.principal_image else ("principal",):
+            image = snr_area < cfg.principal_image_below_snr  # the image only where the area is all but flat
+            for basis in ("principal", "image") if image else ("principal",):
                 v, snr = principal_projection(self._bases[basis][recent], self._kernel, self._areas[recent])
                 if snr >= need:
                     source, weights = basis, v
