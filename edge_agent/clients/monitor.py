@@ -208,7 +208,6 @@ TIMING = {
     "ecg": "beats ECG-gated",
     "area": "beats image-gated",
     "principal": "beats image-gated (weak swing)",
-    "image": "beats image-gated (weak swing)",
     "fixed": "no beats found: fixed windows",
 }
 _NUMBERS_OLD = ("signal", "stale", "publisher_gone")  # alarms that leave the shown numbers out of date

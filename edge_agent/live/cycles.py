@@ -30,8 +30,7 @@ from edge_agent.core.shipped import resolve, shipped
 # Where the area's swing is small next to its noise (dilated low-EF hearts, whose swing is close to
 # what the mitral leaflets and the atrium add to the net's error), the signal is the coverage maps'
 # first principal component over the recent seconds instead: the cells that move together with the
-# cycle, without the rest's noise (CycleConfig.principal_*); where the maps hold no clear cycle either
-# (the net sees no LV border move), the image's own (28×28 pixels) first component.
+# cycle, without the rest's noise (CycleConfig.principal_*).
 
 SIGNAL_WEIGHTS = shipped("engines/cycle_signal.npz")
 SIGNAL_INPUT = 56  # the signal net's input: frames area-resized to 56×56, values / 255, ...
@@ -108,17 +107,11 @@ class CycleConfig:
     # signal history is re-projected so it stays one signal. 0 for principal_below_snr: the area
     # always. Measured on the simulator's weakest patients (README "Cycle detector"); strong signals
     # (SNR ≥ 10) never switch, and a component no clearer than the area (gain 1.0: 5 fewer beats of
-    # 6,206 on seed 3030) does not either. principal_image_below_snr: while the area's SNR is below
-    # it and the maps' component is not clear enough, try the image's (the 28×28 pixel means) under
-    # the same conditions; 0: never. The pixels carry the walls' motion where the net sees no LV
-    # border move, but also the valve's and the atria's, which draw its maximum into diastole: where
-    # the area still has some swing (SNR 6–12) it timed low-EF hearts worse than the area or the maps
-    # (fresh seed 8642: 30 → 12 of 30 beats), so it is the last resort for an all but flat area.
+    # 6,206 on seed 3030) does not either.
     principal_below_snr: float = 10.0
     principal_min_snr: float = 8.0
     principal_gain: float = 1.5
     principal_every_s: float = 0.25
-    principal_image_below_snr: float = 6.0
 
     def __post_init__(self) -> None:
         if not 0 < self.hr_min_bpm < self.hr_max_bpm:
@@ -129,15 +122,13 @@ class CycleConfig:
             raise ValueError(f"hysteresis must be in (0, 1), got {self.hysteresis}")
         if (
             self.principal_below_snr < 0
-            or self.principal_image_below_snr < 0
             or self.principal_min_snr <= 0
             or self.principal_gain < 1
             or self.principal_every_s <= 0
         ):
             raise ValueError(
-                "need principal_below_snr >= 0, principal_image_below_snr >= 0, principal_min_snr > 0,"
-                " principal_gain >= 1 and principal_every_s > 0, got "
-                f"{self.principal_below_snr}, {self.principal_image_below_snr}, {self.principal_min_snr}, "
+                "need principal_below_snr >= 0, principal_min_snr > 0, principal_gain >= 1 and "
+                f"principal_every_s > 0, got {self.principal_below_snr}, {self.principal_min_snr}, "
                 f"{self.principal_gain}, {self.principal_every_s}"
             )
         if not (0 < self.early_s <= TEMPLATE_AFTER_S and -1 < self.early_min_corr <= 1):
@@ -221,10 +212,7 @@ class LVAreaNet:
 
     def coverage(self, frame: np.ndarray) -> np.ndarray:
         """(H, W) uint8 frame → (28, 28) float32 LV coverage (0–1) of each cell of the image."""
-        return self.forward(signal_net_input(frame))
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """The net input (28, 28, 4) float32 (:func:`signal_net_input`) → (28, 28) coverage (0–1)."""
+        x = signal_net_input(frame)
         g = SIGNAL_GRID
         last = len(self._layers) - 1
         for i, (k, dil, taps, b) in enumerate(self._layers):
@@ -253,13 +241,10 @@ def swing_snr(x: np.ndarray, kernel: np.ndarray) -> float:
     return float(np.ptp(sm)) / noise if noise > 0 else 0.0
 
 
-def principal_projection(
-    maps: np.ndarray, kernel: np.ndarray, area: np.ndarray | None = None
-) -> tuple[np.ndarray, float]:
-    """The first principal component of maps (N, 784) over time — coverage maps or the image's
-    28×28 pixel means: its unit weights (784,), signed so that the projection rises with the LV
-    area (N,) (None: the maps' sum, for coverage maps), and the projection's swing SNR
-    (:func:`swing_snr`; 0 when the maps do not move)."""
+def principal_projection(maps: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, float]:
+    """The first principal component of coverage maps (N, 784) over time: its unit weights (784,),
+    signed so that the projection rises with the area (the maps' sum), and the projection's swing
+    SNR (:func:`swing_snr`; 0 when the maps do not move)."""
     centred = maps - maps.mean(axis=0)
     # Through the (N, N) Gram matrix: N ≤ 2.5 s of frames ≪ 784 cells, ≈ 1 ms where an SVD takes ≈ 9.
     u = np.linalg.eigh(centred @ centred.T)[1][:, -1]
@@ -268,7 +253,7 @@ def principal_projection(
     p = centred @ v
     if np.ptp(p) < PRINCIPAL_MIN_SWING:  # no motion (a frozen feed): the "component" is rounding noise
         return v.astype(np.float32), 0.0
-    if pearson(p, maps.sum(axis=1) if area is None else area) < 0:
+    if pearson(p, maps.sum(axis=1)) < 0:
         v, p = -v, -p
     return v.astype(np.float32), swing_snr(p, kernel)
 
@@ -298,12 +283,10 @@ class CycleDetector:
     (``how="fixed"``) until beats are found again.
     Gaps: a frame whose sequence number is not the previous one + 1, whose time does not advance,
     or whose shape differs drops all history (counted in ``counters.resets``), then starts afresh.
-    Signal: the LV area, or where its swing is weak the coverage maps' first principal component,
-    or where that is weak too the image's (``principal_*``; :attr:`signal_source`,
-    ``counters.principal_switches``).
+    Signal: the LV area, or where its swing is weak the coverage maps' first principal component
+    (``principal_*``; :attr:`signal_source`, ``counters.principal_switches``).
     Memory: the last ``2 × 60 / hr_min_bpm + 1.5`` s of frames (4.9 s at 35 bpm; 3.1 MB at 50 fps
-    for 112×112), their 28×28 coverage maps and pixel means (0.8 MB each) and a few seconds of the
-    scalar signal.
+    for 112×112), their 28×28 coverage maps (0.8 MB) and a few seconds of the scalar signal.
     """
 
     def __init__(self, cfg: CycleConfig, fps: float, hr_prior_bpm: float | None = None):
@@ -342,12 +325,9 @@ class CycleDetector:
         """Drop all history (after a frame-sequence gap or a view change); counters are kept."""
         self.counters.resets += 1
         self._frames: np.ndarray | None = None  # (cap, H, W) ring, allocated on the first frame
-        cells = SIGNAL_GRID * SIGNAL_GRID
-        # What a principal signal projects, same slots as the frames: coverage maps, pixel means.
-        self._bases = {name: np.zeros((self._cap, cells), np.float32) for name in ("principal", "image")}
-        self._areas = np.zeros(self._cap)  # LV area (the coverage maps' sum), same slots
-        self._source = "area"  # the signal: "area" or the basis a principal signal projects
-        self._weights: np.ndarray | None = None  # that projection's cell weights; None: the area
+        self._maps = np.zeros((self._cap, SIGNAL_GRID * SIGNAL_GRID), np.float32)  # coverage, same slots
+        self._areas = np.zeros(self._cap)  # LV area (the maps' sum), same slots
+        self._weights: np.ndarray | None = None  # the principal signal's cell weights; None: the area
         self._seq = np.zeros(self._cap, np.int64)
         self._times = np.zeros(self._cap, np.float64)
         self._n = 0  # frames pushed since reset; frame i (from 0) sits in slot i % cap
@@ -386,15 +366,13 @@ class CycleDetector:
 
     @property
     def signal_source(self) -> str:
-        """What the detector's signal is now: ``"area"``, ``"principal"`` (the coverage maps' component)
-        or ``"image"`` (the pixels' component; see CycleConfig)."""
-        return self._source
+        """What the detector's signal is now: ``"area"`` or ``"principal"`` (see CycleConfig)."""
+        return "area" if self._weights is None else "principal"
 
     @property
     def beat_source(self) -> str | None:
         """How the latest window was timed (kept across resets): ``"ecg"`` (R waves), ``"area"`` or
-        ``"principal"`` or ``"image"`` (:attr:`signal_source` when it was cut) or ``"fixed"``; None
-        before any."""
+        ``"principal"`` (:attr:`signal_source` when it was cut) or ``"fixed"``; None before any."""
         return self._beat_source
 
     def push(self, frame_seq: int, t: float, pixels: np.ndarray, r_wave: bool = False) -> list[BeatWindow]:
@@ -421,12 +399,9 @@ class CycleDetector:
         slot = i % self._cap
         self._frames[slot] = pixels
         self._seq[slot], self._times[slot] = frame_seq, t
-        x = signal_net_input(pixels)
-        maps, image = self._bases["principal"][slot], self._bases["image"][slot]
-        maps[:] = self._net.forward(x).ravel()
-        image[:] = x.mean(axis=2).ravel()  # the 2×2 blocks' mean: the frame area-resized to 28×28
-        self._areas[slot] = maps.sum()
-        self._raw[slot] = self._projection(slot)
+        cov = self._net.coverage(pixels).ravel()
+        self._maps[slot], self._areas[slot] = cov, cov.sum()
+        self._raw[slot] = self._areas[slot] if self._weights is None else float(cov @ self._weights)
         self._n += 1
         if self.cfg.principal_below_snr > 0 and self._n % self._every == 0 and self._n >= self._n_stats // 2:
             self._choose_signal(i)
@@ -460,39 +435,28 @@ class CycleDetector:
 
     # ----- internals ---------------------------------------------------------------------------
     def _choose_signal(self, i: int) -> None:
-        """Area, the coverage maps' or the image's principal component (CycleConfig.principal_*), from
-        the last amplitude_s up to frame i; a new choice or basis re-projects the history
-        (:meth:`_reproject`)."""
+        """Area or principal component (CycleConfig.principal_*), from the last amplitude_s of maps up
+        to frame i; a new choice or basis re-projects the history (:meth:`_reproject`)."""
         cfg, n = self.cfg, min(self._n, self._n_stats)
         recent = np.arange(i - n + 1, i + 1) % self._cap
         snr_area = swing_snr(self._areas[recent], self._kernel)
-        # Hysteresis against flapping: a component must beat the area by principal_gain to take
+        # Hysteresis against flapping: the component must beat the area by principal_gain to take
         # over, and only needs to match it to stay, until the area's SNR is clearly high again.
         on = self._weights is not None
         below = cfg.principal_below_snr * (PRINCIPAL_LEAVE if on else 1.0)
-        source, weights = "area", None
-        if snr_area < below:  # the components only when needed; the maps' first (see CycleConfig)
+        weights = None
+        if snr_area < below:
+            v, snr = principal_projection(self._maps[recent], self._kernel)  # maps only when needed
             need = max(cfg.principal_min_snr, snr_area * (1.0 if on else cfg.principal_gain))
-            image = snr_area < cfg.principal_image_below_snr  # the image only where the area is all but flat
-            for basis in ("principal", "image") if image else ("principal",):
-                v, snr = principal_projection(self._bases[basis][recent], self._kernel, self._areas[recent])
-                if snr >= need:
-                    source, weights = basis, v
-                    break
-        if source == self._source == "area":
+            weights = v if snr >= need else None
+        if weights is None and self._weights is None:
             return
-        if source != self._source:
+        if (weights is None) != (self._weights is None):
             # The template and an early ED were of the other signal's shape: relearn from the next beat.
             self.counters.principal_switches += 1
             self._tpl, self._early_ed, self._to_learn = None, None, None
-        self._source, self._weights = source, weights
+        self._weights = weights
         self._reproject(i)
-
-    def _projection(self, slots: int | np.ndarray) -> float | np.ndarray:
-        """The signal of ring slot(s): the LV area, or the current basis projected on the weights."""
-        if self._weights is None:
-            return self._areas[slots]
-        return self._bases[self._source][slots] @ self._weights
 
     def _reproject(self, i: int) -> None:
         """Recompute the signal of every frame in the ring up to frame i with the current weights, and
@@ -500,7 +464,7 @@ class CycleDetector:
         detector's extremum (so the history stays one signal)."""
         d, first = self._delay, max(0, self._n - self._cap)
         slots = np.arange(first, i + 1) % self._cap
-        self._raw[slots] = self._projection(slots)
+        self._raw[slots] = self._areas[slots] if self._weights is None else self._maps[slots] @ self._weights
         ms = np.arange(max(d, first + d), i - d)  # the smoothed samples so far (push smooths i − d next)
         if not len(ms):
             return

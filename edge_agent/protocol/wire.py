@@ -136,16 +136,15 @@ Status body (topic ``status.<stream>.``):
 | `windows_missing`  | int ≥ 0          | window numbers the hub never received (skipped `seq`): the   |
 |                    |                  | windower's own drops plus anything lost on the way; optional |
 | `beat_source`      | str              | how the latest window was timed: `"ecg"` (R waves), `"area"` |
-|                    |                  | (the LV-area image signal), `"principal"` or `"image"` (the  |
-|                    |                  | LV maps' or the image's principal component, for weak        |
-|                    |                  | swings) or `"fixed"` (no beat found: fixed-length windows);  |
-|                    |                  | optional, as the six below: absent before the first window   |
-|                    |                  | (``edge_agent/live/cycles.py``)                              |
+|                    |                  | (the LV-area image signal), `"principal"` (its principal     |
+|                    |                  | component, for weak swings) or `"fixed"` (no beat found:     |
+|                    |                  | fixed-length windows); optional, as the six below: absent    |
+|                    |                  | before the first window (``edge_agent/live/cycles.py``)      |
 | `beats_detected`   | int ≥ 0          | beat windows (ED→ED) the cycle detector cut since start      |
 | `windows_fixed`    | int ≥ 0          | fixed-length windows cut since start (no beat found)         |
 | `eds_rejected`     | int ≥ 0          | candidate EDs giving an implausible beat, not used           |
 | `eds_corrected`    | int ≥ 0          | early EDs found premature afterwards (their beat cut short)  |
-| `signal_switches`  | int ≥ 0          | changes of the detector's signal (area, principal, image)    |
+| `signal_switches`  | int ≥ 0          | changes between the area and its principal component         |
 | `detector_resets`  | int ≥ 0          | detector history dropped: loop seam, sequence gap, new view  |
 | `pub_seq`          | int ≥ 0          | optional; as in the estimate (the hub's status always has it) |
 
@@ -523,7 +522,7 @@ DETECTOR_COUNTERS = (
     "signal_switches",
     "detector_resets",
 )
-BEAT_SOURCES = ("ecg", "area", "principal", "image", "fixed")
+BEAT_SOURCES = ("ecg", "area", "principal", "fixed")
 HUB_COUNTERS = ("windows_failed", "windows_missing")
 _COUNT = _int(0)
 _STATUS_FIELDS: dict[str, Check] = {

@@ -107,7 +107,6 @@ const TIMING = {
   ecg: "beats ECG-gated",
   area: "beats image-gated",
   principal: "beats image-gated (weak swing)",
-  image: "beats image-gated (weak swing)",
   fixed: "no beats found: fixed windows",
 };
 
