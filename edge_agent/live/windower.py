@@ -64,15 +64,15 @@ class WindowConfig:
 def detector_status(detector: CycleDetector) -> dict[str, int | str | None]:
     """The cycle detector's part of a status report: ``beat_source`` and wire.DETECTOR_COUNTERS."""
     c = detector.counters
-    counts = (
-        c.beats_emitted,
-        c.fallback_windows,
-        c.rejected_candidates,
-        c.early_corrected,
-        c.principal_switches,
-        c.resets,
-    )
-    return {"beat_source": detector.beat_source, **dict(zip(wire.DETECTOR_COUNTERS, counts, strict=True))}
+    return {
+        "beat_source": detector.beat_source,
+        "beats_detected": c.beats_emitted,
+        "windows_fixed": c.fallback_windows,
+        "eds_rejected": c.rejected_candidates,
+        "eds_corrected": c.early_corrected,
+        "signal_switches": c.principal_switches,
+        "detector_resets": c.resets,
+    }
 
 
 def beat_signature(frames: np.ndarray) -> np.ndarray:

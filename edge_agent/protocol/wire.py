@@ -145,7 +145,8 @@ Status body (topic ``status.<stream>.``):
 | `eds_rejected`     | int ≥ 0          | candidate EDs giving an implausible beat, not used           |
 | `eds_corrected`    | int ≥ 0          | early EDs found premature afterwards (their beat cut short)  |
 | `signal_switches`  | int ≥ 0          | changes between the area and its principal component         |
-| `detector_resets`  | int ≥ 0          | detector history dropped: loop seam, sequence gap, new view  |
+| `detector_resets`  | int ≥ 0          | detector history dropped: loop seam, sequence gap, frame     |
+|                    |                  | time going back or frame size changing                       |
 | `pub_seq`          | int ≥ 0          | optional; as in the estimate (the hub's status always has it) |
 
 Heartbeat body (topic ``heartbeat``): `v`, `kind` (`"heartbeat"`), `host` (str, 1–255 of
