@@ -37,13 +37,14 @@ SIGNAL_INPUT = 56  # the signal net's input: frames area-resized to 56×56, valu
 SIGNAL_GRID = SIGNAL_INPUT // 2  # ... as 2×2 pixel blocks → 4 channels on a 28×28 grid (pixel unshuffle)
 
 
-def signal_layers(width: int = 16) -> tuple[tuple[int, int, int, int], ...]:
+def signal_layers(width: int = 16, frames: int = 1) -> tuple[tuple[int, int, int, int], ...]:
     """The signal net: (in channels, out channels, kernel, dilation) per conv layer, stride 1, "same"
     padding, ReLU after every layer but the last, whose sigmoid is the LV coverage (0–1) of each 28×28
     cell. Dilations 1, 2, 4 see 17 cells (68 px at 112×112) around each cell: wall, valve and cavity
-    together. ``width``: channels of the hidden layers (the weights file's shapes say which)."""
+    together. ``width``: channels of the hidden layers; ``frames``: the frame now and the earlier ones
+    it sees (:attr:`LVAreaNet.lags_s`), 4 channels each (the weights file's shapes say both)."""
     return (
-        (4, width, 3, 1),
+        (4 * frames, width, 3, 1),
         (width, width, 3, 2),
         (width, width, 3, 4),
         (width, width, 3, 1),
@@ -175,6 +176,11 @@ class DetectorCounters:
     resets: int = 0  # history dropped: sequence gap, time going backwards, frame shape change, reset()
 
 
+def lag_frames(lags_s: tuple[float, ...], fps: float) -> tuple[int, ...]:
+    """How many frames back each lag (s) is at ``fps``: the nearest, at least one."""
+    return tuple(max(1, round(lag * fps)) for lag in lags_s)
+
+
 def signal_net_input(frame: np.ndarray) -> np.ndarray:
     """(H, W) uint8 frame → the signal net's input (28, 28, 4) float32: 56×56 in 2×2 blocks, 0–1.
 
@@ -188,17 +194,24 @@ def signal_net_input(frame: np.ndarray) -> np.ndarray:
 class LVAreaNet:
     """The LV-area signal net (:func:`signal_layers`), forward pass in numpy: no torch at run time.
 
+    It sees the frame now and, for each of ``lags_s``, the frame that long before (the nearest
+    earlier frame at the stream's rate, :meth:`lag_frames`): the wall's motion tells the LV from the
+    atrium where one still frame does not (the atrium empties into the LV at end-diastole).
     Each convolution is a sum over its kernel taps of (shifted channel-last map) @ (C_in, C_out):
     small matmuls on views, no im2col copy; ≈ 0.35 ms per 112×112 frame on one core.
     """
 
-    def __init__(self, weights: list[tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, weights: list[tuple[np.ndarray, np.ndarray]], lags_s: tuple[float, ...] = ()):
         """weights: per layer, torch's (kernel (C_out, C_in, k, k), bias (C_out,)), of
-        :func:`signal_layers` at the width the first kernel has."""
+        :func:`signal_layers` at the width the first kernel has, for 1 + len(lags_s) frames."""
         if len(weights) != len(SIGNAL_LAYERS):
             raise ValueError(f"expected {len(SIGNAL_LAYERS)} layers, got {len(weights)}")
+        self.lags_s = tuple(float(lag) for lag in lags_s)
+        if any(lag <= 0 for lag in self.lags_s):
+            raise ValueError(f"lags_s must be positive (s before the frame now), got {self.lags_s}")
         self._layers = []
-        for (cin, cout, k, dil), (w, b) in zip(signal_layers(weights[0][0].shape[0]), weights, strict=True):
+        spec = signal_layers(weights[0][0].shape[0], 1 + len(self.lags_s))
+        for (cin, cout, k, dil), (w, b) in zip(spec, weights, strict=True):
             if w.shape != (cout, cin, k, k) or b.shape != (cout,):
                 raise ValueError(f"layer weights {w.shape}, {b.shape} do not match {(cout, cin, k, k)}")
             taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32)  # (ky, kx, C_in, C_out)
@@ -206,13 +219,23 @@ class LVAreaNet:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LVAreaNet:
-        """From an .npz with ``w0, b0, w1, b1, …``; None: the shipped engines/cycle_signal.npz."""
+        """From an .npz with ``w0, b0, w1, b1, …`` and ``lags_s`` (absent: the frame alone); None:
+        the shipped engines/cycle_signal.npz."""
         with np.load(SIGNAL_WEIGHTS if path is None else resolve(path)) as z:
-            return cls([(z[f"w{i}"], z[f"b{i}"]) for i in range(len(SIGNAL_LAYERS))])
+            lags = tuple(z["lags_s"].tolist()) if "lags_s" in z else ()
+            return cls([(z[f"w{i}"], z[f"b{i}"]) for i in range(len(SIGNAL_LAYERS))], lags)
 
-    def coverage(self, frame: np.ndarray) -> np.ndarray:
-        """(H, W) uint8 frame → (28, 28) float32 LV coverage (0–1) of each cell of the image."""
-        x = signal_net_input(frame)
+    def lag_frames(self, fps: float) -> tuple[int, ...]:
+        """How many frames back each of ``lags_s`` is at ``fps`` (:func:`lag_frames`)."""
+        return lag_frames(self.lags_s, fps)
+
+    def coverage(self, frame: np.ndarray, earlier: tuple[np.ndarray, ...] = ()) -> np.ndarray:
+        """(H, W) uint8 frame, and the frames :meth:`lag_frames` back (in ``lags_s`` order; the
+        oldest available where the stream is younger) → (28, 28) float32 LV coverage (0–1) of each
+        cell of the image."""
+        if len(earlier) != len(self.lags_s):
+            raise ValueError(f"the net sees {len(self.lags_s)} earlier frames, got {len(earlier)}")
+        x = np.concatenate([signal_net_input(f) for f in (frame, *earlier)], axis=2)
         g = SIGNAL_GRID
         last = len(self._layers) - 1
         for i, (k, dil, taps, b) in enumerate(self._layers):
@@ -300,6 +323,7 @@ class CycleDetector:
         self._prior = 60.0 * self.fps / hr_prior_bpm if usable else None  # its period, frames
         self.counters = DetectorCounters()
         self._net = LVAreaNet.load(cfg.weights)
+        self._lag_k = self._net.lag_frames(fps)
         sigma = max(cfg.smooth_s * fps, 0.5)
         self._delay = int(np.ceil(2.5 * sigma))  # smoothing is centred: samples wait this many frames
         k = np.arange(-self._delay, self._delay + 1)
@@ -399,7 +423,8 @@ class CycleDetector:
         slot = i % self._cap
         self._frames[slot] = pixels
         self._seq[slot], self._times[slot] = frame_seq, t
-        cov = self._net.coverage(pixels).ravel()
+        earlier = tuple(self._frames[max(i - k, 0) % self._cap] for k in self._lag_k)
+        cov = self._net.coverage(pixels, earlier).ravel()
         self._maps[slot], self._areas[slot] = cov, cov.sum()
         self._raw[slot] = self._areas[slot] if self._weights is None else float(cov @ self._weights)
         self._n += 1

@@ -36,6 +36,7 @@ from edge_agent.live.cycles import (
     CycleConfig,
     CycleDetector,
     LVAreaNet,
+    lag_frames,
     signal_layers,
 )
 from edge_agent.sim.phantom import QUALITIES, EchoPhantom
@@ -56,10 +57,17 @@ def coverage_targets(contours: np.ndarray, size: int = 112, grid: int = SIGNAL_G
 
 
 def _case_frames(
-    seed: int, index: int, n_frames: int, generation: int = 1, zoomed: bool = False, low_ef: bool = False
+    seed: int,
+    index: int,
+    n_frames: int,
+    generation: int = 1,
+    zoomed: bool = False,
+    low_ef: bool = False,
+    lags_s: tuple[float, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """n_frames instants of one simulated patient of ``generation``: (56×56 net inputs (n, 56, 56)
-    uint8, coverage (n, 28, 28)).
+    """n_frames instants of one simulated patient of ``generation``: (56×56 net inputs
+    (n, 1 + len(lags_s), 56, 56) uint8: the frame at the instant, then the frames ``lags_s`` before it
+    as the detector picks them at this patient's frame rate (drawn 25–60 fps), coverage (n, 28, 28)).
 
     Quality cycles good/medium/poor with ``index``; HRV 2–12 %. Half the instants are near an ED
     (−0.2…+0.25 s): the detector times ED from there, so the net must be right there (valve closure,
@@ -76,13 +84,15 @@ def _case_frames(
     eds = eds[(eds > 2.0) & (eds < 12.0)]
     near = rng.choice(eds, n_frames // 2) + rng.uniform(-0.2, 0.25, n_frames // 2)
     times = np.sort(np.concatenate([rng.uniform(2.0, 12.0, n_frames - n_frames // 2), near]))
-    frames, contours = phantom.render(times)
+    fps = float(np.random.default_rng([seed, index, 2]).uniform(25.0, 60.0))
+    back = np.array([0.0, *lag_frames(lags_s, fps)]) / fps
+    frames, contours = phantom.render((times[:, None] - back).ravel())
     if zoomed:
         frames, contours = _zoom_out(frames, contours, rng)
     small = np.stack(
         [cv2.resize(f, (SIGNAL_INPUT, SIGNAL_INPUT), interpolation=cv2.INTER_AREA) for f in frames]
     )
-    return small, coverage_targets(contours)
+    return small.reshape(n_frames, len(back), SIGNAL_INPUT, SIGNAL_INPUT), coverage_targets(contours[:: len(back)])
 
 
 def _zoom_out(
@@ -116,13 +126,22 @@ def _render_set(
     gen2_share: float,
     zoom_share: float,
     low_ef_share: float = 0.0,
+    lags_s: tuple[float, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """_case_frames of cases 0…n_cases−1 (``gen2_share`` of them generation 2, ``zoom_share`` of them
     zoomed out, each spread evenly; ``low_ef_share`` low-EF, drawn independently of both), in
     ``workers`` processes → (inputs, targets) stacked per case."""
     low_ef = np.random.default_rng([seed, 2]).random(n_cases) < low_ef_share
     args = [
-        (seed, i, frames_per_case, 2 if _share(i, gen2_share) else 1, _share(i, zoom_share), bool(low_ef[i]))
+        (
+            seed,
+            i,
+            frames_per_case,
+            2 if _share(i, gen2_share) else 1,
+            _share(i, zoom_share),
+            bool(low_ef[i]),
+            tuple(lags_s),
+        )
         for i in range(n_cases)
     ]
     if workers > 1:
@@ -133,15 +152,16 @@ def _render_set(
     return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
 
 
-def signal_net_torch(width: int = 16):
-    """The torch twin of :class:`~edge_agent.live.cycles.LVAreaNet` (:func:`signal_layers` of ``width``).
+def signal_net_torch(width: int = 16, frames: int = 1):
+    """The torch twin of :class:`~edge_agent.live.cycles.LVAreaNet` (:func:`signal_layers` of ``width``
+    and ``frames``).
 
-    (N, 1, 56, 56) frames in 0–1 → (N, 1, 28, 28) LV coverage logits.
+    (N, frames, 56, 56) frames in 0–1, the frame now first → (N, 1, 28, 28) LV coverage logits.
     """
     import torch.nn as nn  # training only: the detector runs the numpy forward pass
 
     layers: list = [nn.PixelUnshuffle(2)]
-    spec = signal_layers(width)
+    spec = signal_layers(width, frames)
     for i, (cin, cout, k, dil) in enumerate(spec):
         layers.append(nn.Conv2d(cin, cout, k, padding=dil * (k - 1) // 2, dilation=dil))
         if i < len(spec) - 1:
@@ -171,13 +191,15 @@ def train_signal_net(
     zoom_share: float = 0.3,
     width: int = 16,
     low_ef_share: float = 0.15,
+    lags_s: tuple[float, ...] = (),
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """Train the LV-area signal net on simulated patients; returns its weights and held-out metrics.
 
     ``gen2_share`` of the patients (training and held out) are generation 2 (real-echo image
     statistics, wide domain randomisation), the rest generation 1; ``zoom_share`` are seen zoomed out
     and dimmed (:func:`_zoom_out`); ``low_ef_share`` have an EF of 15–40 % (more of the hearts whose
-    small swing makes timing hardest). ``width``: the hidden layers' channels (:func:`signal_layers`).
+    small swing makes timing hardest). ``width``: the hidden layers' channels (:func:`signal_layers`);
+    ``lags_s``: the earlier frames the net sees besides the frame now (:class:`LVAreaNet`).
 
     A batch is ``frames_per_batch_case`` frames of each of ``cases_per_batch`` patients. Loss: per-cell
     binary cross-entropy against the contour coverage, plus ``change_weight`` × the squared error of
@@ -191,15 +213,15 @@ def train_signal_net(
     """
     import torch
 
-    x, y = _render_set(seed, n_cases, frames_per_case, workers, gen2_share, zoom_share, low_ef_share)
-    hx, hy = _render_set(
-        seed + 1, max(3, n_cases // 5), frames_per_case, workers, gen2_share, zoom_share, low_ef_share
-    )
+    share = (gen2_share, zoom_share, low_ef_share, lags_s)
+    x, y = _render_set(seed, n_cases, frames_per_case, workers, *share)
+    hx, hy = _render_set(seed + 1, max(3, n_cases // 5), frames_per_case, workers, *share)
     torch.manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)  # (cases, frames, 56, 56), (cases, frames, 28, 28)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)  # (cases, frames, K, 56, 56), (cases, frames, 28, 28)
     true_all = yt.sum((2, 3))
     swing = true_all.amax(1) - true_all.amin(1) + 1.0  # (cases,) true area swing, cells
-    net = signal_net_torch(width)
+    k = 1 + len(lags_s)
+    net = signal_net_torch(width, k)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     bce = torch.nn.BCEWithLogitsLoss()
@@ -207,7 +229,7 @@ def train_signal_net(
     for _ in tqdm(range(steps), desc="signal net", unit="step"):
         ci = torch.randint(0, n_cases, (nc, 1))
         fi = torch.rand(nc, frames_per_case).argsort(1)[:, :nf]  # distinct frames of each patient
-        inp = xt[ci, fi].reshape(nc * nf, 1, SIGNAL_INPUT, SIGNAL_INPUT).float() / 255.0
+        inp = xt[ci, fi].reshape(nc * nf, k, SIGNAL_INPUT, SIGNAL_INPUT).float() / 255.0
         target = yt[ci, fi].reshape(nc * nf, 1, SIGNAL_GRID, SIGNAL_GRID)
         logits = net(inp)
         area = torch.sigmoid(logits).sum((1, 2, 3)).reshape(nc, nf)
@@ -220,10 +242,10 @@ def train_signal_net(
         opt.step()
         sched.step()
     weights = net_weights(net)
-    model = LVAreaNet(weights)
+    model = LVAreaNet(weights, lags_s)
     corr, rel_err = [], []
     for cx, cy in zip(hx, hy, strict=True):
-        pred = np.array([model.coverage(f).sum() for f in cx])  # 56×56 in: the resize is a no-op
+        pred = np.array([model.coverage(f[0], tuple(f[1:])).sum() for f in cx])  # 56×56: no resize
         true = cy.sum(axis=(1, 2))
         corr.append(np.corrcoef(pred, true)[0, 1])
         rel_err.append(np.abs((pred - pred.mean()) - (true - true.mean())).mean() / (np.ptp(true) + 1.0))
@@ -244,20 +266,22 @@ def write_signal_weights(path: str | Path = SIGNAL_WEIGHTS, **train_kwargs) -> d
     params = dict(inspect.signature(train_signal_net).parameters)
     params = {k: v.default for k, v in params.items()} | train_kwargs
     weights, metrics = train_signal_net(**params)
-    np.savez(path, **{f"{n}{i}": a for i, wb in enumerate(weights) for n, a in zip("wb", wb, strict=True)})
+    arrays = {f"{n}{i}": a for i, wb in enumerate(weights) for n, a in zip("wb", wb, strict=True)}
+    np.savez(path, lags_s=np.array(params["lags_s"], np.float64), **arrays)
     sidecar = {
         "artefact": "cycle-signal",
         "what": "LV cavity area signal for edge_agent.live.cycles.CycleDetector: a 5-layer CNN "
-        "(signal_layers(width)) from the frame area-resized to 56x56 (/255, pixel-unshuffled to 4x28x28) "
-        "to the LV coverage of each cell of a 28x28 grid (sigmoid); the area is its sum. "
-        "Forward pass in numpy (LVAreaNet)",
+        "(signal_layers(width, 1 + len(lags_s))) from the frame now and the frames lags_s before it "
+        "(the nearest earlier frames at the stream's rate), each area-resized to 56x56 (/255, "
+        "pixel-unshuffled to 4x28x28, stacked frame by frame), to the LV coverage of each cell of a "
+        "28x28 grid (sigmoid) now; the area is its sum. Forward pass in numpy (LVAreaNet)",
         "weights": path.name,
-        "layers": [list(layer) for layer in signal_layers(params["width"])],
+        "layers": [list(layer) for layer in signal_layers(params["width"], 1 + len(params["lags_s"]))],
         "parameters": int(sum(w.size + b.size for w, b in weights)),
         "trained": "torch, Adam + cosine decay on phantom frames of n_cases patients (gen2_share of them "
         "generation 2, the rest generation 1; quality good/medium/poor in turn, HRV 2-12 %, random "
         "fps-independent instants: half anywhere, half within -0.2..+0.25 s "
-        "of an ED; zoom_share of them shrunk 0.55-1 onto black and dimmed 0.55-1); target: coverage of the "
+        "of an ED, their earlier frames at a frame rate drawn 25-60 fps; zoom_share of them shrunk 0.55-1 onto black and dimmed 0.55-1); target: coverage of the "
         "simulator's LV contour per cell; loss: BCE + change_weight x squared error of the within-patient "
         "area change relative to the patient's true swing (a batch: frames_per_batch_case frames "
         "of each of cases_per_batch patients); held out: n_cases // 5 patients of seed + 1; "

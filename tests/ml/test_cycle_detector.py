@@ -311,9 +311,29 @@ def test_shipped_signal_weights_match_their_sidecar():
     assert sidecar["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert sidecar["weights"] == weights.name
     with np.load(weights) as z:
-        assert sidecar["layers"] == [list(layer) for layer in signal_layers(z["w0"].shape[0])]
+        lags = z["lags_s"].tolist() if "lags_s" in z else []
+        assert sidecar["layers"] == [list(layer) for layer in signal_layers(z["w0"].shape[0], 1 + len(lags))]
+    assert sidecar["params"]["lags_s"] == lags
     assert sidecar["metrics"]["within_case_corr_median"] > 0.99
     assert sidecar["metrics"]["within_case_corr_p10"] > 0.97
+
+
+def test_detector_shows_the_net_the_frames_its_lags_name(tmp_path):
+    """A net that sees earlier frames gets, at each push, the frames round(lag × fps) back (at least
+    one), and the stream's first frame while the stream is younger than that."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = signal_net_torch(8, 3)
+    arrays = {f"{n}{i}": a for i, wb in enumerate(net_weights(net)) for n, a in zip("wb", wb, strict=True)}
+    np.savez(tmp_path / "seeing.npz", lags_s=np.array([0.04, 0.07]), **arrays)
+    numpy_net = LVAreaNet.load(tmp_path / "seeing.npz")
+    assert numpy_net.lag_frames(FPS) == (2, 4) and numpy_net.lag_frames(10.0) == (1, 1)
+    frames, _ = _phantom(12).render(1.0 + np.arange(8) / FPS)
+    det = CycleDetector(CycleConfig(weights=str(tmp_path / "seeing.npz")), FPS)
+    for i, f in enumerate(frames):
+        det.push(i, i / FPS, f)
+        want = numpy_net.coverage(f, (frames[max(i - 2, 0)], frames[max(i - 4, 0)])).sum()
+        assert det.area == pytest.approx(want, rel=1e-6)
 
 
 def test_numpy_signal_net_equals_torch():
@@ -342,6 +362,16 @@ def test_numpy_signal_net_equals_torch():
         wide_want = torch.sigmoid(wide(torch.from_numpy(small[:, None]).float() / 255.0))[:, 0].numpy()
     wide_got = np.stack([LVAreaNet(net_weights(wide)).coverage(f) for f in frames])
     np.testing.assert_allclose(wide_got, wide_want, atol=2e-5)
+    # Any number of earlier frames: channels frame by frame, the frame now first, as torch unshuffles.
+    seeing = signal_net_torch(16, 3)
+    stacks = np.stack([small[2:], small[1:-1], small[:-2]], axis=1)  # now, 1 and 2 frames before
+    with torch.no_grad():
+        seeing_want = torch.sigmoid(seeing(torch.from_numpy(stacks).float() / 255.0))[:, 0].numpy()
+    net3 = LVAreaNet(net_weights(seeing), (0.02, 0.04))
+    seeing_got = np.stack([net3.coverage(frames[i], (frames[i - 1], frames[i - 2])) for i in range(2, 6)])
+    np.testing.assert_allclose(seeing_got, seeing_want, atol=2e-5)
+    with pytest.raises(ValueError, match="2 earlier frames, got 1"):
+        net3.coverage(frames[2], (frames[1],))
     # And it segments: the predicted area follows the contour's, within a few % of the LV.
     true = coverage_targets(contours).sum(axis=(1, 2))
     assert np.abs(got.sum(axis=(1, 2)) / true - 1).max() < 0.15
