@@ -92,7 +92,8 @@ def _case_frames(
     small = np.stack(
         [cv2.resize(f, (SIGNAL_INPUT, SIGNAL_INPUT), interpolation=cv2.INTER_AREA) for f in frames]
     )
-    return small.reshape(n_frames, len(back), SIGNAL_INPUT, SIGNAL_INPUT), coverage_targets(contours[:: len(back)])
+    inputs = small.reshape(n_frames, len(back), SIGNAL_INPUT, SIGNAL_INPUT)
+    return inputs, coverage_targets(contours[:: len(back)])
 
 
 def _zoom_out(
@@ -281,7 +282,8 @@ def write_signal_weights(path: str | Path = SIGNAL_WEIGHTS, **train_kwargs) -> d
         "trained": "torch, Adam + cosine decay on phantom frames of n_cases patients (gen2_share of them "
         "generation 2, the rest generation 1; quality good/medium/poor in turn, HRV 2-12 %, random "
         "fps-independent instants: half anywhere, half within -0.2..+0.25 s "
-        "of an ED, their earlier frames at a frame rate drawn 25-60 fps; zoom_share of them shrunk 0.55-1 onto black and dimmed 0.55-1); target: coverage of the "
+        "of an ED, their earlier frames at a frame rate drawn 25-60 fps; "
+        "zoom_share of them shrunk 0.55-1 onto black and dimmed 0.55-1); target: coverage of the "
         "simulator's LV contour per cell; loss: BCE + change_weight x squared error of the within-patient "
         "area change relative to the patient's true swing (a batch: frames_per_batch_case frames "
         "of each of cases_per_batch patients); held out: n_cases // 5 patients of seed + 1; "
