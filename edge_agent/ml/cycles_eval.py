@@ -214,6 +214,11 @@ def train_signal_net(
     """
     import torch
 
+    if not 0 < frames_per_batch_case <= frames_per_case:
+        raise ValueError(
+            f"frames_per_batch_case ({frames_per_batch_case}) must be 1 … frames_per_case "
+            f"({frames_per_case}): a batch takes distinct frames of each patient"
+        )
     share = (gen2_share, zoom_share, low_ef_share, lags_s)
     x, y = _render_set(seed, n_cases, frames_per_case, workers, *share)
     hx, hy = _render_set(seed + 1, max(3, n_cases // 5), frames_per_case, workers, *share)
@@ -292,8 +297,9 @@ def write_signal_weights(path: str | Path = SIGNAL_WEIGHTS, **train_kwargs) -> d
         "metrics": metrics,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
-    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-    return sidecar
+    text = json.dumps(sidecar, indent=2) + "\n"
+    path.with_suffix(".json").write_text(text)
+    return json.loads(text)  # as written: tuples as lists
 
 
 def stream_case(

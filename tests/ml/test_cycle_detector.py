@@ -31,6 +31,7 @@ from edge_agent.ml.cycles_eval import (
     score_beats,
     signal_net_torch,
     stream_case,
+    write_signal_weights,
 )
 from edge_agent.sim.phantom import EchoPhantom
 from edge_agent.sim.simulator import draw_case
@@ -303,6 +304,25 @@ def test_bounded_memory():
         det.push(i, i / FPS, frames[i % 300])
     assert det._frames.nbytes < 5 * 2**20  # the ring: ≈ 3.2 s of 112×112 frames
     assert det._maps.nbytes < 2**20  # and their coverage maps (784 float32 each)
+
+
+def test_signal_net_training_writes_weights_the_detector_loads(tmp_path):
+    """write_signal_weights end to end, tiny: rendered patients (each earlier frame drawn as the
+    detector picks it), torch training, the .npz with its lags and a sidecar that describes it."""
+    pytest.importorskip("torch")
+    path = tmp_path / "net.npz"
+    tiny = {"n_cases": 4, "frames_per_case": 4, "steps": 3, "workers": 1, "width": 4}
+    with pytest.raises(ValueError, match=r"frames_per_batch_case \(8\) must be 1 … frames_per_case \(4\)"):
+        write_signal_weights(path, **tiny)
+    sidecar = write_signal_weights(path, frames_per_batch_case=2, lags_s=(0.04,), **tiny)
+    net = LVAreaNet.load(path)
+    assert net.lags_s == (0.04,) and net.lag_frames(FPS) == (2,)
+    assert sidecar == json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sidecar["layers"][0] == [8, 4, 3, 1] and sidecar["params"]["lags_s"] == [0.04]
+    assert sidecar["metrics"]["heldout_cases"] == 3
+    frames, _ = _phantom(13).render(np.array([1.0, 1.04]))
+    assert net.coverage(frames[1], (frames[0],)).shape == (SIGNAL_GRID, SIGNAL_GRID)
 
 
 def test_shipped_signal_weights_match_their_sidecar():
