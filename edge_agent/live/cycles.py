@@ -195,8 +195,9 @@ class LVAreaNet:
     """The LV-area signal net (:func:`signal_layers`), forward pass in numpy: no torch at run time.
 
     It sees the frame now and, for each of ``lags_s``, the frame that long before (the nearest
-    earlier frame at the stream's rate, :meth:`lag_frames`): the wall's motion tells the LV from the
-    atrium where one still frame does not (the atrium empties into the LV at end-diastole).
+    earlier frame at the stream's rate, :meth:`lag_frames`), so the walls' motion may tell the LV from
+    the atrium emptying into it at end-diastole (tried and not shipped: README "Cardiac cycles"; the
+    shipped net sees the frame alone).
     Each convolution is a sum over its kernel taps of (shifted channel-last map) @ (C_in, C_out):
     small matmuls on views, no im2col copy; ≈ 0.35 ms per 112×112 frame on one core.
     """
